@@ -1,0 +1,235 @@
+"""Models are folders: ``model.json`` (what the model is) plus ``weights.pt`` (plain tensors).
+
+Weights are a ``{network name: state_dict}`` mapping of tensors only, loaded with
+``torch.load(..., weights_only=True)`` so that opening a model never executes pickled code.
+
+Models live in ``$SEMISUPSEG_HOME/models`` (default ``~/.SemiSupSeg/models``). Models shipped
+with the package (``SemiSupSegLib/pretrained``) are listed too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .atomic import atomic_path, atomic_write_json
+from .errors import ModelError
+from .networks import NetworkConfig, build_network
+from .preprocessing import Preprocessing
+
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.pt"
+FORMAT_VERSION = 1
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+__all__ = [
+    "LoadedModel",
+    "home_dir",
+    "models_dir",
+    "save_model",
+    "load_model",
+    "resolve_model",
+    "list_models",
+    "read_model_json",
+    "software_versions",
+]
+
+
+def home_dir() -> Path:
+    """``$SEMISUPSEG_HOME``, default ``~/.SemiSupSeg``."""
+    return Path(os.environ.get("SEMISUPSEG_HOME") or Path.home() / ".SemiSupSeg").expanduser()
+
+
+def models_dir() -> Path:
+    return home_dir() / "models"
+
+
+def software_versions() -> dict[str, str]:
+    import monai
+    import numpy
+    import SimpleITK
+
+    return {
+        "semisupseg": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+        "python": platform.python_version(),
+    }
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference: its description and its networks in eval mode on ``device``."""
+
+    path: Path
+    meta: dict
+    networks: dict[str, nn.Module]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_dict(self.meta.get("preprocessing", {}))
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.meta.get("patch_size", (48, 48, 48)))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta.get("classes", {"0": "background", "1": "foreground"}))
+
+    @property
+    def inference_networks(self) -> list[nn.Module]:
+        """The networks whose probabilities are averaged at inference."""
+        names = self.meta.get("inference_networks") or list(self.networks)
+        return [self.networks[n] for n in names]
+
+
+def save_model(
+    out_dir: str | os.PathLike,
+    networks: dict[str, nn.Module],
+    meta: dict,
+    inference_networks: list[str] | None = None,
+) -> Path:
+    """Write ``weights.pt`` then ``model.json`` atomically; return the folder.
+
+    ``meta`` must hold at least ``name``, ``method``, ``classes``, ``patch_size`` and
+    ``preprocessing``; network configurations, software versions and the creation date are added.
+    """
+    for key in ("name", "method", "classes", "patch_size", "preprocessing"):
+        if key not in meta:
+            raise ModelError(f"model description lacks {key!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {name: _plain_state_dict(net) for name, net in networks.items()}
+    with atomic_path(out / WEIGHTS) as tmp:
+        torch.save(state, tmp)
+    full = {
+        "format": FORMAT_VERSION,
+        **meta,
+        "networks": {name: _network_config(net) for name, net in networks.items()},
+        "inference_networks": inference_networks or list(networks),
+        "software": software_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(out / MODEL_JSON, full)
+    return out
+
+
+def _plain_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def _network_config(net: nn.Module) -> dict:
+    config = getattr(net, "config", None)
+    if not isinstance(config, NetworkConfig):
+        raise ModelError(f"network {type(net).__name__} has no NetworkConfig; cannot describe it")
+    return config.to_dict()
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A folder path, or the name of a model in the models folder or among the shipped ones."""
+    candidates = [Path(model).expanduser()]
+    if os.sep not in str(model):
+        candidates += [models_dir() / str(model), PRETRAINED_DIR / str(model)]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    available = ", ".join(entry["name"] for entry in list_models()) or "none"
+    raise ModelError(
+        f"model {str(model)!r} not found: not a folder, and no model of that name in "
+        f"{models_dir()} or among the shipped models (available: {available})"
+    )
+
+
+def read_model_json(path: str | os.PathLike) -> dict:
+    folder = Path(path)
+    meta_path = folder / MODEL_JSON
+    if not meta_path.is_file():
+        raise ModelError(f"{folder} is not a model: it has no {MODEL_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("networks"), dict) or not meta["networks"]:
+        raise ModelError(f"{meta_path} describes no networks")
+    return meta
+
+
+def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model folder (or name) for inference, with ``weights_only=True``."""
+    folder = resolve_model(model)
+    meta = read_model_json(folder)
+    state = _load_weights(folder / WEIGHTS)
+    device = torch.device(device)
+    networks = {}
+    for name, config in meta["networks"].items():
+        if name not in state:
+            raise ModelError(f"{folder / WEIGHTS} has no weights for network {name!r}")
+        try:
+            net = build_network(config)
+            net.load_state_dict(state[name])
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ModelError(f"network {name!r} of {folder} does not match its weights: {exc}") from None
+        networks[name] = net.to(device).eval()
+    missing = [n for n in meta.get("inference_networks", []) if n not in networks]
+    if missing:
+        raise ModelError(f"{folder / MODEL_JSON} names unknown inference networks {missing}")
+    return LoadedModel(path=folder, meta=meta, networks=networks, device=device)
+
+
+def _load_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"model weights {path} are missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or unsafe file
+        raise ModelError(f"cannot load model weights {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict):
+        raise ModelError(f"model weights {path} are not a mapping of network name to tensors")
+    return state
+
+
+def list_models(include_shipped: bool = True) -> list[dict]:
+    """Every valid model in the models folder (then the shipped ones), as short descriptions."""
+    roots = [("user", models_dir())] + ([("shipped", PRETRAINED_DIR)] if include_shipped else [])
+    found = []
+    for origin, root in roots:
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            try:
+                meta = read_model_json(folder)
+            except ModelError:
+                continue
+            found.append(_describe(folder, meta, origin))
+    return found
+
+
+def _describe(folder: Path, meta: dict, origin: str) -> dict:
+    return {
+        "name": meta.get("name", folder.name),
+        "path": str(folder),
+        "origin": origin,
+        "method": meta.get("method", "?"),
+        "modality": meta.get("modality", "?"),
+        "target": meta.get("target", "?"),
+        "description": meta.get("description", ""),
+        "created": meta.get("created", ""),
+        "metrics": meta.get("metrics", {}),
+        "training": meta.get("training", {}),
+    }

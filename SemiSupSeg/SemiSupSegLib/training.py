@@ -1,0 +1,423 @@
+"""The training loop. It knows nothing about any particular method.
+
+It owns data preparation, optimisers and their schedules, fixed seeds, periodic validation,
+atomic checkpoints and resume, cancellation on SIGINT/SIGTERM, progress reporting, and writing
+the final model folder. The method (see :mod:`SemiSupSegLib.methods`) owns its networks and
+computes its losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .atomic import atomic_path
+from .dataset import Case, load_dataset
+from .errors import InputError, ModelError, TrainingCancelled
+from .imageio import read_image
+from .methods import Batch, Method, OptimizerSpec, get_method
+from .model_store import LoadedModel, load_model, save_model
+from .networks import NetworkConfig
+from .patches import PatchSampler, PreparedCase, prepare_case
+from .preprocessing import Preprocessing, median_spacing
+from .progress import Reporter
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint and summarised in ``model.json``."""
+
+    data: str
+    out: str
+    method: str = "supervised"
+    steps: int = 2000
+    batch: int = 2
+    patch_size: tuple[int, int, int] = (48, 48, 48)
+    width: float = 1.0
+    dropout: float = 0.5
+    lr: float | None = None
+    seed: int = 0
+    val_cases: int | None = None
+    val_every: int = 200
+    checkpoint_every: int = 100
+    target_spacing: tuple[float, float, float] | None = None
+    translation: int = 32
+    augment: bool = True
+    device: str = "auto"
+    init: str | None = None
+    name: str | None = None
+    description: str = ""
+    method_options: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data = json.loads(text)
+        for key in ("patch_size", "target_spacing"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" picks CUDA when torch sees a GPU, otherwise the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class ValidationCase:
+    name: str
+    image: sitk.Image
+    label: sitk.Image
+    center: tuple[float, float, float] | None
+
+
+class Trainer:
+    """Runs one training; ``run()`` returns the model folder."""
+
+    def __init__(self, config: TrainConfig, reporter: Reporter | None = None) -> None:
+        self.config = config
+        self.reporter = reporter or Reporter()
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self._stop_requested = False
+        self.history: list[dict] = []
+
+    # --- setup ------------------------------------------------------------------------------
+    def _split(self, cases: list[Case]) -> tuple[list[Case], list[Case]]:
+        n_val = self.config.val_cases
+        if n_val is None:
+            n_val = max(1, round(0.2 * len(cases))) if len(cases) >= 3 else 0
+        if n_val >= len(cases):
+            raise InputError(
+                f"{len(cases)} labelled case(s) cannot give {n_val} validation case(s) and still train"
+            )
+        return cases[: len(cases) - n_val], cases[len(cases) - n_val :]
+
+    def _initial_model(self) -> LoadedModel | None:
+        return load_model(self.config.init) if self.config.init else None
+
+    def _preprocessing(self, train_images: list[sitk.Image], init: LoadedModel | None) -> Preprocessing:
+        if init is not None:
+            return init.preprocessing  # a fine-tuned model must see data exactly as its parent did
+        spacing = self.config.target_spacing or median_spacing(train_images)
+        return Preprocessing(target_spacing=tuple(float(s) for s in spacing))
+
+    def _network_config(self, init: LoadedModel | None) -> NetworkConfig:
+        if init is not None:
+            first = next(iter(init.meta["networks"].values()))
+            return NetworkConfig.from_dict(first)
+        return NetworkConfig(width=self.config.width, dropout=self.config.dropout)
+
+    def _prepare(self, cases: list[Case], preprocessing: Preprocessing, labeled: bool) -> list[PreparedCase]:
+        prepared = []
+        for i, case in enumerate(cases):
+            self.reporter.emit("preparing", case=case.name, index=i + 1, total=len(cases))
+            image = read_image(case.image)
+            label = read_image(case.label, what="label") if labeled and case.label else None
+            prepared.append(prepare_case(case.name, image, label, case.center, preprocessing))
+        return prepared
+
+    def _build_method(self, network: NetworkConfig, init: LoadedModel | None) -> Method:
+        options = dict(self.config.method_options)
+        if self.config.lr is not None:
+            options["lr"] = self.config.lr
+        method = get_method(self.config.method)(network, self.config.steps, **options)
+        if init is not None:
+            state = {name: net.state_dict() for name, net in init.networks.items()}
+            method.init_from(state)
+        return method.to(self.device)
+
+    # --- optimisation -----------------------------------------------------------------------
+    @staticmethod
+    def _optimizer(spec: OptimizerSpec) -> torch.optim.Optimizer:
+        if spec.kind == "adam":
+            return torch.optim.Adam(
+                spec.parameters, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay
+            )
+        if spec.kind == "sgd":
+            return torch.optim.SGD(
+                spec.parameters,
+                lr=spec.lr,
+                momentum=spec.momentum,
+                nesterov=spec.nesterov,
+                weight_decay=spec.weight_decay,
+            )
+        raise ValueError(f"unknown optimiser kind {spec.kind!r}")
+
+    def _scheduler(self, spec: OptimizerSpec, optimizer: torch.optim.Optimizer):
+        total = max(1, self.config.steps)
+        if spec.schedule == "constant":
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        if spec.schedule == "poly":
+            power = spec.schedule_options.get("power", 0.9)
+            return torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: (1 - min(step, total - 1) / total) ** power
+            )
+        if spec.schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(
+                optimizer,
+                spec.schedule_options.get("step_size", 2500),
+                spec.schedule_options.get("gamma", 0.1),
+            )
+        raise ValueError(f"unknown schedule {spec.schedule!r}")
+
+    def _sample(self, sampler: PatchSampler, method: Method) -> Batch:
+        images, labels = sampler.labeled_batch(self.config.batch)
+        unlabeled = sampler.unlabeled_batch(self.config.batch) if method.uses_unlabeled else None
+        return Batch(images, labels, unlabeled).to(self.device)
+
+    def _iteration(self, method: Method, stages: list, batch: Batch, step: int) -> dict[str, float]:
+        logged: dict[str, float] = {}
+        for spec, optimizer, scheduler in stages:
+            losses = method.compute_losses(spec.stage, batch, step)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {spec.stage} loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            prefix = "" if len(stages) == 1 else f"{spec.stage}/"
+            logged.update({prefix + k: float(v.detach()) for k, v in losses.items()})
+        method.after_iteration(step)
+        return logged
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.out / ".training" / CHECKPOINT
+
+    def _save_checkpoint(self, method: Method, stages: list, step: int) -> Path:
+        path = self._checkpoint_path()
+        state = {
+            "step": step,
+            "config": self.config.to_json(),
+            "history": json.dumps(self.history),
+            "method": method.state_dict(),
+            "optimizers": {spec.stage: opt.state_dict() for spec, opt, _ in stages},
+            "schedulers": {spec.stage: sch.state_dict() for spec, _, sch in stages},
+        }
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        self.reporter.emit("checkpoint", step=step, path=str(path))
+        return path
+
+    def _load_checkpoint(self, method: Method, stages: list) -> int:
+        path = self._checkpoint_path()
+        if not path.is_file():
+            raise InputError(f"cannot resume: no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            method.load_state_dict(state["method"])
+            for spec, optimizer, scheduler in stages:
+                optimizer.load_state_dict(state["optimizers"][spec.stage])
+                scheduler.load_state_dict(state["schedulers"][spec.stage])
+        except (KeyError, RuntimeError, ValueError, EOFError) as exc:
+            raise ModelError(f"checkpoint {path} is corrupt or from another configuration: {exc}") from None
+        self.history = json.loads(state.get("history", "[]"))
+        return int(state["step"])
+
+    @staticmethod
+    def stored_config(out: str | Path) -> TrainConfig:
+        """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
+        path = Path(out) / ".training" / CHECKPOINT
+        if not path.is_file():
+            raise InputError(f"cannot resume: no checkpoint at {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return TrainConfig.from_json(state["config"])
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
+            raise ModelError(f"checkpoint {path} is unreadable: {exc}") from None
+
+    # --- validation -------------------------------------------------------------------------
+    def _validate(self, method: Method, val: list[ValidationCase], preprocessing: Preprocessing) -> dict:
+        from .inference import segment  # imported here: inference is not needed to train
+        from .metrics import segmentation_metrics, summarize
+
+        method.eval()
+        model = LoadedModel(
+            path=self.out,
+            meta=self._model_meta(method, preprocessing, {}),
+            networks={n: method.networks()[n] for n in method.inference_network_names()},
+            device=self.device,
+        )
+        rows = []
+        for case in val:
+            result = segment(model, case.image, case.center)
+            pred = sitk.GetArrayViewFromImage(result.label) > 0
+            ref = sitk.GetArrayViewFromImage(case.label) > 0
+            rows.append(segmentation_metrics(pred, ref, case.image.GetSpacing()[::-1]))
+        method.train()
+        summary = summarize(rows)
+        return {k: summary[k]["mean"] for k in ("dice", "hd95_mm") if k in summary}
+
+    # --- the run ------------------------------------------------------------------------------
+    def _model_meta(self, method: Method, preprocessing: Preprocessing, extra: dict) -> dict:
+        dataset = getattr(self, "dataset", None)
+        labels = dataset.labels if dataset is not None else {0: "background", 1: "foreground"}
+        modality = (dataset.raw.get("modality") or {}).get("0", "") if dataset is not None else ""
+        return {
+            "name": self.config.name or self.out.name,
+            "description": self.config.description,
+            "method": method.name,
+            "modality": modality,
+            "target": labels.get(1, "foreground"),
+            "classes": {str(k): v for k, v in labels.items()},
+            "patch_size": list(self.config.patch_size),
+            "preprocessing": preprocessing.to_dict(),
+            **extra,
+        }
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, frame):  # noqa: ARG001
+            self._stop_requested = True
+
+        for s in previous:
+            signal.signal(s, request_stop)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def run(self, resume: bool = False) -> Path:
+        cfg = self.config
+        if any(s % 4 for s in cfg.patch_size):
+            raise InputError(f"patch size {cfg.patch_size} must be divisible by 4 on every axis")
+        seed_everything(cfg.seed)
+        self.dataset = load_dataset(cfg.data)
+        train_cases, val_cases = self._split(self.dataset.training)
+        init = self._initial_model()
+        train_images = [read_image(c.image) for c in train_cases]
+        preprocessing = self._preprocessing(train_images, init)
+        del train_images
+        labeled = self._prepare(train_cases, preprocessing, labeled=True)
+        method = self._build_method(self._network_config(init), init)
+        unlabeled = (
+            self._prepare(self.dataset.unlabeled, preprocessing, False) if method.uses_unlabeled else []
+        )
+        val = [
+            ValidationCase(c.name, read_image(c.image), read_image(c.label, what="label"), c.center)
+            for c in val_cases
+        ]
+        sampler = PatchSampler(
+            labeled, unlabeled, cfg.patch_size, cfg.seed, cfg.translation, augment=cfg.augment
+        )
+        stages = [
+            (spec, opt := self._optimizer(spec), self._scheduler(spec, opt)) for spec in method.optimizers()
+        ]
+        start = self._load_checkpoint(method, stages) if resume else 0
+        if resume:
+            sampler.reseed(cfg.seed * 1_000_003 + start)
+            torch.manual_seed(cfg.seed * 1_000_003 + start)
+        summary = {
+            "method": method.name,
+            "labeled": len(labeled),
+            "unlabeled": len(unlabeled),
+            "validation": len(val),
+            "steps": cfg.steps,
+            "start_step": start,
+            "device": str(self.device),
+            "target_spacing": list(preprocessing.target_spacing or []),
+        }
+        self.reporter.emit("started", task="training", summary=summary, total=cfg.steps, step=start)
+        method.train()
+        t0 = time.monotonic()
+        last_val: dict = self.history[-1]["metrics"] if self.history else {}
+        report_every = max(1, cfg.steps // 200)
+        with self._signals():
+            for step in range(start, cfg.steps):
+                losses = self._iteration(method, stages, self._sample(sampler, method), step)
+                done = step + 1
+                if done % report_every == 0 or done == cfg.steps:
+                    rate = (time.monotonic() - t0) / (done - start)
+                    self.reporter.emit(
+                        "progress",
+                        step=done,
+                        total=cfg.steps,
+                        losses=losses,
+                        seconds_per_step=rate,
+                        eta_seconds=rate * (cfg.steps - done),
+                    )
+                if val and (done % cfg.val_every == 0 or done == cfg.steps):
+                    last_val = self._validate(method, val, preprocessing)
+                    self.history.append({"step": done, "metrics": last_val})
+                    self.reporter.emit("validation", step=done, total=cfg.steps, metrics=last_val)
+                if self._stop_requested:
+                    self._save_checkpoint(method, stages, done)
+                    self.reporter.emit(
+                        "cancelled", step=done, message=f"stopped at step {done}; resume with --resume"
+                    )
+                    raise TrainingCancelled(f"training stopped at step {done}; the checkpoint is usable")
+                if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                    self._save_checkpoint(method, stages, done)
+        elapsed = time.monotonic() - t0
+        extra = {
+            "training": {
+                "dataset": str(Path(cfg.data).resolve()),
+                "labeled_cases": [c.name for c in train_cases],
+                "unlabeled_cases": len(unlabeled),
+                "validation_cases": [c.name for c in val_cases],
+                "config": json.loads(cfg.to_json()),
+                "history": self.history,
+            },
+            "metrics": {"validation": last_val},
+            "timings": {
+                "train_seconds": round(elapsed, 1),
+                "seconds_per_step": round(elapsed / max(1, cfg.steps - start), 4),
+                "device": str(self.device),
+            },
+        }
+        method.eval()
+        folder = save_model(
+            self.out,
+            method.networks(),
+            self._model_meta(method, preprocessing, extra),
+            method.inference_network_names(),
+        )
+        checkpoint = self._checkpoint_path()
+        if checkpoint.exists():
+            checkpoint.unlink()
+        self.reporter.emit(
+            "finished",
+            step=cfg.steps,
+            total=cfg.steps,
+            model=str(folder),
+            metrics=last_val,
+            message=f"model written to {folder}",
+        )
+        return folder
