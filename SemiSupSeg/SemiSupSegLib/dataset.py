@@ -128,7 +128,7 @@ def _parse_entry(entry: Any, section: str, index: int, base: Path, problems: lis
 def _parse_labels(raw: dict, problems: list[str]) -> dict[int, str]:
     labels = raw.get("labels", DEFAULT_LABELS)
     if not isinstance(labels, dict) or not labels:
-        problems.append("'labels' is not a non-empty object like {\"0\": \"background\", \"1\": \"instrument\"}")
+        problems.append('\'labels\' is not a non-empty object like {"0": "background", "1": "instrument"}')
         return {0: "background", 1: "foreground"}
     parsed: dict[int, str] = {}
     for key, value in labels.items():
@@ -215,7 +215,9 @@ def _check_duplicates(cases: list[Case]) -> list[str]:
     problems, first_seen = [], {}
     for case in cases:
         if case.name in first_seen:
-            problems.append(f"{_case_tag(case)}: duplicate case name (also {case.section}[{first_seen[case.name]}])")
+            problems.append(
+                f"{_case_tag(case)}: duplicate case name (also {case.section}[{first_seen[case.name]}])"
+            )
         else:
             first_seen[case.name] = case.index
     return problems
@@ -399,7 +401,9 @@ def upsert_case(
         entries.append(entry)
     else:
         entries[position] = entry
-        entries[:] = [e for i, e in enumerate(entries) if i == position or not _matches(e, image_path, name, base)]
+        entries[:] = [
+            e for i, e in enumerate(entries) if i == position or not _matches(e, image_path, name, base)
+        ]
     atomic_write_json(path, raw)
     return _find_case(path, raw, section, image_path)
 

@@ -7,6 +7,8 @@ Conventions used throughout the engine:
 
 * Points are physical coordinates in millimetres in the LPS frame, as ITK uses them. 3D Slicer
   shows RAS coordinates: convert with :func:`ras_to_lps` / :func:`lps_to_ras`.
+* ITK's NIfTI reader turns NaN voxels into 0, so only NRRD/MetaImage files can be rejected for
+  NaN values.
 * Indices are ``(x, y, z)`` (ITK order). Arrays from ``sitk.GetArrayFromImage`` are indexed
   ``[z, y, x]`` (the reverse), so voxel ``(i, j, k)`` is ``array[k, j, i]``.
 """

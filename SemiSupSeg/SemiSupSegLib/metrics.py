@@ -50,7 +50,9 @@ def _check_inputs(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float
         raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     spacing = tuple(float(s) for s in spacing_zyx)
     if pred.ndim not in (2, 3) or len(spacing) != pred.ndim:
-        raise InputError(f"expected 3D [z, y, x] masks and 3 spacings, got shape {pred.shape}, spacing {spacing}")
+        raise InputError(
+            f"expected 3D [z, y, x] masks and 3 spacings, got shape {pred.shape}, spacing {spacing}"
+        )
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise InputError(f"spacing {spacing} is not positive and finite")
     return _as_mask(pred, "prediction"), _as_mask(ref, "reference"), spacing
@@ -128,9 +130,7 @@ def _monai_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
     return result
 
 
-def segmentation_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]
-) -> dict[str, float]:
+def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]) -> dict[str, float]:
     """Dice, Jaccard, HD95 and ASD (voxels and mm) of a binary ``[z, y, x]`` prediction.
 
     Empty masks give the finite values documented in the module docstring. Raises
@@ -148,7 +148,9 @@ def segmentation_metrics(
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:

@@ -1,0 +1,655 @@
+"""Synthetic 3D cardiac-ultrasound volumes with an interventional instrument: the built-in demo/test data.
+
+``generate_phantom`` draws one case (image, instrument label, a centre point on the instrument) from a
+seed; the same seed always gives identical arrays (only ``numpy.random.default_rng(seed)`` is used).
+``write_phantom_dataset`` writes a Medical-Segmentation-Decathlon style folder of such cases.
+
+Imaging model (array axes are numpy ``(z, y, x)``, i.e. SimpleITK ``(x, y, z)`` reversed):
+
+* the probe sits above the first slice (``z`` index 0) and images a pyramid-shaped sector whose fan opens
+  along ``x`` and ``y``; the bottom of the sector is spherical. Voxels outside this field of view (FOV)
+  are exactly 0, voxels inside are 1..255 (log-compressed B-mode, uint8);
+* tissue is a smooth random echogenicity field with dark blood pools (chambers); the chamber borders are
+  bright specular walls, and there are bright valve-leaflet-like sheets and bright tubular fibres that are
+  as bright as the instrument, so that no global threshold isolates it;
+* the instrument is a tube around a cubic Bezier centre line: a catheter (diameter 2.3-3.3 mm, bright rim
+  facing the probe, dimmer core) or a guide-wire (about 0.9 mm, bright line). Behind it along the beam there
+  is an acoustic shadow and a few faint reverberation copies; its visibility is modulated along its length
+  (weak stretches down to near-background, and weaker where it runs along the beam);
+* everything is multiplied by spatially correlated Rayleigh speckle and log-compressed.
+
+The label is the full tube (voxel centres within the radius, plus the voxels of the centre line so thin
+guide-wires stay connected), restricted to the FOV, whatever the visibility.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from SemiSupSegLib.atomic import atomic_path, atomic_write_json
+from SemiSupSegLib.errors import InputError
+
+KINDS = ("catheter", "guidewire")
+MIN_SIZE = 32
+MAX_CASES_PER_SPLIT = 25000
+DIAMETER_MM = {"catheter": (2.3, 3.3), "guidewire": (0.8, 1.0)}
+DEFAULT_SPACING_MM = (0.4, 0.7)
+SEED_STRIDE = 100003
+SPLIT_SEED_OFFSET = {"training": 0, "unlabeled": 50000, "test": 75000}
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic case: B-mode-like image, instrument label, centre point (LPS mm) and instrument kind."""
+
+    image: sitk.Image
+    label: sitk.Image
+    center: tuple[float, float, float]
+    kind: str
+
+
+@dataclass
+class _Geometry:
+    """Volume and probe geometry, in array order ``(z, y, x)`` and millimetres from the first voxel."""
+
+    shape: tuple[int, int, int]
+    spacing: np.ndarray
+    apex: np.ndarray
+    tan_u: float
+    tan_v: float
+    r_max: float
+
+    @property
+    def extent(self) -> np.ndarray:
+        return (np.array(self.shape) - 1) * self.spacing
+
+
+@dataclass
+class _Curve:
+    """A densely sampled centre line (mm, array order) with per-sample arc length and visibility."""
+
+    points: np.ndarray
+    arc: np.ndarray
+    visibility: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checking
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InputError(f"Unknown phantom kind {kind!r}: expected one of {', '.join(KINDS)}.")
+    return kind
+
+
+def _check_size(size: int | tuple[int, int, int]) -> tuple[int, int, int]:
+    """Return the size in SimpleITK order ``(x, y, z)``."""
+    values = (size, size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise InputError(f"Phantom size must be an integer or 3 integers, got {size!r}.")
+    if min(values) < MIN_SIZE:
+        raise InputError(f"Phantom size must be at least {MIN_SIZE} voxels along every axis, got {size!r}.")
+    return tuple(int(v) for v in values)
+
+
+def _check_spacing(spacing: float | tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+    """Return the spacing in SimpleITK order ``(x, y, z)``, or None to draw it per case."""
+    if spacing is None:
+        return None
+    try:
+        values = (float(spacing),) * 3 if np.isscalar(spacing) else tuple(float(v) for v in spacing)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"Phantom spacing must be a number or 3 numbers (mm), got {spacing!r}.") from exc
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"Phantom spacing must be 1 or 3 positive finite numbers (mm), got {spacing!r}.")
+    return values
+
+
+def _check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"{name} must be a non-negative integer, got {value!r}.")
+    if value > MAX_CASES_PER_SPLIT:
+        raise InputError(f"{name} must be at most {MAX_CASES_PER_SPLIT}, got {value}.")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry and smooth random fields
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _make_geometry(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray) -> _Geometry:
+    """Place the probe apex above the centre of the first slice and choose the sector angles."""
+    extent = (np.array(shape) - 1) * spacing
+    apex = np.array([-rng.uniform(0.06, 0.1) * extent[0], extent[1] / 2, extent[2] / 2])
+    depth = extent[0] - apex[0]
+    tan_u = math.tan(math.radians(rng.uniform(33.0, 39.0)))
+    tan_v = math.tan(math.radians(rng.uniform(33.0, 39.0)))
+    return _Geometry(shape, spacing, apex, tan_u, tan_v, r_max=rng.uniform(1.06, 1.12) * depth)
+
+
+def _axes(geom: _Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable coordinates (mm) relative to the apex: z (nz,1,1), y (1,ny,1), x (1,1,nx)."""
+    nz, ny, nx = geom.shape
+    z = (np.arange(nz, dtype=np.float32) * geom.spacing[0] - geom.apex[0]).reshape(-1, 1, 1)
+    y = (np.arange(ny, dtype=np.float32) * geom.spacing[1] - geom.apex[1]).reshape(1, -1, 1)
+    x = (np.arange(nx, dtype=np.float32) * geom.spacing[2] - geom.apex[2]).reshape(1, 1, -1)
+    return z, y, x
+
+
+def _beam_coordinates(geom: _Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ray coordinates u = x/z (nz,1,nx), v = y/z (nz,ny,1), range r (full) and the FOV mask (full)."""
+    z, y, x = _axes(geom)
+    u = x / z
+    v = y / z
+    r = z * np.sqrt(1.0 + u * u + v * v, dtype=np.float32)
+    fov = (np.abs(u) < geom.tan_u) & (np.abs(v) < geom.tan_v) & (r < geom.r_max)
+    return u, v, r, fov
+
+
+def _gaussian_basis(n: int, step: float, corr: float) -> np.ndarray:
+    """Rows: samples (voxel centres, mm), columns: Gaussian bumps every ``corr`` mm covering the axis."""
+    length = (n - 1) * step
+    nodes = np.arange(-2 * corr, length + 2 * corr + 1e-6, corr)
+    pos = np.arange(n) * step
+    return np.exp(-0.5 * ((pos[:, None] - nodes[None, :]) / (0.8 * corr)) ** 2).astype(np.float32)
+
+
+def _smooth_fields(rng: np.random.Generator, geom: _Geometry, corr: float, channels: int) -> np.ndarray:
+    """``channels`` smooth Gaussian random fields (zero mean, unit std) with correlation length ``corr`` mm.
+
+    Each is a sum of separable Gaussian bumps with random weights on a coarse node grid, evaluated with
+    three small matrix products (much cheaper than filtering a full-resolution noise volume).
+    """
+    nz, ny, nx = geom.shape
+    wz, wy, wx = (_gaussian_basis(n, s, corr) for n, s in zip(geom.shape, geom.spacing, strict=True))
+    coef = rng.standard_normal((channels, wz.shape[1], wy.shape[1], wx.shape[1]), dtype=np.float32)
+    field = np.matmul(wy, coef @ wx.T)
+    field = np.matmul(wz, field.reshape(channels, wz.shape[1], ny * nx)).reshape(channels, nz, ny, nx)
+    sub = field[:, ::4, ::4, ::4]
+    mean = sub.mean(axis=(1, 2, 3)).reshape(-1, 1, 1, 1)
+    std = sub.std(axis=(1, 2, 3)).reshape(-1, 1, 1, 1) + 1e-6
+    field -= mean
+    field /= std
+    return field
+
+
+def _level_gradient(field: np.ndarray, level: float, spacing: np.ndarray) -> float:
+    """Typical |grad field| (per mm) near ``field == level``, estimated on a 1/4 subsample."""
+    sub = field[::4, ::4, ::4]
+    grads = np.gradient(sub, *(4 * spacing))
+    mag = np.sqrt(sum(g * g for g in grads))
+    near = np.abs(sub - level) < 0.3
+    return float(np.median(mag[near])) if near.any() else float(np.median(mag)) + 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Curves and tubes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pyramid_point(geom: _Geometry, a: float, b: float, f: float) -> np.ndarray:
+    """Point (mm) at relative lateral positions a (x), b (y) in [-1, 1] of the fan and depth fraction f."""
+    z = -geom.apex[0] + f * geom.extent[0]
+    return geom.apex + np.array([z, b * geom.tan_v * z, a * geom.tan_u * z])
+
+
+def _bezier(control: np.ndarray, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic Bezier through 4 control points, resampled every ``step`` mm; returns points and arc length."""
+    t = np.linspace(0.0, 1.0, 2048)[:, None]
+    p0, p1, p2, p3 = control
+    dense = (1 - t) ** 3 * p0 + 3 * (1 - t) ** 2 * t * p1 + 3 * (1 - t) * t**2 * p2 + t**3 * p3
+    seg = np.linalg.norm(np.diff(dense, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    new_arc = np.arange(0.0, arc[-1], step)
+    points = np.stack([np.interp(new_arc, arc, dense[:, k]) for k in range(3)], axis=1)
+    return points, new_arc
+
+
+def _smooth_profile(rng: np.random.Generator, arc: np.ndarray, corr: float) -> np.ndarray:
+    """Smooth 1D random function of the arc length, zero mean and unit std (approximately)."""
+    nodes = np.arange(-2 * corr, arc[-1] + 2 * corr + 1e-6, corr)
+    weights = rng.standard_normal(nodes.size)
+    basis = np.exp(-0.5 * ((arc[:, None] - nodes[None, :]) / (0.8 * corr)) ** 2)
+    return basis @ weights / 1.6
+
+
+def _visibility(rng: np.random.Generator, arc: np.ndarray, points: np.ndarray, apex: np.ndarray) -> np.ndarray:
+    """Visibility along the instrument: weak stretches, slow modulation, dimmer when parallel to the beam."""
+    vis = np.clip(1.0 + 0.12 * _smooth_profile(rng, arc, 8.0), 0.75, 1.25)
+    for _ in range(rng.integers(1, 4)):
+        centre = rng.uniform(0.05, 0.95) * arc[-1]
+        half = rng.uniform(3.0, 7.0)
+        dip = rng.uniform(0.7, 0.92)
+        x = np.clip(np.abs(arc - centre) / half, 0.0, 1.0)
+        vis *= 1.0 - dip * 0.5 * (1.0 + np.cos(np.pi * x))
+    tangent = np.gradient(points, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True) + 1e-9
+    beam = points - apex
+    beam /= np.linalg.norm(beam, axis=1, keepdims=True)
+    along = np.abs(np.sum(tangent * beam, axis=1))
+    return vis * (1.0 - 0.45 * along**2)
+
+
+def _instrument_curve(rng: np.random.Generator, geom: _Geometry, step: float) -> _Curve:
+    """Random smooth instrument path entering the sector from one side; the tip is inside or it exits."""
+    side = rng.choice([-1.0, 1.0])
+    lateral_x = rng.random() < 0.5
+    enter = (side * 1.2, rng.uniform(-0.6, 0.6))
+    tip_inside = rng.random() < 0.5
+    leave = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)) if tip_inside else (-side * 1.2, rng.uniform(-0.6, 0.6))
+    if not lateral_x:
+        enter, leave = enter[::-1], leave[::-1]
+    p0 = _pyramid_point(geom, *enter, rng.uniform(0.2, 0.55))
+    p3 = _pyramid_point(geom, *leave, rng.uniform(0.35, 0.85))
+    wiggle = 0.2 * float(np.min(geom.extent))
+    p1 = p0 + (p3 - p0) / 3 + rng.normal(0.0, wiggle, 3)
+    p2 = p0 + 2 * (p3 - p0) / 3 + rng.normal(0.0, wiggle, 3)
+    control = np.stack([p0, p1, p2, p3])
+    control[1:3] = np.clip(control[1:3], 0.1 * geom.extent, 0.9 * geom.extent)
+    points, arc = _bezier(control, step)
+    return _Curve(points, arc, _visibility(rng, arc, points, geom.apex))
+
+
+def _tube_band(
+    points: np.ndarray, radius: float, geom: _Geometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxels within ``radius`` mm of the sampled centre line.
+
+    Returns flat voxel indices, distance (mm) to the nearest sample and the index of that sample. The
+    candidates are balls around a sub-sampled centre line (deduplicated with a boolean volume), then a
+    KD-tree query against the dense samples gives the distances.
+    """
+    sp = geom.spacing
+    shape = np.array(geom.shape)
+    every = max(1, int(0.8 * sp.min() / max(np.linalg.norm(points[1] - points[0]), 1e-6))) if len(points) > 1 else 1
+    centres = np.round(points[::every] / sp).astype(np.int64)
+    half = np.ceil(radius / sp).astype(np.int64) + 1
+    grid = np.stack(
+        np.meshgrid(*(np.arange(-h, h + 1) for h in half), indexing="ij"), axis=-1
+    ).reshape(-1, 3)
+    grid = grid[np.linalg.norm(grid * sp, axis=1) <= radius + 1.5 * sp.max()]
+    cand = (centres[:, None, :] + grid[None, :, :]).reshape(-1, 3)
+    cand = cand[np.all((cand >= 0) & (cand < shape), axis=1)]
+    if cand.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    mark = np.zeros(geom.shape, bool)
+    mark[cand[:, 0], cand[:, 1], cand[:, 2]] = True
+    flat = np.flatnonzero(mark)
+    vox = np.stack(np.unravel_index(flat, geom.shape), axis=1) * sp
+    dist, nearest = cKDTree(points).query(vox, distance_upper_bound=radius)
+    keep = np.isfinite(dist)
+    return flat[keep], dist[keep], nearest[keep]
+
+
+def _voxel_mm(flat: np.ndarray, geom: _Geometry) -> np.ndarray:
+    return np.stack(np.unravel_index(flat, geom.shape), axis=1) * geom.spacing
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _db(value: float) -> float:
+    return 10.0 ** (value / 20.0)
+
+
+def _tissue(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
+    """Echogenicity (linear amplitude) of tissue, blood pools, specular walls and leaflet-like sheets."""
+    coarse = _smooth_fields(rng, geom, corr=rng.uniform(11.0, 15.0), channels=2)
+    fine = _smooth_fields(rng, geom, corr=rng.uniform(4.0, 6.0), channels=2)
+    chamber, envelope = coarse
+    texture, sheet = fine
+    level = float(np.quantile(chamber[::4, ::4, ::4], 1.0 - rng.uniform(0.3, 0.45)))
+    grad = _level_gradient(chamber, level, geom.spacing)
+    blood = 0.5 + 0.5 * np.tanh((chamber - level) / (0.8 * grad))
+    tissue_db = rng.uniform(-31.0, -27.0) + 3.0 * texture + 2.0 * envelope
+    echo = np.power(np.float32(10.0), tissue_db / 20.0) * (1.0 - blood) + _db(rng.uniform(-52.0, -47.0)) * blood
+    wall_w = rng.uniform(0.5, 0.9) * grad
+    wall_amp = _db(rng.uniform(-7.0, -3.0)) * np.clip(0.8 + 0.35 * envelope, 0.3, 1.3)
+    echo += wall_amp * np.exp(-(((chamber - level) / wall_w) ** 2))
+    sheet_grad = _level_gradient(sheet, 0.0, geom.spacing)
+    sheet_w = rng.uniform(0.35, 0.6) * sheet_grad
+    sheet_mask = np.clip(envelope - rng.uniform(0.0, 0.6), 0.0, 1.0) * (1.0 - blood) ** 0.5
+    echo += _db(rng.uniform(-6.0, -2.0)) * sheet_mask * np.exp(-((sheet / sheet_w) ** 2))
+    return echo.astype(np.float32)
+
+
+def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, step: float) -> None:
+    """Bright short tubular tissue structures (no shadow, no rim): tube-shaped distractors."""
+    all_points, radius, amp = [], [], []
+    for _ in range(rng.integers(4, 8)):
+        start = _pyramid_point(geom, rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.15, 0.9))
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        length = rng.uniform(10.0, 30.0)
+        bend = rng.normal(0.0, 0.2 * length, (2, 3))
+        control = np.stack([start + direction * length * k / 3 for k in range(4)])
+        control[1:3] += bend
+        points, arc = _bezier(control, step)
+        taper = np.sin(np.pi * np.clip(arc / arc[-1], 0.0, 1.0)) ** 0.5
+        all_points.append(points)
+        radius.append(np.full(len(points), rng.uniform(0.4, 1.7)))
+        amp.append(_db(rng.uniform(-8.0, -3.0)) * taper * np.clip(1 + 0.2 * _smooth_profile(rng, arc, 5.0), 0.5, 1.5))
+    points, radius, amp = np.concatenate(all_points), np.concatenate(radius), np.concatenate(amp)
+    flat, dist, near = _tube_band(points, float(radius.max()) + 0.8, geom)
+    value = amp[near] * np.exp(-((np.maximum(dist - radius[near], 0.0) / 0.35) ** 2))
+    view = echo.reshape(-1)
+    view[flat] = np.maximum(view[flat], value.astype(np.float32))
+
+
+def _instrument_echo(
+    kind: str, curve: _Curve, radius: float, geom: _Geometry, levels: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Band voxels of the instrument: flat indices, distance, replacement weight and echo amplitude."""
+    sigma = 0.35 if kind == "catheter" else max(radius * 1.2, 0.6)
+    flat, dist, near = _tube_band(curve.points, radius + 2.5 * sigma, geom)
+    vis = curve.visibility[near]
+    occupancy = 1.0 / (1.0 + np.exp(-(radius + 0.05 - dist) / 0.12))
+    if kind == "catheter":
+        pos = _voxel_mm(flat, geom)
+        offset = pos - curve.points[near]
+        beam = pos - geom.apex
+        facing = -np.sum(offset * beam, axis=1) / (np.linalg.norm(beam, axis=1) * np.maximum(dist, 1e-3))
+        rim = levels["rim"] * (0.55 + 0.45 * facing) * np.exp(-(((dist - radius) / sigma) ** 2))
+        core = levels["core"] * occupancy
+        echo = np.maximum(rim, core)
+    else:
+        echo = levels["rim"] * np.exp(-((dist / sigma) ** 2))
+    return flat, dist, occupancy * vis, echo * vis
+
+
+def _shadow_map(
+    curve: _Curve, radius: float, geom: _Geometry, pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a (u, v) ray grid: lateral distance / radius to the instrument, its range and visibility."""
+    rel = curve.points - geom.apex
+    uv = np.stack([rel[:, 2] / rel[:, 0], rel[:, 1] / rel[:, 0]], axis=1)
+    gu = np.linspace(-geom.tan_u, geom.tan_u, pixels)
+    gv = np.linspace(-geom.tan_v, geom.tan_v, pixels)
+    grid = np.stack(np.meshgrid(gu, gv, indexing="ij"), axis=-1).reshape(-1, 2)
+    dist, near = cKDTree(uv).query(grid)
+    q = dist * rel[near, 0] / radius
+    rng_mm = np.linalg.norm(rel[near], axis=1)
+    return q.astype(np.float32), rng_mm.astype(np.float32), curve.visibility[near].astype(np.float32)
+
+
+def _shadow_and_reverb(
+    rng: np.random.Generator,
+    kind: str,
+    curve: _Curve,
+    radius: float,
+    geom: _Geometry,
+    beam: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    levels: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxels behind the instrument along the beam: flat indices, shadow factor and reverberation echo."""
+    u, v, r, fov = beam
+    pixels = 2 * max(geom.shape[1:])
+    shadow_radius = max(radius, 0.6)
+    q, r_centre, vis = _shadow_map(curve, shadow_radius, geom, pixels)
+    iu = np.clip(np.rint((u + geom.tan_u) / (2 * geom.tan_u) * (pixels - 1)), 0, pixels - 1).astype(np.int32)
+    iv = np.clip(np.rint((v + geom.tan_v) / (2 * geom.tan_v) * (pixels - 1)), 0, pixels - 1).astype(np.int32)
+    pix = iu * pixels + iv
+    inside = (q < 1.0).reshape(-1)[pix] & fov
+    inside &= r > float(r_centre[q < 1.0].min()) if (q < 1.0).any() else False
+    flat = np.flatnonzero(inside)
+    if flat.size == 0:
+        return flat, np.zeros(0, np.float32), np.zeros(0, np.float32)
+    kz, ky, kx = np.unravel_index(flat, geom.shape)
+    p = pix[kz, ky, kx]
+    qq = q[p]
+    half = shadow_radius * np.sqrt(np.clip(1.0 - qq * qq, 0.0, 1.0))
+    behind = r.reshape(-1)[flat] - r_centre[p]
+    lateral = np.sqrt(np.clip(1.0 - qq * qq, 0.0, 1.0)) ** 0.5
+    onset = np.clip((behind - half) / 0.8, 0.0, 1.0)
+    strength = levels["shadow"] * lateral * (0.4 + 0.6 * np.clip(vis[p], 0.0, 1.0))
+    factor = 1.0 - strength * onset
+    gap = rng.uniform(1.0, 1.3) * 2 * radius if kind == "catheter" else rng.uniform(0.9, 1.4)
+    rev = np.zeros(flat.size, np.float32)
+    for k in range(1, 5):
+        rev += 0.55**k * np.exp(-(((behind + half - k * gap) / 0.3) ** 2))
+    rev *= (behind > half) * levels["reverb"] * lateral * vis[p]
+    return flat, factor.astype(np.float32), rev
+
+
+def _speckle(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
+    """Rayleigh-like speckle amplitude (mean about 1): envelope of smoothed complex Gaussian noise.
+
+    The correlation is about 0.4 mm along the beam and 0.75 mm across; a small floor avoids the black
+    pin-holes of a pure Rayleigh envelope after log compression.
+    """
+    shape = geom.shape
+    sigma = tuple(float(s) for s in np.array([0.4, 0.75, 0.75]) / geom.spacing)
+    re = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3.0)
+    im = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3.0)
+    amp = np.sqrt(re * re + im * im)
+    amp /= amp[::3, ::3, ::3].mean()
+    amp *= 0.85
+    amp += 0.15
+    return amp
+
+
+def _compress(
+    rng: np.random.Generator, echo: np.ndarray, geom: _Geometry, beam: tuple[np.ndarray, ...]
+) -> np.ndarray:
+    """Log compression with depth gain and fan-edge fall-off; exact 0 outside the FOV, 1..255 inside."""
+    u, v, r, fov = beam
+    dyn = rng.uniform(48.0, 55.0)
+    top = rng.uniform(-1.0, 1.0)
+    edge = -5.0 * np.maximum(np.abs(u) / geom.tan_u, np.abs(v) / geom.tan_v) ** 4
+    depth_gain = rng.uniform(-5.0, -1.0) * (r / geom.r_max) ** 2
+    db = 20.0 * np.log10(echo + 1e-6) + depth_gain + edge
+    img = np.clip((db - (top - dyn)) * (255.0 / dyn), 1.0, 255.0)
+    img[~fov] = 0.0
+    return np.rint(img).astype(np.uint8)
+
+
+def _levels(rng: np.random.Generator, kind: str) -> dict[str, float]:
+    if kind == "catheter":
+        rim, core = rng.uniform(-5.0, -1.5), rng.uniform(-16.0, -12.0)
+    else:
+        rim, core = rng.uniform(-3.0, 0.0), -60.0
+    return {
+        "rim": _db(rim),
+        "core": _db(core),
+        "shadow": rng.uniform(0.6, 0.8),
+        "reverb": _db(rim - rng.uniform(9.0, 13.0)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _pick_center(curve: _Curve, label: np.ndarray, geom: _Geometry) -> np.ndarray:
+    """Centre-line sample near the middle of the visible, labelled part of the instrument (array index)."""
+    index = np.rint(curve.points / geom.spacing).astype(np.int64)
+    inside = np.all((index >= 0) & (index < np.array(geom.shape)), axis=1)
+    ok = np.zeros(len(index), bool)
+    ok[inside] = label[tuple(index[inside].T)] == 1
+    candidates = np.flatnonzero(ok & (curve.visibility > 0.6))
+    if candidates.size == 0:
+        candidates = np.flatnonzero(ok)
+    middle = np.median(curve.arc[candidates])
+    best = candidates[np.argmin(np.abs(curve.arc[candidates] - middle))]
+    return curve.points[best] / geom.spacing
+
+
+def _rasterize_label(curve: _Curve, radius: float, geom: _Geometry, fov: np.ndarray) -> np.ndarray:
+    """Tube mask (voxel centres within ``radius``) plus the centre-line voxels, within the FOV."""
+    label = np.zeros(geom.shape, np.uint8)
+    flat, dist, _ = _tube_band(curve.points, radius, geom)
+    label.reshape(-1)[flat] = 1
+    index = np.rint(curve.points / geom.spacing).astype(np.int64)
+    index = index[np.all((index >= 0) & (index < np.array(geom.shape)), axis=1)]
+    label[tuple(index.T)] = 1
+    label &= fov
+    return label
+
+
+def _visible_length(curve: _Curve, geom: _Geometry) -> float:
+    rel = curve.points - geom.apex
+    u, v = rel[:, 2] / rel[:, 0], rel[:, 1] / rel[:, 0]
+    inside = (np.abs(u) < 0.95 * geom.tan_u) & (np.abs(v) < 0.95 * geom.tan_v)
+    inside &= np.all((curve.points >= 0) & (curve.points <= geom.extent), axis=1)
+    return float(inside.sum() * (curve.arc[1] - curve.arc[0])) if len(curve.arc) > 1 else 0.0
+
+
+def generate_phantom(
+    size: int | tuple[int, int, int] = 160,
+    kind: str = "catheter",
+    seed: int = 0,
+    spacing: float | tuple[float, float, float] | None = None,
+) -> PhantomCase:
+    """Generate one synthetic 3D ultrasound case with a catheter or a guide-wire.
+
+    ``size`` and ``spacing`` are in SimpleITK order (x, y, z); by default the spacing is isotropic and drawn
+    uniformly in [0.4, 0.7] mm per case. The probe is at the top of the z axis. The image is uint8 (0 outside
+    the FOV), the label uint8 {0, 1}, the origin centres the volume on (0, 0, 0) and the direction is
+    identity. ``center`` is a point of the instrument centre line in physical (LPS) millimetres.
+    """
+    _check_kind(kind)
+    size_xyz = _check_size(size)
+    spacing_xyz = _check_spacing(spacing)
+    rng = np.random.default_rng(seed)
+    if spacing_xyz is None:
+        spacing_xyz = (float(rng.uniform(*DEFAULT_SPACING_MM)),) * 3
+    shape = size_xyz[::-1]
+    geom = _make_geometry(rng, shape, np.array(spacing_xyz[::-1], dtype=float))
+    radius = rng.uniform(*DIAMETER_MM[kind]) / 2
+    step = 0.3 * float(geom.spacing.min())
+    curve = _instrument_curve(rng, geom, step)
+    for _ in range(20):
+        if _visible_length(curve, geom) >= 0.4 * float(geom.extent.min()):
+            break
+        curve = _instrument_curve(rng, geom, step)
+    beam = _beam_coordinates(geom)
+    levels = _levels(rng, kind)
+    echo = _tissue(rng, geom)
+    _add_fibres(rng, geom, echo, step)
+    view = echo.reshape(-1)
+    flat_s, factor, reverb = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels)
+    view[flat_s] *= factor
+    flat_i, _, replace, inst = _instrument_echo(kind, curve, radius, geom, levels)
+    view[flat_i] = view[flat_i] * (1.0 - replace) + inst
+    view[flat_s] += reverb
+    speckle = _speckle(rng, geom)
+    speckle.reshape(-1)[flat_i] = 1.0 + 0.5 * (speckle.reshape(-1)[flat_i] - 1.0)
+    echo *= speckle
+    image = _compress(rng, echo, geom, beam)
+    label = _rasterize_label(curve, radius, geom, beam[3])
+    center_index = _pick_center(curve, label, geom)
+    return _make_case(image, label, center_index, spacing_xyz, kind)
+
+
+def _make_case(
+    image: np.ndarray, label: np.ndarray, center_index: np.ndarray, spacing_xyz: tuple[float, ...], kind: str
+) -> PhantomCase:
+    """Wrap arrays into SimpleITK images centred on the origin; convert the centre to physical mm."""
+    img = sitk.GetImageFromArray(image)
+    img.SetSpacing(spacing_xyz)
+    origin = tuple(-(n - 1) * s / 2 for n, s in zip(img.GetSize(), spacing_xyz, strict=True))
+    img.SetOrigin(origin)
+    lab = sitk.GetImageFromArray(label)
+    lab.CopyInformation(img)
+    center = img.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in center_index[::-1]))
+    return PhantomCase(image=img, label=lab, center=tuple(float(c) for c in center), kind=kind)
+
+
+def case_seed(seed: int, index: int, split: str = "training") -> int:
+    """Seed of case ``index`` of a split: ``seed * 100003 + offset + index`` (offset 0 / 50000 / 75000)."""
+    return seed * SEED_STRIDE + SPLIT_SEED_OFFSET[split] + index
+
+
+def _write_image(image: sitk.Image, target: pathlib.Path) -> None:
+    with atomic_path(target) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def write_phantom_dataset(
+    out_dir: str | pathlib.Path,
+    cases: int,
+    seed: int = 0,
+    kind: str = "catheter",
+    size: int | tuple[int, int, int] = 160,
+    unlabeled: int = 0,
+    test: int = 0,
+    spacing: float | tuple[float, float, float] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pathlib.Path:
+    """Write images/ labels/ and dataset.json; return the dataset.json path.
+
+    Training case ``i`` uses seed ``seed * 100003 + i``, unlabeled case ``i`` ``seed * 100003 + 50000 + i``
+    and test case ``i`` ``seed * 100003 + 75000 + i`` (see ``case_seed``), so adding cases to one split
+    never changes the others. Names are ``phantom_<kind>_000`` (training), ``..._u000`` (unlabeled, no label
+    file) and ``..._t000`` (test, with a label so it can be evaluated). Every file is written atomically.
+    ``progress(done, total)`` is called after each case.
+    """
+    _check_kind(kind)
+    size_xyz = _check_size(size)
+    _check_spacing(spacing)
+    counts = {
+        "training": _check_count("cases", cases),
+        "unlabeled": _check_count("unlabeled", unlabeled),
+        "test": _check_count("test", test),
+    }
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    out = pathlib.Path(out_dir)
+    total, done = sum(counts.values()), 0
+    lists: dict[str, list[dict]] = {split: [] for split in counts}
+    prefix = {"training": "", "unlabeled": "u", "test": "t"}
+    for split, count in counts.items():
+        for i in range(count):
+            name = f"phantom_{kind}_{prefix[split]}{i:03d}"
+            case = generate_phantom(size_xyz, kind, case_seed(int(seed), i, split), spacing)
+            entry: dict = {"image": f"images/{name}.nii.gz"}
+            _write_image(case.image, out / entry["image"])
+            if split != "unlabeled":
+                entry["label"] = f"labels/{name}.nii.gz"
+                _write_image(case.label, out / entry["label"])
+            entry["center"] = [float(c) for c in case.center]
+            lists[split].append(entry)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return _write_datalist(out, kind, int(seed), size_xyz, counts, lists)
+
+
+def _write_datalist(
+    out: pathlib.Path,
+    kind: str,
+    seed: int,
+    size_xyz: tuple[int, int, int],
+    counts: dict[str, int],
+    lists: dict[str, list[dict]],
+) -> pathlib.Path:
+    data = {
+        "name": f"phantom-{kind}",
+        "description": f"Synthetic 3D cardiac ultrasound with a {kind} (SemiSupSegLib.phantom).",
+        "modality": {"0": "US"},
+        "labels": {"0": "background", "1": "instrument"},
+        "numTraining": counts["training"],
+        "numUnlabeled": counts["unlabeled"],
+        "numTest": counts["test"],
+        "generator": {"seed": seed, "kind": kind, "size": list(size_xyz)},
+        "training": lists["training"],
+        "unlabeled": lists["unlabeled"],
+        "test": lists["test"],
+    }
+    path = out / "dataset.json"
+    atomic_write_json(path, data)
+    return path

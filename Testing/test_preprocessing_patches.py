@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SemiSupSegLib.patches import PatchSampler, crop, prepare_case
+from SemiSupSegLib.preprocessing import Preprocessing, median_spacing, resample_to_spacing
+
+
+def _image(shape=(20, 30, 40), spacing=(0.5, 0.6, 0.7), value=None):
+    rng = np.random.default_rng(0)
+    array = rng.uniform(0, 255, shape).astype(np.float32) if value is None else np.full(shape, value, np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((10.0, -5.0, 3.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return image
+
+
+def test_resampling_keeps_the_physical_extent_and_frame():
+    image = _image()
+    out = resample_to_spacing(image, (0.25, 0.3, 0.35))
+    assert out.GetSize() == (80, 60, 40)
+    assert out.GetOrigin() == image.GetOrigin() and out.GetDirection() == image.GetDirection()
+    assert resample_to_spacing(image, image.GetSpacing()) is image
+
+
+def test_label_resampling_keeps_a_thin_line():
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[10, 10, :] = 1
+    image = sitk.GetImageFromArray(label)
+    out = sitk.GetArrayFromImage(resample_to_spacing(image, (0.5, 0.5, 0.5), is_label=True))
+    assert set(np.unique(out)) == {0, 1}
+    assert out[20, 20, :39].all()  # the line stays connected at twice the resolution
+
+
+def test_normalisation_is_zero_mean_unit_std_and_reproducible_on_crops():
+    pre = Preprocessing()
+    array = sitk.GetArrayFromImage(_image())
+    stats = pre.intensity_statistics(array)
+    whole = pre.normalize(array, stats)
+    assert abs(whole.mean()) < 1e-3 and abs(whole.std() - 1) < 1e-3
+    np.testing.assert_allclose(pre.normalize(array[2:8, 3:9, 4:10], stats), whole[2:8, 3:9, 4:10], rtol=1e-6)
+    assert np.all(np.isfinite(pre.normalize(np.zeros((4, 4, 4)))))
+
+
+def test_preprocessing_round_trips_through_json():
+    pre = Preprocessing(target_spacing=(0.5, 0.6, 0.7), clip_percentiles=(1.0, 99.0))
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    with pytest.raises(ValueError, match="unknown normalization"):
+        Preprocessing(normalization="minmax").normalize(np.zeros(3))
+
+
+def test_median_spacing():
+    images = [_image(spacing=s) for s in [(0.4, 0.4, 0.4), (0.5, 0.6, 0.7), (0.6, 0.8, 0.9)]]
+    assert median_spacing(images) == (0.5, 0.6, 0.7)
+
+
+def test_crop_fills_outside_and_keeps_inside():
+    array = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    out = crop(array, (0, 0, 0), (4, 4, 4), fill=-1)
+    assert out.shape == (4, 4, 4)
+    assert np.all(out[:2] == -1) and out[2, 2, 2] == array[0, 0, 0]
+    assert np.all(crop(array, (50, 50, 50), (4, 4, 4), fill=-7) == -7)
+
+
+def test_sampler_centres_patches_on_the_instrument_and_is_reproducible():
+    shape = (40, 40, 40)
+    array = np.zeros(shape, np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[20, 20, :] = 1
+    image = sitk.GetImageFromArray(array + 10 * label)
+    lab = sitk.GetImageFromArray(label)
+    center = image.TransformContinuousIndexToPhysicalPoint((20, 20, 20))
+    case = prepare_case("c", image, lab, center, Preprocessing())
+    np.testing.assert_allclose(case.center_zyx, (20, 20, 20))
+    draws = []
+    for _ in range(2):
+        sampler = PatchSampler([case], [], (16, 16, 16), seed=3, translation=4, random_fraction=0.0)
+        images, labels = sampler.labeled_batch(6)
+        draws.append(images)
+        assert images.shape == (6, 1, 16, 16, 16) and labels.dtype.is_floating_point is False
+        assert all(labels[i].sum() > 0 for i in range(6))  # shift 4 < half patch: the line stays inside
+    assert np.array_equal(draws[0].numpy(), draws[1].numpy())
