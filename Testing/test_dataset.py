@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from SemiSupSegLib import dataset as dsmod
 from SemiSupSegLib.dataset import load_dataset, save_dataset, upsert_case, validate_dataset
 from SemiSupSegLib.errors import DatasetError, InputError
@@ -332,3 +331,11 @@ def test_upsert_rejects_bad_input(tmp_path):
     with pytest.raises(InputError, match="unknown dataset section"):
         upsert_case(tmp_path / "dataset.json", "validation", image)
     assert not (tmp_path / "dataset.json").exists()
+
+
+def test_upsert_refuses_malformed_json(tmp_path):
+    write_case(tmp_path, "a")
+    (tmp_path / "dataset.json").write_text('{"training": [5]}')
+    with pytest.raises(DatasetError, match="training\\[0\\] is not an object"):
+        upsert_case(tmp_path, "unlabeled", tmp_path / "images" / "a.nii.gz")
+    assert (tmp_path / "dataset.json").read_text() == '{"training": [5]}'

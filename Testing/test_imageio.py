@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from SemiSupSegLib import imageio
 from SemiSupSegLib.errors import InputError
 

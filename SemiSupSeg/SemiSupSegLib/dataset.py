@@ -232,7 +232,7 @@ def _check_entry(ds: Dataset, case: Case) -> list[str]:
         problems.append(f"{tag}: image file '{case.image}' does not exist")
     if case.label is not None and not case.label.is_file():
         problems.append(f"{tag}: label file '{case.label}' does not exist")
-    raw_center = _raw_center(ds, case)
+    raw_center = _raw_center(ds, case) if case.center is None else None
     if raw_center is not None and _parse_center(raw_center) is None:
         problems.append(f"{tag}: center {raw_center!r} is not 3 finite numbers (LPS mm)")
     return problems
@@ -390,6 +390,7 @@ def upsert_case(
     path = _dataset_path(dataset_json_path).absolute()
     image_path, label_path = _checked_inputs(section, image, label, center)
     raw = _read_json(path) if path.exists() else _new_raw(path)
+    _parse(path, raw)  # refuse to edit a malformed file
     base = path.parent
     name = name or imageio.strip_image_extension(image_path)
     moved = _pop_matches(raw, "unlabeled", image_path, name, base) if section == "training" else []

@@ -64,7 +64,7 @@ def _empty_case(shape: tuple[int, ...], spacing: tuple[float, ...], both_empty: 
     else:
         overlap = 0.0
         dist_vox = math.sqrt(sum(n * n for n in shape))
-        dist_mm = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing)))
+        dist_mm = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
     return {
         "dice": overlap,
         "jaccard": overlap,

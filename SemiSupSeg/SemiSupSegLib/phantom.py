@@ -95,7 +95,9 @@ def _check_kind(kind: str) -> str:
 def _check_size(size: int | tuple[int, int, int]) -> tuple[int, int, int]:
     """Return the size in SimpleITK order ``(x, y, z)``."""
     values = (size, size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+    if len(values) != 3 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+    ):
         raise InputError(f"Phantom size must be an integer or 3 integers, got {size!r}.")
     if min(values) < MIN_SIZE:
         raise InputError(f"Phantom size must be at least {MIN_SIZE} voxels along every axis, got {size!r}.")
@@ -224,7 +226,9 @@ def _smooth_profile(rng: np.random.Generator, arc: np.ndarray, corr: float) -> n
     return basis @ weights / 1.6
 
 
-def _visibility(rng: np.random.Generator, arc: np.ndarray, points: np.ndarray, apex: np.ndarray) -> np.ndarray:
+def _visibility(
+    rng: np.random.Generator, arc: np.ndarray, points: np.ndarray, apex: np.ndarray
+) -> np.ndarray:
     """Visibility along the instrument: weak stretches, slow modulation, dimmer when parallel to the beam."""
     vis = np.clip(1.0 + 0.12 * _smooth_profile(rng, arc, 8.0), 0.75, 1.25)
     for _ in range(rng.integers(1, 4)):
@@ -247,7 +251,11 @@ def _instrument_curve(rng: np.random.Generator, geom: _Geometry, step: float) ->
     lateral_x = rng.random() < 0.5
     enter = (side * 1.2, rng.uniform(-0.6, 0.6))
     tip_inside = rng.random() < 0.5
-    leave = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)) if tip_inside else (-side * 1.2, rng.uniform(-0.6, 0.6))
+    leave = (
+        (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5))
+        if tip_inside
+        else (-side * 1.2, rng.uniform(-0.6, 0.6))
+    )
     if not lateral_x:
         enter, leave = enter[::-1], leave[::-1]
     p0 = _pyramid_point(geom, *enter, rng.uniform(0.2, 0.55))
@@ -261,33 +269,36 @@ def _instrument_curve(rng: np.random.Generator, geom: _Geometry, step: float) ->
     return _Curve(points, arc, _visibility(rng, arc, points, geom.apex))
 
 
+def _ball_offsets(radius: float, spacing: np.ndarray) -> np.ndarray:
+    """Integer voxel offsets within ``radius`` mm (plus one voxel diagonal) of the origin."""
+    half = np.ceil(radius / spacing).astype(np.int64) + 1
+    axes = (np.arange(-h, h + 1) for h in half)
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    return grid[np.linalg.norm(grid * spacing, axis=1) <= radius + float(np.linalg.norm(spacing))]
+
+
 def _tube_band(
     points: np.ndarray, radius: float, geom: _Geometry
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxels within ``radius`` mm of the sampled centre line.
 
     Returns flat voxel indices, distance (mm) to the nearest sample and the index of that sample. The
-    candidates are balls around a sub-sampled centre line (deduplicated with a boolean volume), then a
-    KD-tree query against the dense samples gives the distances.
+    candidates are balls around centre-line samples about half a voxel apart (deduplicated with a boolean
+    volume, in chunks to bound memory), then a KD-tree query against all samples gives the distances.
     """
-    sp = geom.spacing
-    shape = np.array(geom.shape)
-    every = max(1, int(0.8 * sp.min() / max(np.linalg.norm(points[1] - points[0]), 1e-6))) if len(points) > 1 else 1
-    centres = np.round(points[::every] / sp).astype(np.int64)
-    half = np.ceil(radius / sp).astype(np.int64) + 1
-    grid = np.stack(
-        np.meshgrid(*(np.arange(-h, h + 1) for h in half), indexing="ij"), axis=-1
-    ).reshape(-1, 3)
-    grid = grid[np.linalg.norm(grid * sp, axis=1) <= radius + 1.5 * sp.max()]
-    cand = (centres[:, None, :] + grid[None, :, :]).reshape(-1, 3)
-    cand = cand[np.all((cand >= 0) & (cand < shape), axis=1)]
-    if cand.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    sp, shape = geom.spacing, np.array(geom.shape)
+    gap = float(np.linalg.norm(points[1] - points[0])) if len(points) > 1 else 1.0
+    every = max(1, int(0.5 * sp.min() / max(gap, 1e-9)))
+    centres = np.rint(points[::every] / sp).astype(np.int64)
+    ball = _ball_offsets(radius, sp)
     mark = np.zeros(geom.shape, bool)
-    mark[cand[:, 0], cand[:, 1], cand[:, 2]] = True
+    chunk = max(1, 2_000_000 // len(ball))
+    for start in range(0, len(centres), chunk):
+        cand = (centres[start : start + chunk, None, :] + ball[None]).reshape(-1, 3)
+        cand = cand[np.all((cand >= 0) & (cand < shape), axis=1)]
+        mark[cand[:, 0], cand[:, 1], cand[:, 2]] = True
     flat = np.flatnonzero(mark)
-    vox = np.stack(np.unravel_index(flat, geom.shape), axis=1) * sp
-    dist, nearest = cKDTree(points).query(vox, distance_upper_bound=radius)
+    dist, nearest = cKDTree(points).query(_voxel_mm(flat, geom), distance_upper_bound=radius)
     keep = np.isfinite(dist)
     return flat[keep], dist[keep], nearest[keep]
 
@@ -315,7 +326,9 @@ def _tissue(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
     grad = _level_gradient(chamber, level, geom.spacing)
     blood = 0.5 + 0.5 * np.tanh((chamber - level) / (0.8 * grad))
     tissue_db = rng.uniform(-31.0, -27.0) + 3.0 * texture + 2.0 * envelope
-    echo = np.power(np.float32(10.0), tissue_db / 20.0) * (1.0 - blood) + _db(rng.uniform(-52.0, -47.0)) * blood
+    echo = (
+        np.power(np.float32(10.0), tissue_db / 20.0) * (1.0 - blood) + _db(rng.uniform(-52.0, -47.0)) * blood
+    )
     wall_w = rng.uniform(0.5, 0.9) * grad
     wall_amp = _db(rng.uniform(-7.0, -3.0)) * np.clip(0.8 + 0.35 * envelope, 0.3, 1.3)
     echo += wall_amp * np.exp(-(((chamber - level) / wall_w) ** 2))
@@ -341,7 +354,9 @@ def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, ste
         taper = np.sin(np.pi * np.clip(arc / arc[-1], 0.0, 1.0)) ** 0.5
         all_points.append(points)
         radius.append(np.full(len(points), rng.uniform(0.4, 1.7)))
-        amp.append(_db(rng.uniform(-8.0, -3.0)) * taper * np.clip(1 + 0.2 * _smooth_profile(rng, arc, 5.0), 0.5, 1.5))
+        amp.append(
+            _db(rng.uniform(-8.0, -3.0)) * taper * np.clip(1 + 0.2 * _smooth_profile(rng, arc, 5.0), 0.5, 1.5)
+        )
     points, radius, amp = np.concatenate(all_points), np.concatenate(radius), np.concatenate(amp)
     flat, dist, near = _tube_band(points, float(radius.max()) + 0.8, geom)
     value = amp[near] * np.exp(-((np.maximum(dist - radius[near], 0.0) / 0.35) ** 2))

@@ -1,0 +1,64 @@
+"""Project rules: the engine never imports Slicer, and the extension's CMake lists every engine file."""
+
+import ast
+import json
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENGINE = REPO / "SemiSupSeg" / "SemiSupSegLib"
+FORBIDDEN = {"slicer", "qt", "ctk", "vtk", "sitkUtils", "mrml"}
+
+
+def _imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_no_engine_file_imports_slicer_qt_ctk_or_vtk():
+    files = sorted(ENGINE.rglob("*.py"))
+    assert len(files) > 10
+    offenders = {str(f.relative_to(REPO)): sorted(_imported_roots(f) & FORBIDDEN) for f in files}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_importing_every_engine_module_loads_no_slicer_module():
+    code = (
+        "import importlib, pkgutil, sys, SemiSupSegLib\n"
+        "for m in pkgutil.walk_packages(SemiSupSegLib.__path__, 'SemiSupSegLib.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & set(sys.argv[1:])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *FORBIDDEN], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cmake_lists_every_engine_file():
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "update_cmake_lists.py"), "--check"])
+    assert result.returncode == 0, "SemiSupSeg/CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
+    cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
+    for f in ENGINE.rglob("*.py"):
+        assert f.relative_to(REPO / "SemiSupSeg").as_posix() in cmake
+
+
+def test_extension_cmake_declares_both_modules_and_pytorch():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(SemiSupSeg)" in text and "add_subdirectory(SemiSupSegTraining)" in text
+    assert 'EXTENSION_DEPENDS "PyTorch"' in text and 'EXTENSION_CATEGORY "Segmentation"' in text
+
+
+def test_slicer_module_files_compile(tmp_path):
+    for module in ("SemiSupSeg/SemiSupSeg.py", "SemiSupSegTraining/SemiSupSegTraining.py"):
+        py_compile.compile(str(REPO / module), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+def test_shipped_models_are_valid_json():
+    for meta in (ENGINE / "pretrained").glob("*/model.json"):
+        assert json.loads(meta.read_text())["networks"]

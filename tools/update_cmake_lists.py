@@ -1,0 +1,38 @@
+"""Regenerate SemiSupSeg/CMakeLists.txt so it lists every engine file (scripts and shipped models).
+
+Run after adding or removing a file under SemiSupSeg/SemiSupSegLib:
+    python tools/update_cmake_lists.py
+``Testing/test_packaging.py`` fails when the committed CMakeLists.txt is out of date.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+MODULE = Path(__file__).resolve().parents[1] / "SemiSupSeg"
+
+
+def render() -> str:
+    lib = MODULE / "SemiSupSegLib"
+    files = sorted(p.relative_to(MODULE).as_posix() for p in lib.rglob("*") if p.is_file())
+    files = [f for f in files if "__pycache__" not in f]
+    scripts = [f for f in files if f.endswith(".py")]
+    resources = [f for f in files if not f.endswith((".py", ".pyc"))]
+    template = (MODULE / "CMakeLists.txt.in").read_text()
+    indent = lambda items: "\n".join(f"  {item}" for item in items)  # noqa: E731
+    return template.replace("@SCRIPTS@", indent(scripts)).replace("@RESOURCES@", indent(resources))
+
+
+def main() -> int:
+    target = MODULE / "CMakeLists.txt"
+    text = render()
+    if "--check" in sys.argv:
+        return 0 if target.is_file() and target.read_text() == text else 1
+    target.write_text(text)
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
