@@ -88,4 +88,6 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_description_must_be_complete(tmp_path):
     with pytest.raises(ModelError, match="lacks 'preprocessing'"):
-        save_model(tmp_path, {"a": CompactUNet(width=0.125)}, {k: v for k, v in META.items() if k != "preprocessing"})
+        save_model(
+            tmp_path, {"a": CompactUNet(width=0.125)}, {k: v for k, v in META.items() if k != "preprocessing"}
+        )

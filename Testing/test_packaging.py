@@ -42,7 +42,9 @@ def test_importing_every_engine_module_loads_no_slicer_module():
 
 def test_cmake_lists_every_engine_file():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "update_cmake_lists.py"), "--check"])
-    assert result.returncode == 0, "SemiSupSeg/CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
+    assert result.returncode == 0, (
+        "SemiSupSeg/CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
+    )
     cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
     for f in ENGINE.rglob("*.py"):
         assert f.relative_to(REPO / "SemiSupSeg").as_posix() in cmake

@@ -8,7 +8,9 @@ from SemiSupSegLib.preprocessing import Preprocessing, median_spacing, resample_
 
 def _image(shape=(20, 30, 40), spacing=(0.5, 0.6, 0.7), value=None):
     rng = np.random.default_rng(0)
-    array = rng.uniform(0, 255, shape).astype(np.float32) if value is None else np.full(shape, value, np.float32)
+    array = (
+        rng.uniform(0, 255, shape).astype(np.float32) if value is None else np.full(shape, value, np.float32)
+    )
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
     image.SetOrigin((10.0, -5.0, 3.0))
