@@ -23,3 +23,7 @@ class ModelError(SemiSupSegError):
 
 class TrainingCancelled(SemiSupSegError):
     """Training stopped on request (SIGINT/SIGTERM); the last checkpoint is usable."""
+
+
+class TrainingDiverged(SemiSupSegError):
+    """A loss became NaN or infinite; the last checkpoint (if any) is still usable."""

@@ -23,7 +23,7 @@ import torch
 
 from .atomic import atomic_path
 from .dataset import Case, load_dataset
-from .errors import InputError, ModelError, TrainingCancelled
+from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from .imageio import read_image
 from .methods import Batch, Method, OptimizerSpec, get_method
 from .model_store import LoadedModel, load_model, save_model
@@ -197,7 +197,9 @@ class Trainer:
             losses = method.compute_losses(spec.stage, batch, step)
             loss = losses["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {spec.stage} loss became {loss.item()} at step {step}")
+                raise TrainingDiverged(
+                    f"the {spec.stage} loss became {loss.item()} at step {step}; try a lower --lr"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -227,17 +229,16 @@ class Trainer:
         return path
 
     def _load_checkpoint(self, method: Method, stages: list) -> int:
-        path = self._checkpoint_path()
-        if not path.is_file():
-            raise InputError(f"cannot resume: no checkpoint at {path}")
+        state = _read_checkpoint(self._checkpoint_path(), self.device)
         try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
             method.load_state_dict(state["method"])
             for spec, optimizer, scheduler in stages:
                 optimizer.load_state_dict(state["optimizers"][spec.stage])
                 scheduler.load_state_dict(state["schedulers"][spec.stage])
-        except (KeyError, RuntimeError, ValueError, EOFError) as exc:
-            raise ModelError(f"checkpoint {path} is corrupt or from another configuration: {exc}") from None
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ModelError(
+                f"checkpoint {self._checkpoint_path()} is from another configuration: {exc}"
+            ) from None
         self.history = json.loads(state.get("history", "[]"))
         return int(state["step"])
 
@@ -245,13 +246,10 @@ class Trainer:
     def stored_config(out: str | Path) -> TrainConfig:
         """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
         path = Path(out) / ".training" / CHECKPOINT
-        if not path.is_file():
-            raise InputError(f"cannot resume: no checkpoint at {path}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return TrainConfig.from_json(state["config"])
-        except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
-            raise ModelError(f"checkpoint {path} is unreadable: {exc}") from None
+            return TrainConfig.from_json(_read_checkpoint(path, torch.device("cpu"))["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
 
     # --- validation -------------------------------------------------------------------------
     def _validate(self, method: Method, val: list[ValidationCase], preprocessing: Preprocessing) -> dict:
@@ -421,3 +419,15 @@ class Trainer:
             message=f"model written to {folder}",
         )
         return folder
+
+
+def _read_checkpoint(path: Path, device: torch.device) -> dict:
+    if not path.is_file():
+        raise InputError(f"cannot resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise ModelError(f"checkpoint {path} is corrupt: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ModelError(f"checkpoint {path} is corrupt: not a SemiSupSeg checkpoint")
+    return state
