@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -383,8 +384,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(e[-+]?\d+)?([,;]\s*-?\d*\.?\d+(e[-+]?\d+)?)*$", re.I)
+
+
+def _glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """Let ``--center -6.5,-0.6,1.1`` work: argparse would take the value for an option."""
+    out: list[str] = []
+    for token in argv:
+        if (
+            out
+            and out[-1] in ("--center", "--target-spacing")
+            and token.startswith("-")
+            and _NUMBER_LIST.match(token)
+        ):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_glue_negative_values(argv))
     try:
         return args.func(args)
     except TrainingCancelled as exc:
