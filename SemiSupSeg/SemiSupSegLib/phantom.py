@@ -87,6 +87,7 @@ class _Curve:
 
 
 def _check_kind(kind: str) -> str:
+    """Return ``kind`` if it is a known instrument kind, else raise InputError."""
     if kind not in KINDS:
         raise InputError(f"Unknown phantom kind {kind!r}: expected one of {', '.join(KINDS)}.")
     return kind
@@ -94,7 +95,10 @@ def _check_kind(kind: str) -> str:
 
 def _check_size(size: int | tuple[int, int, int]) -> tuple[int, int, int]:
     """Return the size in SimpleITK order ``(x, y, z)``."""
-    values = (size, size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    try:
+        values = (size, size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    except TypeError as exc:
+        raise InputError(f"Phantom size must be an integer or 3 integers, got {size!r}.") from exc
     if len(values) != 3 or not all(
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
     ):
@@ -117,7 +121,15 @@ def _check_spacing(spacing: float | tuple[float, float, float] | None) -> tuple[
     return values
 
 
+def _check_seed(seed: int) -> int:
+    """Return the seed as an int if it is a non-negative integer, else raise InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    return int(seed)
+
+
 def _check_count(name: str, value: int) -> int:
+    """Return a number of cases if it is a non-negative integer (at most MAX_CASES_PER_SPLIT)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InputError(f"{name} must be a non-negative integer, got {value!r}.")
     if value > MAX_CASES_PER_SPLIT:
@@ -137,7 +149,9 @@ def _make_geometry(rng: np.random.Generator, shape: tuple[int, int, int], spacin
     depth = extent[0] - apex[0]
     tan_u = math.tan(math.radians(rng.uniform(33.0, 39.0)))
     tan_v = math.tan(math.radians(rng.uniform(33.0, 39.0)))
-    return _Geometry(shape, spacing, apex, tan_u, tan_v, r_max=rng.uniform(1.06, 1.12) * depth)
+    corner = float(np.linalg.norm([depth, extent[1] / 2, extent[2] / 2]))
+    r_max = min(rng.uniform(1.06, 1.12) * depth, 0.97 * corner)
+    return _Geometry(shape, spacing, apex, tan_u, tan_v, r_max=r_max)
 
 
 def _axes(geom: _Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -192,7 +206,8 @@ def _level_gradient(field: np.ndarray, level: float, spacing: np.ndarray) -> flo
     grads = np.gradient(sub, *(4 * spacing))
     mag = np.sqrt(sum(g * g for g in grads))
     near = np.abs(sub - level) < 0.3
-    return float(np.median(mag[near])) if near.any() else float(np.median(mag)) + 1e-6
+    typical = float(np.median(mag[near])) if near.any() else float(np.median(mag))
+    return max(typical, 1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,9 +246,9 @@ def _visibility(
 ) -> np.ndarray:
     """Visibility along the instrument: weak stretches, slow modulation, dimmer when parallel to the beam."""
     vis = np.clip(1.0 + 0.12 * _smooth_profile(rng, arc, 8.0), 0.75, 1.25)
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(1 + int(rng.integers(0, 2)) + int(arc[-1] > 70.0)):
         centre = rng.uniform(0.05, 0.95) * arc[-1]
-        half = rng.uniform(3.0, 7.0)
+        half = rng.uniform(3.0, 6.0)
         dip = rng.uniform(0.7, 0.92)
         x = np.clip(np.abs(arc - centre) / half, 0.0, 1.0)
         vis *= 1.0 - dip * 0.5 * (1.0 + np.cos(np.pi * x))
@@ -304,6 +319,7 @@ def _tube_band(
 
 
 def _voxel_mm(flat: np.ndarray, geom: _Geometry) -> np.ndarray:
+    """Positions (mm, array order) of voxels given by flat indices."""
     return np.stack(np.unravel_index(flat, geom.shape), axis=1) * geom.spacing
 
 
@@ -313,30 +329,52 @@ def _voxel_mm(flat: np.ndarray, geom: _Geometry) -> np.ndarray:
 
 
 def _db(value: float) -> float:
+    """Amplitude ratio of ``value`` decibels."""
     return 10.0 ** (value / 20.0)
 
 
 def _tissue(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
-    """Echogenicity (linear amplitude) of tissue, blood pools, specular walls and leaflet-like sheets."""
-    coarse = _smooth_fields(rng, geom, corr=rng.uniform(11.0, 15.0), channels=2)
-    fine = _smooth_fields(rng, geom, corr=rng.uniform(4.0, 6.0), channels=2)
-    chamber, envelope = coarse
-    texture, sheet = fine
+    """Echogenicity (linear amplitude) of tissue, blood pools, specular walls and leaflet-like sheets.
+
+    Computed in place on full-size float32 arrays to keep the number of temporaries small.
+    """
+    chamber, envelope = _smooth_fields(rng, geom, corr=rng.uniform(11.0, 15.0), channels=2)
+    texture, sheet = _smooth_fields(rng, geom, corr=rng.uniform(4.0, 6.0), channels=2)
     level = float(np.quantile(chamber[::4, ::4, ::4], 1.0 - rng.uniform(0.3, 0.45)))
     grad = _level_gradient(chamber, level, geom.spacing)
-    blood = 0.5 + 0.5 * np.tanh((chamber - level) / (0.8 * grad))
-    tissue_db = rng.uniform(-31.0, -27.0) + 3.0 * texture + 2.0 * envelope
-    echo = (
-        np.power(np.float32(10.0), tissue_db / 20.0) * (1.0 - blood) + _db(rng.uniform(-52.0, -47.0)) * blood
-    )
-    wall_w = rng.uniform(0.5, 0.9) * grad
-    wall_amp = _db(rng.uniform(-7.0, -3.0)) * np.clip(0.8 + 0.35 * envelope, 0.3, 1.3)
-    echo += wall_amp * np.exp(-(((chamber - level) / wall_w) ** 2))
-    sheet_grad = _level_gradient(sheet, 0.0, geom.spacing)
-    sheet_w = rng.uniform(0.35, 0.6) * sheet_grad
-    sheet_mask = np.clip(envelope - rng.uniform(0.0, 0.6), 0.0, 1.0) * (1.0 - blood) ** 0.5
-    echo += _db(rng.uniform(-6.0, -2.0)) * sheet_mask * np.exp(-((sheet / sheet_w) ** 2))
-    return echo.astype(np.float32)
+    chamber -= level
+    blood = np.tanh(chamber * (1.0 / (0.8 * grad)))
+    blood *= 0.5
+    blood += 0.5
+    to_amp = math.log(10.0) / 20.0
+    echo = texture
+    echo *= 3.0 * to_amp
+    echo += envelope * (2.0 * to_amp)
+    echo += rng.uniform(-31.0, -27.0) * to_amp
+    np.exp(echo, out=echo)
+    solid = 1.0 - blood
+    echo *= solid
+    blood *= _db(rng.uniform(-52.0, -47.0))
+    echo += blood
+    brightness = np.clip(envelope * 0.35 + 0.8, 0.3, 1.3)
+    echo += _thin_level_set(chamber, rng.uniform(0.5, 0.9) * grad, brightness * _db(rng.uniform(-7.0, -3.0)))
+    sheet_w = rng.uniform(0.35, 0.6) * _level_gradient(sheet, 0.0, geom.spacing)
+    envelope -= rng.uniform(0.0, 0.6)
+    np.clip(envelope, 0.0, 1.0, out=envelope)
+    envelope *= np.sqrt(solid, out=solid)
+    envelope *= _db(rng.uniform(-6.0, -2.0))
+    echo += _thin_level_set(sheet, sheet_w, envelope)
+    return echo
+
+
+def _thin_level_set(field: np.ndarray, width: float, amplitude: np.ndarray) -> np.ndarray:
+    """``amplitude * exp(-(field / width)^2)``: a thin bright sheet along the zero level of ``field``."""
+    out = field * (1.0 / width)
+    out *= out
+    np.negative(out, out=out)
+    np.exp(out, out=out)
+    out *= amplitude
+    return out
 
 
 def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, step: float) -> None:
@@ -366,8 +404,8 @@ def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, ste
 
 def _instrument_echo(
     kind: str, curve: _Curve, radius: float, geom: _Geometry, levels: dict[str, float]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Band voxels of the instrument: flat indices, distance, replacement weight and echo amplitude."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Band voxels of the instrument: flat indices, weight of the replaced tissue and echo amplitude."""
     sigma = 0.35 if kind == "catheter" else max(radius * 1.2, 0.6)
     flat, dist, near = _tube_band(curve.points, radius + 2.5 * sigma, geom)
     vis = curve.visibility[near]
@@ -382,7 +420,7 @@ def _instrument_echo(
         echo = np.maximum(rim, core)
     else:
         echo = levels["rim"] * np.exp(-((dist / sigma) ** 2))
-    return flat, dist, occupancy * vis, echo * vis
+    return flat, occupancy * vis, echo * vis
 
 
 def _shadow_map(
@@ -417,8 +455,10 @@ def _shadow_and_reverb(
     iu = np.clip(np.rint((u + geom.tan_u) / (2 * geom.tan_u) * (pixels - 1)), 0, pixels - 1).astype(np.int32)
     iv = np.clip(np.rint((v + geom.tan_v) / (2 * geom.tan_v) * (pixels - 1)), 0, pixels - 1).astype(np.int32)
     pix = iu * pixels + iv
-    inside = (q < 1.0).reshape(-1)[pix] & fov
-    inside &= r > float(r_centre[q < 1.0].min()) if (q < 1.0).any() else False
+    hit = q < 1.0
+    inside = hit[pix] & fov
+    if hit.any():
+        inside &= r > float(r_centre[hit].min())
     flat = np.flatnonzero(inside)
     if flat.size == 0:
         return flat, np.zeros(0, np.float32), np.zeros(0, np.float32)
@@ -442,36 +482,49 @@ def _shadow_and_reverb(
 def _speckle(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
     """Rayleigh-like speckle amplitude (mean about 1): envelope of smoothed complex Gaussian noise.
 
-    The correlation is about 0.4 mm along the beam and 0.75 mm across; a small floor avoids the black
-    pin-holes of a pure Rayleigh envelope after log compression.
+    The correlation is about 0.45 mm along the beam and 0.7 mm across. A small constant is added to the
+    intensity so that the zeros of the complex field do not become black threads after log compression.
     """
-    shape = geom.shape
-    sigma = tuple(float(s) for s in np.array([0.4, 0.75, 0.75]) / geom.spacing)
-    re = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3.0)
-    im = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3.0)
-    amp = np.sqrt(re * re + im * im)
-    amp /= amp[::3, ::3, ::3].mean()
-    amp *= 0.85
-    amp += 0.15
+    sigma = tuple(float(s) for s in np.array([0.45, 0.7, 0.7]) / geom.spacing)
+    re = ndimage.gaussian_filter(rng.standard_normal(geom.shape, dtype=np.float32), sigma, truncate=3.0)
+    im = ndimage.gaussian_filter(rng.standard_normal(geom.shape, dtype=np.float32), sigma, truncate=3.0)
+    re *= re
+    im *= im
+    re += im
+    re += 0.2 * float(re[::3, ::3, ::3].mean())
+    amp = np.sqrt(re, out=re)
+    amp *= 1.0 / float(amp[::3, ::3, ::3].mean())
     return amp
 
 
 def _compress(
     rng: np.random.Generator, echo: np.ndarray, geom: _Geometry, beam: tuple[np.ndarray, ...]
 ) -> np.ndarray:
-    """Log compression with depth gain and fan-edge fall-off; exact 0 outside the FOV, 1..255 inside."""
+    """Log compression with depth gain and fan-edge fall-off; exact 0 outside the FOV, 1..255 inside.
+
+    ``echo`` is overwritten.
+    """
     u, v, r, fov = beam
     dyn = rng.uniform(48.0, 55.0)
     top = rng.uniform(-1.0, 1.0)
-    edge = -5.0 * np.maximum(np.abs(u) / geom.tan_u, np.abs(v) / geom.tan_v) ** 4
-    depth_gain = rng.uniform(-5.0, -1.0) * (r / geom.r_max) ** 2
-    db = 20.0 * np.log10(echo + 1e-6) + depth_gain + edge
-    img = np.clip((db - (top - dyn)) * (255.0 / dyn), 1.0, 255.0)
-    img[~fov] = 0.0
-    return np.rint(img).astype(np.uint8)
+    db = echo
+    db += 1e-6
+    np.log10(db, out=db)
+    db *= 20.0
+    gain = r * (1.0 / geom.r_max)
+    gain *= gain
+    gain *= rng.uniform(-5.0, -1.0)
+    db += gain
+    db += np.minimum(-5.0 * (np.abs(u) / geom.tan_u) ** 4, -5.0 * (np.abs(v) / geom.tan_v) ** 4)
+    db -= top - dyn
+    db *= 255.0 / dyn
+    np.clip(db, 1.0, 255.0, out=db)
+    db *= fov
+    return np.rint(db, out=db).astype(np.uint8)
 
 
 def _levels(rng: np.random.Generator, kind: str) -> dict[str, float]:
+    """Instrument echo amplitudes (rim, core, reverberation) and shadow depth, drawn per case."""
     if kind == "catheter":
         rim, core = rng.uniform(-5.0, -1.5), rng.uniform(-16.0, -12.0)
     else:
@@ -498,6 +551,8 @@ def _pick_center(curve: _Curve, label: np.ndarray, geom: _Geometry) -> np.ndarra
     candidates = np.flatnonzero(ok & (curve.visibility > 0.6))
     if candidates.size == 0:
         candidates = np.flatnonzero(ok)
+    if candidates.size == 0:
+        raise RuntimeError("The instrument does not cross the field of view.")
     middle = np.median(curve.arc[candidates])
     best = candidates[np.argmin(np.abs(curve.arc[candidates] - middle))]
     return curve.points[best] / geom.spacing
@@ -506,7 +561,7 @@ def _pick_center(curve: _Curve, label: np.ndarray, geom: _Geometry) -> np.ndarra
 def _rasterize_label(curve: _Curve, radius: float, geom: _Geometry, fov: np.ndarray) -> np.ndarray:
     """Tube mask (voxel centres within ``radius``) plus the centre-line voxels, within the FOV."""
     label = np.zeros(geom.shape, np.uint8)
-    flat, dist, _ = _tube_band(curve.points, radius, geom)
+    flat, _, _ = _tube_band(curve.points, radius, geom)
     label.reshape(-1)[flat] = 1
     index = np.rint(curve.points / geom.spacing).astype(np.int64)
     index = index[np.all((index >= 0) & (index < np.array(geom.shape)), axis=1)]
@@ -516,6 +571,7 @@ def _rasterize_label(curve: _Curve, radius: float, geom: _Geometry, fov: np.ndar
 
 
 def _visible_length(curve: _Curve, geom: _Geometry) -> float:
+    """Length (mm) of the centre line inside the volume and (slightly shrunk) sector."""
     rel = curve.points - geom.apex
     u, v = rel[:, 2] / rel[:, 0], rel[:, 1] / rel[:, 0]
     inside = (np.abs(u) < 0.95 * geom.tan_u) & (np.abs(v) < 0.95 * geom.tan_v)
@@ -539,35 +595,58 @@ def generate_phantom(
     _check_kind(kind)
     size_xyz = _check_size(size)
     spacing_xyz = _check_spacing(spacing)
-    rng = np.random.default_rng(seed)
+    _check_seed(seed)
+    rng = np.random.default_rng(int(seed))
     if spacing_xyz is None:
         spacing_xyz = (float(rng.uniform(*DEFAULT_SPACING_MM)),) * 3
-    shape = size_xyz[::-1]
-    geom = _make_geometry(rng, shape, np.array(spacing_xyz[::-1], dtype=float))
+    geom = _make_geometry(rng, size_xyz[::-1], np.array(spacing_xyz[::-1], dtype=float))
     radius = rng.uniform(*DIAMETER_MM[kind]) / 2
-    step = 0.3 * float(geom.spacing.min())
-    curve = _instrument_curve(rng, geom, step)
-    for _ in range(20):
-        if _visible_length(curve, geom) >= 0.4 * float(geom.extent.min()):
-            break
-        curve = _instrument_curve(rng, geom, step)
+    curve = _place_instrument(rng, geom)
     beam = _beam_coordinates(geom)
-    levels = _levels(rng, kind)
-    echo = _tissue(rng, geom)
-    _add_fibres(rng, geom, echo, step)
-    view = echo.reshape(-1)
-    flat_s, factor, reverb = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels)
-    view[flat_s] *= factor
-    flat_i, _, replace, inst = _instrument_echo(kind, curve, radius, geom, levels)
-    view[flat_i] = view[flat_i] * (1.0 - replace) + inst
-    view[flat_s] += reverb
-    speckle = _speckle(rng, geom)
-    speckle.reshape(-1)[flat_i] = 1.0 + 0.5 * (speckle.reshape(-1)[flat_i] - 1.0)
-    echo *= speckle
-    image = _compress(rng, echo, geom, beam)
+    image = _render(rng, kind, curve, radius, geom, beam)
     label = _rasterize_label(curve, radius, geom, beam[3])
     center_index = _pick_center(curve, label, geom)
     return _make_case(image, label, center_index, spacing_xyz, kind)
+
+
+def _place_instrument(rng: np.random.Generator, geom: _Geometry) -> _Curve:
+    """Draw instrument paths until one runs inside the sector for at least 40 % of the volume size."""
+    for _ in range(50):
+        curve = _instrument_curve(rng, geom, _curve_step(geom))
+        if _visible_length(curve, geom) >= 0.4 * float(geom.extent.min()):
+            return curve
+    raise RuntimeError("Could not place the instrument inside the field of view.")
+
+
+def _curve_step(geom: _Geometry) -> float:
+    """Centre-line sampling step (mm): a quarter of the finest voxel spacing."""
+    return 0.25 * float(geom.spacing.min())
+
+
+def _render(
+    rng: np.random.Generator,
+    kind: str,
+    curve: _Curve,
+    radius: float,
+    geom: _Geometry,
+    beam: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """B-mode image (uint8): tissue and distractors, shadow, instrument, reverberation, speckle, log."""
+    levels = _levels(rng, kind)
+    echo = _tissue(rng, geom)
+    _add_fibres(rng, geom, echo, _curve_step(geom))
+    view = echo.reshape(-1)
+    flat_s, factor, reverb = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels)
+    view[flat_s] *= factor
+    flat_i, replace, inst = _instrument_echo(kind, curve, radius, geom, levels)
+    view[flat_i] = view[flat_i] * (1.0 - replace) + inst
+    view[flat_s] += reverb
+    echo += _db(-54.0)  # electronic noise floor, so shadows in blood do not turn pure black
+    speckle = _speckle(rng, geom)
+    flat_speckle = speckle.reshape(-1)
+    flat_speckle[flat_i] = 1.0 + 0.5 * (flat_speckle[flat_i] - 1.0)
+    echo *= speckle
+    return _compress(rng, echo, geom, beam)
 
 
 def _make_case(
@@ -615,14 +694,13 @@ def write_phantom_dataset(
     """
     _check_kind(kind)
     size_xyz = _check_size(size)
-    _check_spacing(spacing)
+    spacing_xyz = _check_spacing(spacing)
     counts = {
         "training": _check_count("cases", cases),
         "unlabeled": _check_count("unlabeled", unlabeled),
         "test": _check_count("test", test),
     }
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    _check_seed(seed)
     out = pathlib.Path(out_dir)
     total, done = sum(counts.values()), 0
     lists: dict[str, list[dict]] = {split: [] for split in counts}
@@ -641,17 +719,24 @@ def write_phantom_dataset(
             done += 1
             if progress is not None:
                 progress(done, total)
-    return _write_datalist(out, kind, int(seed), size_xyz, counts, lists)
+    generator = {
+        "seed": int(seed),
+        "kind": kind,
+        "size": list(size_xyz),
+        "spacing": None if spacing_xyz is None else list(spacing_xyz),
+        "caseSeeds": "seed * 100003 + i (training), + 50000 + i (unlabeled), + 75000 + i (test)",
+    }
+    return _write_datalist(out, kind, generator, counts, lists)
 
 
 def _write_datalist(
     out: pathlib.Path,
     kind: str,
-    seed: int,
-    size_xyz: tuple[int, int, int],
+    generator: dict,
     counts: dict[str, int],
     lists: dict[str, list[dict]],
 ) -> pathlib.Path:
+    """Write the Decathlon-style ``dataset.json`` (paths relative to ``out``) and return its path."""
     data = {
         "name": f"phantom-{kind}",
         "description": f"Synthetic 3D cardiac ultrasound with a {kind} (SemiSupSegLib.phantom).",
@@ -660,7 +745,7 @@ def _write_datalist(
         "numTraining": counts["training"],
         "numUnlabeled": counts["unlabeled"],
         "numTest": counts["test"],
-        "generator": {"seed": seed, "kind": kind, "size": list(size_xyz)},
+        "generator": generator,
         "training": lists["training"],
         "unlabeled": lists["unlabeled"],
         "test": lists["test"],
