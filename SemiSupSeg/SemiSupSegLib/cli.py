@@ -93,6 +93,7 @@ def _train_config(args: argparse.Namespace):
         translation=args.translation,
         augment=not args.no_augment,
         device=args.device,
+        precision=args.precision,
         init=args.init,
         name=args.name,
         description=args.description,
@@ -320,6 +321,12 @@ def _add_train(sub) -> None:
     p.add_argument("--translation", type=int, default=32, help="random shift of patches around the centre")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        default="fp32",
+        help="bf16 autocast halves a CPU step on CPUs with AVX512-BF16/AMX (default fp32)",
+    )
     p.add_argument("--init", help="fine-tune from this model (folder or name)")
     p.add_argument("--option", type=_method_option, action="append", help="method option KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

@@ -25,6 +25,7 @@ from .atomic import atomic_path
 from .dataset import Case, load_dataset
 from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from .imageio import read_image
+from .inference import resolve_precision
 from .methods import Batch, Method, OptimizerSpec, get_method
 from .model_store import LoadedModel, load_model, save_model
 from .networks import NetworkConfig
@@ -56,6 +57,7 @@ class TrainConfig:
     translation: int = 32
     augment: bool = True
     device: str = "auto"
+    precision: str = "fp32"
     init: str | None = None
     name: str | None = None
     description: str = ""
@@ -104,6 +106,7 @@ class Trainer:
         self.reporter = reporter or Reporter()
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
         self._stop_requested = False
         self.history: list[dict] = []
 
@@ -194,7 +197,8 @@ class Trainer:
     def _iteration(self, method: Method, stages: list, batch: Batch, step: int) -> dict[str, float]:
         logged: dict[str, float] = {}
         for spec, optimizer, scheduler in stages:
-            losses = method.compute_losses(spec.stage, batch, step)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                losses = method.compute_losses(spec.stage, batch, step)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -253,7 +257,7 @@ class Trainer:
 
     # --- validation -------------------------------------------------------------------------
     def _validate(self, method: Method, val: list[ValidationCase], preprocessing: Preprocessing) -> dict:
-        from .inference import segment  # imported here: inference is not needed to train
+        from .inference import segment
         from .metrics import segmentation_metrics, summarize
 
         method.eval()
@@ -350,6 +354,7 @@ class Trainer:
             "steps": cfg.steps,
             "start_step": start,
             "device": str(self.device),
+            "precision": self.precision,
             "target_spacing": list(preprocessing.target_spacing or []),
         }
         self.reporter.emit("started", task="training", summary=summary, total=cfg.steps, step=start)
