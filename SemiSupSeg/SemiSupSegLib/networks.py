@@ -41,11 +41,15 @@ def _channels(base: int, width: float) -> int:
 
 
 class _ConvBlock(nn.Sequential):
-    """Dropout (for Monte-Carlo passes) then 3^3 conv, BatchNorm, ReLU (seed 000, Table I)."""
+    """Dropout (for Monte-Carlo passes) then 3^3 conv, BatchNorm, ReLU (seed 000, Table I).
+
+    Dropout is element-wise, as TensorFlow's dropout in the paper's implementation; channel-wise
+    ``Dropout3d`` at rate 0.5 removes half the channels of a narrow CPU-sized network and stalls it.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, dropout: float) -> None:
         super().__init__(
-            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm3d(out_ch),
             nn.ReLU(inplace=True),
