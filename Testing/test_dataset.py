@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from SemiSupSegLib import dataset as dsmod
 from SemiSupSegLib.dataset import load_dataset, save_dataset, upsert_case, validate_dataset
 from SemiSupSegLib.errors import DatasetError, InputError

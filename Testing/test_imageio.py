@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from SemiSupSegLib import imageio
 from SemiSupSegLib.errors import InputError
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
 from SemiSupSegLib.errors import InputError
 from SemiSupSegLib.metrics import METRIC_KEYS, localisation_error, segmentation_metrics, summarize
 

@@ -7,16 +7,30 @@ Run after adding or removing a file under SemiSupSeg/SemiSupSegLib:
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 MODULE = Path(__file__).resolve().parents[1] / "SemiSupSeg"
 
 
-def render() -> str:
+def _engine_files() -> list[str]:
+    """Engine files relative to the module folder: the git-tracked ones when in a git checkout
+    (so work in progress is not listed), otherwise every file on disk."""
     lib = MODULE / "SemiSupSegLib"
-    files = sorted(p.relative_to(MODULE).as_posix() for p in lib.rglob("*") if p.is_file())
-    files = [f for f in files if "__pycache__" not in f]
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--", "SemiSupSegLib"], cwd=MODULE, capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        out = []
+    if not out:
+        out = [p.relative_to(MODULE).as_posix() for p in lib.rglob("*") if p.is_file()]
+    return sorted(f for f in out if "__pycache__" not in f and (MODULE / f).is_file())
+
+
+def render() -> str:
+    files = _engine_files()
     scripts = [f for f in files if f.endswith(".py")]
     resources = [f for f in files if not f.endswith((".py", ".pyc"))]
     template = (MODULE / "CMakeLists.txt.in").read_text()

@@ -1,0 +1,609 @@
+"""Inference: segment a volume with a loaded model, coarse-to-fine around a point or by sliding window.
+
+Pipeline (see :func:`segment`):
+
+1. Intensity statistics of the whole input volume (the model's recorded normalisation).
+2. With a centre point: a region of ``roi_patches`` x patch size voxels at the model's target spacing,
+   centred on the point and clamped inside the volume, is resampled *directly* from the input (the whole
+   volume is never resampled), normalised and cut into ``roi_patches ** 3`` patches that go through the
+   networks in one batched forward. Without a centre point: the whole volume is resampled to the target
+   spacing, normalised and segmented with MONAI's ``sliding_window_inference``.
+3. The softmax probabilities of the model's inference networks are averaged; the foreground probability
+   (1 - background) is resampled linearly onto exactly the input's grid (0 outside the region) and
+   thresholded into the label.
+
+Optional Monte-Carlo dropout uncertainty: dropout active, BatchNorm in eval, input noise
+``clamp(N(0, 0.1^2), -0.2, 0.2)``; the T passes run as one batched forward (chunked only above a memory
+budget); the uncertainty is the predictive entropy ``-sum_c P log(P + 1e-6)`` of the mean softmax.
+
+Precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: :data:`AUTO_PRECISION` for the device when it
+supports bfloat16, else fp32. The convolutions run in ``channels_last_3d`` memory format where
+:data:`AUTO_CHANNELS_LAST` says it is faster (measured by ``benchmarks/inference.py``).
+
+Arrays are ``[z, y, x]``; SimpleITK sizes, spacings, indices and points are ``(x, y, z)``; points are LPS mm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from .errors import InputError, ModelError
+from .imageio import check_point_inside
+from .model_store import LoadedModel
+from .networks import set_mc_dropout
+from .preprocessing import Preprocessing
+
+__all__ = [
+    "AUTO_CHANNELS_LAST",
+    "AUTO_PRECISION",
+    "MEMORY_BUDGET_BYTES",
+    "SegmentationResult",
+    "bf16_supported",
+    "entropy",
+    "foreground_probability",
+    "mc_entropy",
+    "mc_probabilities",
+    "predict_batch",
+    "resolve_precision",
+    "roi_grid",
+    "roi_start",
+    "segment",
+    "to_input_grid",
+    "use_channels_last",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# Chosen with benchmarks/inference.py on a 2-core AVX512-BF16 CPU, full-width network, 8 patches of 48^3:
+# bf16 autocast + channels_last_3d was the fastest path (forward 4.1 s vs 15.8 s fp32, whole ROI call
+# 6.6 s vs 17.1 s; channels_last alone helped fp32 too). Its agreement with fp32 (the 0.5 Dice-point rule)
+# was checked on random weights only; re-run the benchmark with --model on a trained model to confirm.
+AUTO_PRECISION = {"cpu": "bf16", "cuda": "bf16"}
+AUTO_CHANNELS_LAST = {"cpu": True, "cuda": False}
+MEMORY_BUDGET_BYTES = 3 * 1024**3
+MC_NOISE_STD = 0.1
+MC_NOISE_CLIP = 0.2
+ENTROPY_EPS = 1e-6
+
+ProgressCallback = Callable[[str, float], None]
+
+
+@dataclass
+class SegmentationResult:
+    """The output of :func:`segment`; every image is on exactly the input's grid."""
+
+    label: sitk.Image
+    probability: sitk.Image
+    uncertainty: sitk.Image | None
+    mode: str
+    center: tuple[float, float, float] | None
+    seconds: float
+    precision: str = "fp32"
+
+
+# --------------------------------------------------------------------------- precision and layout
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CPU: oneDNN with AVX512-BF16/AMX)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``"fp32"`` or ``"bf16"`` for a requested precision; ``"auto"`` falls back to fp32 without bf16."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if precision != "auto":
+        return precision
+    chosen = AUTO_PRECISION.get(device.type, "fp32")
+    return chosen if chosen == "fp32" or bf16_supported(device) else "fp32"
+
+
+def use_channels_last(device: torch.device | str, channels_last: bool | None = None) -> bool:
+    """``channels_last`` if given, else the measured default for the device type."""
+    if channels_last is not None:
+        return bool(channels_last)
+    return AUTO_CHANNELS_LAST.get(torch.device(device).type, False)
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare_networks(networks: Sequence[nn.Module], channels_last: bool) -> list[nn.Module]:
+    """The networks as given, or channels_last_3d copies (the caller's modules are never changed)."""
+    if not networks:
+        raise ModelError("the model has no inference networks")
+    if not channels_last:
+        return list(networks)
+    return [copy.deepcopy(net).to(memory_format=torch.channels_last_3d) for net in networks]
+
+
+@contextlib.contextmanager
+def _inference_state(networks: Sequence[nn.Module], mc_dropout: bool) -> Iterator[None]:
+    """Eval mode (dropout active for Monte-Carlo passes); every module's train flag is restored after."""
+    saved = [(m, m.training) for net in networks for m in net.modules()]
+    try:
+        for net in networks:
+            net.eval()
+            set_mc_dropout(net, mc_dropout)
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+# --------------------------------------------------------------------------- batched prediction
+
+
+def _bytes_per_patch(networks: Sequence[nn.Module], voxels: int, precision: str) -> int:
+    """Rough peak activation memory of one patch in one forward (about 8 full-resolution 64-channel maps)."""
+    channels = max(int(getattr(net, "feature_channels", {}).get("enc1", 64)) for net in networks)
+    itemsize = 2 if precision == "bf16" else 4
+    return voxels * channels * 8 * itemsize + voxels * 16
+
+
+def _chunk_size(networks: Sequence[nn.Module], batch: torch.Tensor, precision: str, budget: int) -> int:
+    per_patch = _bytes_per_patch(networks, int(np.prod(batch.shape[2:])), precision)
+    return max(1, int(budget // per_patch))
+
+
+def _forward_softmax(net: nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """Softmax probabilities (float32) of one network; a torch failure becomes a :class:`ModelError`."""
+    try:
+        with _autocast(precision, x.device):
+            logits = net(x)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"network {type(net).__name__} failed on a batch of shape {tuple(x.shape)}: {first[:300]}"
+        ) from None
+    if logits.dim() != x.dim() or logits.shape[2:] != x.shape[2:] or logits.shape[1] < 2:
+        raise ModelError(
+            f"network {type(net).__name__} returned shape {tuple(logits.shape)} for input {tuple(x.shape)}; "
+            "expected [B, K>=2, Z, Y, X] logits of the input's spatial size"
+        )
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _mean_probabilities(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    precision: str,
+    chunk: int,
+    groups: int = 1,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Mean softmax over networks and over ``groups`` consecutive copies of ``n = len(batch) // groups``."""
+    n = batch.shape[0] // groups
+    total: torch.Tensor | None = None
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    for net in networks:
+        for start in range(0, batch.shape[0], chunk):
+            x = batch[start : start + chunk].contiguous(memory_format=layout)
+            probs = _forward_softmax(net, x, precision)
+            if total is None:
+                total = torch.zeros((n, *probs.shape[1:]), dtype=torch.float32, device=batch.device)
+            rows = torch.arange(start, start + x.shape[0], device=batch.device) % n
+            total.index_add_(0, rows, probs)
+    assert total is not None
+    return (total / (len(networks) * groups)).contiguous()
+
+
+def _check_batch(batch: torch.Tensor) -> None:
+    if not isinstance(batch, torch.Tensor) or batch.dim() != 5:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise InputError(f"expected a [B, C, Z, Y, X] tensor, got {shape}")
+
+
+def predict_batch(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    precision: str = "fp32",
+    *,
+    channels_last: bool | None = None,
+    memory_budget: int = MEMORY_BUDGET_BYTES,
+) -> torch.Tensor:
+    """Mean softmax probabilities ``[B, K, Z, Y, X]`` (float32) of ``networks`` on ``batch``.
+
+    One batched forward per network under ``torch.inference_mode()`` (split into chunks only if the batch
+    would exceed ``memory_budget`` bytes); the networks are run in eval mode and left as they were.
+    """
+    _check_batch(batch)
+    precision = resolve_precision(precision, batch.device)
+    channels_last = use_channels_last(batch.device, channels_last)
+    nets = _prepare_networks(networks, channels_last)
+    chunk = _chunk_size(nets, batch, precision, memory_budget)
+    with torch.inference_mode(), _inference_state(nets, mc_dropout=False):
+        return _mean_probabilities(nets, batch, precision, chunk, channels_last=channels_last)
+
+
+def _mc_inputs(batch: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    repeated = batch.repeat(samples, *([1] * (batch.dim() - 1)))
+    noise = torch.randn(repeated.shape, generator=generator, device=batch.device, dtype=batch.dtype)
+    return repeated + (noise * MC_NOISE_STD).clamp_(-MC_NOISE_CLIP, MC_NOISE_CLIP)
+
+
+def mc_probabilities(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    *,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    memory_budget: int = MEMORY_BUDGET_BYTES,
+) -> torch.Tensor:
+    """Mean Monte-Carlo softmax ``[B, K, ...]`` over ``samples`` noisy dropout passes and all networks.
+
+    The batch is repeated ``samples`` times and run as one forward per network (chunked only above
+    ``memory_budget``) under ``torch.no_grad()``, with dropout active and BatchNorm in eval mode. The input
+    noise is drawn from ``generator``; dropout masks come from torch's global generator.
+    """
+    _check_batch(batch)
+    if int(samples) < 1:
+        raise InputError(f"Monte-Carlo samples must be >= 1, got {samples}")
+    precision = resolve_precision(precision, batch.device)
+    channels_last = use_channels_last(batch.device, channels_last)
+    nets = _prepare_networks(networks, channels_last)
+    return _mc_mean(nets, batch, int(samples), generator, precision, memory_budget, channels_last)
+
+
+def _mc_mean(
+    nets: Sequence[nn.Module],
+    batch: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None,
+    precision: str,
+    memory_budget: int,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Mean softmax of ``samples`` noisy Monte-Carlo dropout passes of prepared networks."""
+    inputs = _mc_inputs(batch, samples, generator)
+    chunk = _chunk_size(nets, batch, precision, memory_budget)
+    with torch.no_grad(), _inference_state(nets, mc_dropout=True):
+        return _mean_probabilities(nets, inputs, precision, chunk, samples, channels_last)
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy ``-sum_c P log(P + 1e-6)`` over dim 1, in ``[0, ln K]``."""
+    p = probabilities.float()
+    return (-(p * torch.log(p + ENTROPY_EPS)).sum(dim=1)).clamp_(min=0.0)
+
+
+def mc_entropy(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    samples: int,
+    generator: torch.Generator | None = None,
+    **kwargs,
+) -> torch.Tensor:
+    """Predictive entropy ``[B, Z, Y, X]`` of :func:`mc_probabilities` (same keyword options)."""
+    return entropy(mc_probabilities(networks, batch, samples, generator, **kwargs))
+
+
+def foreground_probability(probabilities: torch.Tensor) -> torch.Tensor:
+    """Foreground probability ``1 - P(background)`` over dim 1 (``P(1)`` for two classes)."""
+    if probabilities.shape[1] == 2:
+        return probabilities[:, 1]
+    return (1.0 - probabilities[:, 0]).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _target_size(image: sitk.Image, spacing: Sequence[float]) -> np.ndarray:
+    """Size of ``image`` resampled to ``spacing`` (the grid of :func:`resample_to_spacing`)."""
+    old_spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if np.allclose(old_spacing, spacing, rtol=1e-4):
+        return np.asarray(image.GetSize(), dtype=int)
+    extent = np.asarray(image.GetSize()) * old_spacing
+    return np.maximum(1, np.round(extent / np.asarray(spacing, dtype=float))).astype(int)
+
+
+def roi_start(
+    image: sitk.Image, center: Sequence[float], spacing: Sequence[float], size: Sequence[int]
+) -> np.ndarray:
+    """First voxel ``(x, y, z)`` of the ROI in the grid of ``image`` resampled to ``spacing``.
+
+    The ROI is centred on ``center`` (to the nearest voxel of that grid) and clamped inside it; along an
+    axis where the resampled volume is shorter than the ROI, the ROI is centred on the volume (a negative
+    start: the region is padded). Raises :class:`InputError` if the point is outside the volume.
+    """
+    index = check_point_inside(image, center, what="centre point")
+    spacing = np.asarray(spacing, dtype=float)
+    size = np.asarray(size, dtype=int)
+    n_target = _target_size(image, spacing)
+    target_index = index * np.asarray(image.GetSpacing()) / spacing
+    start = np.round(target_index - (size - 1) / 2.0).astype(int)
+    start = np.clip(start, 0, np.maximum(n_target - size, 0))
+    return np.where(n_target < size, (n_target - size) // 2, start)
+
+
+def roi_grid(
+    image: sitk.Image, center: Sequence[float], spacing: Sequence[float], size: Sequence[int]
+) -> sitk.Image:
+    """Reference grid (an empty uint8 image) of the ROI: ``size`` voxels ``(x, y, z)`` at ``spacing`` mm.
+
+    It has the input's direction, lies on the grid of the input resampled to ``spacing`` (so both modes
+    see the same samples) and is placed by :func:`roi_start`.
+    """
+    spacing = tuple(float(s) for s in spacing)
+    size = tuple(int(s) for s in size)
+    start = roi_start(image, center, spacing, size)
+    input_index = start * np.asarray(spacing) / np.asarray(image.GetSpacing())
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(spacing)
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin(image.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in input_index)))
+    return grid
+
+
+def _resample_onto(image: sitk.Image, reference: sitk.Image, default: float) -> np.ndarray:
+    """``image`` resampled linearly onto ``reference`` as a float32 ``[z, y, x]`` array."""
+    out = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, float(default), sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out)
+
+
+def to_input_grid(array_zyx: np.ndarray, grid: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """A float32 map on ``grid`` (size, spacing, origin, direction) resampled linearly onto exactly the
+    grid of ``image``; 0 outside ``grid``."""
+    source = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.float32))
+    source.SetSpacing(grid.GetSpacing())
+    source.SetOrigin(grid.GetOrigin())
+    source.SetDirection(grid.GetDirection())
+    out = sitk.Resample(source, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out.CopyInformation(image)
+    return out
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_image(image: sitk.Image) -> None:
+    if not isinstance(image, sitk.Image):
+        raise InputError(f"expected a SimpleITK image, got {type(image).__name__}")
+    if image.GetDimension() != 3:
+        raise InputError(f"image is {image.GetDimension()}D (size {tuple(image.GetSize())}); expected 3D")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "expected a scalar volume"
+        )
+    if min(image.GetSize()) < 2:
+        raise InputError(f"image of size {tuple(image.GetSize())} is really 2D; expected a 3D volume")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError("image has NaN or infinite voxels; fix or mask them before segmenting")
+
+
+def _check_patch_size(model: LoadedModel) -> tuple[int, int, int]:
+    try:
+        patch = tuple(int(p) for p in model.patch_size)
+    except (TypeError, ValueError):
+        raise ModelError(f"model patch size {model.meta.get('patch_size')!r} is not 3 integers") from None
+    if len(patch) != 3 or any(p < 4 or p % 4 for p in patch):
+        raise ModelError(
+            f"model patch size {patch} is invalid: expected 3 sizes divisible by 4 (the network pools twice)"
+        )
+    return patch  # type: ignore[return-value]
+
+
+def _check_options(mc_samples: int, threshold: float, roi_patches: int, overlap: float) -> None:
+    if int(mc_samples) < 0:
+        raise InputError(f"mc_samples must be >= 0, got {mc_samples}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"threshold must be in [0, 1], got {threshold}")
+    if int(roi_patches) < 1:
+        raise InputError(f"roi_patches must be >= 1, got {roi_patches}")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+
+
+# --------------------------------------------------------------------------- segmentation
+
+
+@dataclass
+class _Context:
+    """What both modes need: prepared networks, precision, normalisation and spacing."""
+
+    nets: list[nn.Module]
+    device: torch.device
+    precision: str
+    preprocessing: Preprocessing
+    statistics: tuple[float, float, float, float]
+    spacing: tuple[float, float, float]
+    patch: tuple[int, int, int]
+    mc_samples: int
+    chunk: int
+    channels_last: bool
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Deterministic mean softmax of the networks (call under ``inference_mode`` and eval state)."""
+        return _mean_probabilities(self.nets, batch, self.precision, self.chunk, 1, self.channels_last)
+
+    def mc_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean softmax of the Monte-Carlo passes."""
+        return _mc_mean(
+            self.nets, batch, self.mc_samples, None, self.precision, MEMORY_BUDGET_BYTES, self.channels_last
+        )
+
+    @property
+    def background(self) -> float:
+        """Raw intensity used outside the volume: the lower clip bound (normalised minimum)."""
+        return self.statistics[0]
+
+    def tensor(self, array_zyx: np.ndarray) -> torch.Tensor:
+        normalized = self.preprocessing.normalize(array_zyx, self.statistics)
+        return torch.from_numpy(normalized).to(self.device)
+
+
+def _patches(volume: torch.Tensor, patch: Sequence[int], r: int) -> torch.Tensor:
+    """Cut a ``[r*pz, r*py, r*px]`` volume into ``[r^3, 1, pz, py, px]`` patches (z-major order)."""
+    pz, py, px = patch
+    cut = volume.reshape(r, pz, r, py, r, px).permute(0, 2, 4, 1, 3, 5)
+    return cut.reshape(r**3, 1, pz, py, px)
+
+
+def _stitch(probs: torch.Tensor, patch: Sequence[int], r: int) -> torch.Tensor:
+    """Inverse of :func:`_patches` for ``[r^3, K, pz, py, px]`` maps: ``[K, r*pz, r*py, r*px]``."""
+    pz, py, px = patch
+    k = probs.shape[1]
+    joined = probs.reshape(r, r, r, k, pz, py, px).permute(3, 0, 4, 1, 5, 2, 6)
+    return joined.reshape(k, r * pz, r * py, r * px)
+
+
+def _segment_roi(
+    ctx: _Context, image: sitk.Image, center: Sequence[float], roi_patches: int, progress: ProgressCallback
+) -> tuple[np.ndarray, np.ndarray | None, sitk.Image]:
+    size_xyz = [roi_patches * p for p in reversed(ctx.patch)]
+    grid = roi_grid(image, center, ctx.spacing, size_xyz)
+    region = ctx.tensor(_resample_onto(image, grid, ctx.background))
+    batch = _patches(region, ctx.patch, roi_patches)
+    progress("predict", 0.2)
+    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
+        probs = ctx.probabilities(batch)
+    foreground = foreground_probability(_stitch(probs, ctx.patch, roi_patches)[None])[0]
+    uncertainty = None
+    if ctx.mc_samples:
+        progress("uncertainty", 0.5)
+        mean = ctx.mc_probabilities(batch)
+        uncertainty = entropy(_stitch(mean, ctx.patch, roi_patches)[None])[0].cpu().numpy()
+    return foreground.cpu().numpy(), uncertainty, grid
+
+
+def _sliding_window(ctx: _Context, volume: torch.Tensor, predictor: Callable, overlap: float) -> torch.Tensor:
+    from monai.inferers import sliding_window_inference
+
+    background = (0.0 - ctx.statistics[2]) / (ctx.statistics[3] if ctx.statistics[3] > 1e-8 else 1.0)
+    return sliding_window_inference(
+        volume[None, None],
+        roi_size=ctx.patch,
+        sw_batch_size=max(1, min(ctx.chunk, 8)),
+        predictor=predictor,
+        overlap=overlap,
+        padding_mode="constant",
+        cval=float(background),
+    )
+
+
+def _segment_whole(
+    ctx: _Context, image: sitk.Image, overlap: float, progress: ProgressCallback
+) -> tuple[np.ndarray, np.ndarray | None, sitk.Image]:
+    grid = ctx.preprocessing.resample(image)
+    volume = ctx.tensor(sitk.GetArrayViewFromImage(grid))
+    progress("predict", 0.2)
+
+    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
+        probs = _sliding_window(ctx, volume, ctx.probabilities, overlap)
+    foreground = foreground_probability(probs)[0]
+    uncertainty = None
+    if ctx.mc_samples:
+        progress("uncertainty", 0.5)
+        with torch.no_grad():
+            mean = _sliding_window(ctx, volume, ctx.mc_probabilities, overlap)
+        uncertainty = entropy(mean)[0].cpu().numpy()
+    return foreground.cpu().numpy(), uncertainty, grid
+
+
+def _make_context(
+    model: LoadedModel, image: sitk.Image, precision: str, mc_samples: int, channels_last: bool | None
+) -> _Context:
+    patch = _check_patch_size(model)
+    device = torch.device(model.device)
+    precision = resolve_precision(precision, device)
+    preprocessing = model.preprocessing
+    spacing = preprocessing.target_spacing or tuple(image.GetSpacing())
+    try:
+        statistics = preprocessing.intensity_statistics(sitk.GetArrayViewFromImage(image))
+    except ValueError as exc:
+        raise ModelError(f"model preprocessing cannot be applied: {exc}") from None
+    channels_last = use_channels_last(device, channels_last)
+    nets = _prepare_networks(model.inference_networks, channels_last)
+    probe = torch.empty((1, 1, *patch))
+    chunk = _chunk_size(nets, probe, precision, MEMORY_BUDGET_BYTES)
+    spacing = tuple(float(s) for s in spacing)
+    return _Context(
+        nets,
+        device,
+        precision,
+        preprocessing,
+        statistics,
+        spacing,
+        patch,
+        int(mc_samples),
+        chunk,
+        channels_last,
+    )
+
+
+def segment(
+    model: LoadedModel,
+    image: sitk.Image,
+    center: Sequence[float] | None = None,
+    *,
+    mc_samples: int = 0,
+    precision: str = "auto",
+    threshold: float = 0.5,
+    roi_patches: int = 2,
+    overlap: float = 0.25,
+    progress: ProgressCallback | None = None,
+    channels_last: bool | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` with ``model``; every output is on exactly the input's grid.
+
+    With ``center`` (LPS mm, inside the volume): coarse-to-fine ``"roi"`` mode, a region of
+    ``roi_patches`` x patch size voxels at the model's spacing around the point, predicted as one batch.
+    Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``mc_samples > 0`` adds the
+    Monte-Carlo entropy map (the probability stays the deterministic one). ``label`` is
+    ``probability > threshold``. ``channels_last=None`` uses the measured default for the device.
+    ``progress(stage, fraction)`` is called at "preprocess", "predict", "uncertainty", "map back", "done".
+
+    Raises :class:`InputError` (bad image, point outside the volume, bad option) or :class:`ModelError`.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda stage, fraction: None)
+    _check_options(mc_samples, threshold, roi_patches, overlap)
+    _check_image(image)
+    report("preprocess", 0.0)
+    ctx = _make_context(model, image, precision, mc_samples, channels_last)
+    if center is not None:
+        check_point_inside(image, center, what="centre point")
+        center = tuple(float(c) for c in center)
+        foreground, uncertainty, grid = _segment_roi(ctx, image, center, int(roi_patches), report)
+    else:
+        foreground, uncertainty, grid = _segment_whole(ctx, image, float(overlap), report)
+    report("map back", 0.9)
+    probability = to_input_grid(foreground, grid, image)
+    label = sitk.Cast(probability > float(threshold), sitk.sitkUInt8)
+    label.CopyInformation(image)
+    uncertainty_image = to_input_grid(uncertainty, grid, image) if uncertainty is not None else None
+    report("done", 1.0)
+    return SegmentationResult(
+        label=label,
+        probability=probability,
+        uncertainty=uncertainty_image,
+        mode="roi" if center is not None else "sliding-window",
+        center=center,
+        seconds=time.perf_counter() - started,
+        precision=ctx.precision,
+    )

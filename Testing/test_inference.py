@@ -1,0 +1,453 @@
+"""Tests of SemiSupSegLib.inference: output geometry, physical placement, ROI clamping, averaging, MC."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from SemiSupSegLib import inference
+from SemiSupSegLib.errors import InputError, ModelError
+from SemiSupSegLib.model_store import LoadedModel
+from SemiSupSegLib.networks import CompactUNet
+from SemiSupSegLib.preprocessing import Preprocessing
+
+SPACING = (0.4, 0.55, 0.7)
+TARGET = (0.5, 0.5, 0.5)
+SIZE = (64, 56, 48)
+SPHERE_A = np.array([8.0, 9.0, 10.0])  # mm along the image axes from the first voxel centre
+SPHERE_B = np.array([21.0, 24.0, 27.0])  # more than an ROI half-width (8 mm) away from A on every axis
+RADIUS = 3.0
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+DIRECTION = _rotation(0.3, -0.5, 0.8)
+ORIGIN = (12.0, -7.5, 3.25)
+
+
+def _image(size=SIZE, spacing=SPACING, spheres=(SPHERE_A, SPHERE_B)) -> tuple[sitk.Image, np.ndarray]:
+    """A rotated anisotropic volume with bright spheres (100) on 0; returns the image and the sphere mask."""
+    zz, yy, xx = np.meshgrid(
+        *(np.arange(n) * s for n, s in zip(size[::-1], spacing[::-1], strict=True)), indexing="ij"
+    )
+    mask = np.zeros(size[::-1], dtype=bool)
+    for c in spheres:
+        mask |= (xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2 <= RADIUS**2
+    image = sitk.GetImageFromArray(np.where(mask, 100.0, 0.0).astype(np.float32))
+    image.SetSpacing(spacing)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION.ravel().tolist())
+    return image, mask
+
+
+def _physical(image: sitk.Image, axes_mm: np.ndarray) -> tuple[float, float, float]:
+    """LPS point of a position given in mm along the image axes from the first voxel centre."""
+    index = np.asarray(axes_mm) / np.asarray(image.GetSpacing())
+    return image.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in index))
+
+
+class ThresholdNet(nn.Module):
+    """Fake network: foreground logit ``20 (x - level)`` of the normalised input, background 0."""
+
+    def __init__(self, level: float) -> None:
+        super().__init__()
+        self.level = level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 20.0 * (x - self.level)], dim=1)
+
+
+class ConstantNet(nn.Module):
+    """Fake network whose foreground probability is ``p`` everywhere."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.logit = math.log(p / (1 - p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), torch.full_like(x, self.logit)], dim=1)
+
+
+def _model(networks: dict, patch=16, target=TARGET, inference_networks=None) -> LoadedModel:
+    meta = {
+        "name": "test",
+        "patch_size": [patch] * 3 if isinstance(patch, int) else list(patch),
+        "preprocessing": Preprocessing(target_spacing=target).to_dict(),
+        "classes": {"0": "background", "1": "foreground"},
+    }
+    if inference_networks:
+        meta["inference_networks"] = inference_networks
+    return LoadedModel(path=Path("test-model"), meta=meta, networks=networks)
+
+
+def _sphere_model(image: sitk.Image, patch=16) -> LoadedModel:
+    """A model whose fake network thresholds the normalised input half-way between background and sphere."""
+    prep = Preprocessing(target_spacing=TARGET)
+    stats = prep.intensity_statistics(sitk.GetArrayViewFromImage(image))
+    level = float(prep.normalize(np.array([0.0, 100.0]), stats).mean())
+    return _model({"threshold": ThresholdNet(level)}, patch=patch)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _assert_same_grid(out: sitk.Image, ref: sitk.Image) -> None:
+    assert out.GetSize() == ref.GetSize()
+    assert out.GetSpacing() == ref.GetSpacing()
+    assert out.GetOrigin() == ref.GetOrigin()
+    assert out.GetDirection() == ref.GetDirection()
+
+
+def _mask_of(image: sitk.Image, spheres) -> np.ndarray:
+    return _image(image.GetSize(), image.GetSpacing(), spheres)[1]
+
+
+# --------------------------------------------------------------------------- geometry and placement
+
+
+def test_roi_output_is_exactly_on_the_input_grid_and_in_the_right_place():
+    image, _ = _image()
+    result = inference.segment(_sphere_model(image), image, _physical(image, SPHERE_A), precision="fp32")
+    assert result.mode == "roi"
+    for out in (result.label, result.probability):
+        _assert_same_grid(out, image)
+    assert result.label.GetPixelID() == sitk.sitkUInt8
+    assert result.probability.GetPixelID() == sitk.sitkFloat32
+    assert result.uncertainty is None
+    label = sitk.GetArrayFromImage(result.label)
+    assert set(np.unique(label)) <= {0, 1}
+    # Sphere A (at the centre point) is found; sphere B lies outside the ROI so it is not.
+    assert _dice(label, _mask_of(image, [SPHERE_A])) > 0.85
+    assert np.count_nonzero(label & _mask_of(image, [SPHERE_B])) == 0
+
+
+def test_sliding_window_finds_every_sphere_on_a_rotated_anisotropic_input():
+    image, mask = _image()
+    result = inference.segment(_sphere_model(image), image, None, precision="fp32")
+    assert result.mode == "sliding-window" and result.center is None
+    _assert_same_grid(result.label, image)
+    _assert_same_grid(result.probability, image)
+    assert _dice(sitk.GetArrayFromImage(result.label), mask) > 0.85
+
+
+def test_roi_and_sliding_window_agree_inside_the_roi():
+    image, _ = _image()
+    model = _sphere_model(image)
+    center = _physical(image, SPHERE_A)
+    roi = sitk.GetArrayFromImage(inference.segment(model, image, center, precision="fp32").probability)
+    whole = sitk.GetArrayFromImage(inference.segment(model, image, None, precision="fp32").probability)
+    near_a = _mask_of(image, [SPHERE_A])
+    assert np.abs(roi[near_a] - whole[near_a]).max() < 1e-4
+
+
+def test_roi_grid_is_centred_on_the_point_with_the_input_direction():
+    image, _ = _image()
+    center = _physical(image, SPHERE_A + 0.25)
+    grid = inference.roi_grid(image, center, TARGET, (32, 32, 32))
+    assert grid.GetSize() == (32, 32, 32)
+    assert np.allclose(grid.GetSpacing(), TARGET)
+    assert np.allclose(grid.GetDirection(), image.GetDirection())
+    middle = grid.TransformContinuousIndexToPhysicalPoint((15.5, 15.5, 15.5))
+    assert np.linalg.norm(np.subtract(middle, center)) <= 0.5 * math.sqrt(3) * 0.5 + 1e-6
+
+
+def _roi_corners_in_input_index(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """Input continuous indices of the centres of the 8 corner voxels of the ROI."""
+    n = np.asarray(grid.GetSize()) - 1.0
+    corners = [(x, y, z) for x in (0.0, n[0]) for y in (0.0, n[1]) for z in (0.0, n[2])]
+    points = [grid.TransformContinuousIndexToPhysicalPoint(c) for c in corners]
+    return np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in points])
+
+
+def test_roi_is_clamped_inside_the_volume_near_a_corner():
+    corner = np.array([1.0, 1.5, 2.0])
+    image, _ = _image(spheres=(corner + RADIUS,))
+    point = _physical(image, corner)
+    grid = inference.roi_grid(image, point, TARGET, (32, 32, 32))
+    index = _roi_corners_in_input_index(image, grid)
+    size = np.asarray(image.GetSize())
+    assert np.all(index >= -0.5 - 1e-6) and np.all(index <= size - 0.5 + 1e-6)
+    # every ROI sample lies inside the volume, and the ROI is pushed against the corner
+    assert np.allclose(index.min(axis=0), 0.0, atol=1e-6)
+    result = inference.segment(_sphere_model(image), image, point, precision="fp32")
+    assert _dice(sitk.GetArrayFromImage(result.label), _mask_of(image, [corner + RADIUS])) > 0.8
+
+
+def test_roi_larger_than_the_volume_is_padded_and_centred():
+    size = (24, 20, 12)  # 8.4 mm along z at 0.7 mm: shorter than a 16 mm ROI
+    center_mm = np.array([4.6, 5.2, 3.9])
+    image, mask = _image(size=size, spheres=(center_mm,))
+    start = inference.roi_start(image, _physical(image, center_mm), TARGET, (32, 32, 32))
+    n_target = np.round(np.asarray(size) * np.asarray(SPACING) / 0.5).astype(int)
+    assert np.all(start <= 0) and np.all(start + 32 >= n_target)
+    result = inference.segment(_sphere_model(image), image, _physical(image, center_mm), precision="fp32")
+    _assert_same_grid(result.label, image)
+    assert _dice(sitk.GetArrayFromImage(result.label), mask) > 0.8
+
+
+def test_patches_are_cut_and_stitched_in_place():
+    volume = torch.arange(2 * 8 * 2 * 4 * 2 * 12, dtype=torch.float32).reshape(16, 8, 24)
+    patches = inference._patches(volume, (8, 4, 12), 2)
+    assert patches.shape == (8, 1, 8, 4, 12)
+    # patch n = (iz * 2 + iy) * 2 + ix holds block (iz, iy, ix)
+    assert torch.equal(patches[5, 0], volume[8:16, 0:4, 12:24])
+    assert torch.equal(patches[2, 0], volume[0:8, 4:8, 0:12])
+    assert torch.equal(inference._stitch(patches, (8, 4, 12), 2)[0], volume)
+
+
+def test_non_pointwise_network_is_stitched_per_patch():
+    """A net that outputs each patch's mean must give a map that is constant on the ROI's patch blocks."""
+
+    class PatchMean(nn.Module):
+        def forward(self, x):
+            mean = x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x)
+            return torch.cat([torch.zeros_like(x), mean], dim=1)
+
+    image, _ = _image(spheres=(SPHERE_A,))
+    model = _model({"mean": PatchMean()}, patch=16)
+    center = _physical(image, SPHERE_A)
+    ctx = inference._make_context(model, image, "fp32", 0, False)
+    fg, _, grid = inference._segment_roi(ctx, image, center, 2, lambda *a: None)
+    region = ctx.tensor(inference._resample_onto(image, grid, ctx.background)).numpy()
+    blocks = region.reshape(2, 16, 2, 16, 2, 16).mean(axis=(1, 3, 5))
+    expected = 1 / (1 + np.exp(-blocks))
+    assert np.allclose(fg.reshape(2, 16, 2, 16, 2, 16)[:, 0, :, 0, :, 0], expected, atol=1e-5)
+    assert np.ptp(expected) > 0.01  # the blocks differ, so a misplaced block would be caught
+
+
+# --------------------------------------------------------------------------- networks and precision
+
+
+def test_inference_networks_are_averaged():
+    image, _ = _image(size=(40, 36, 32))
+    nets = {"a": ConstantNet(0.2), "b": ConstantNet(0.6), "unused": ConstantNet(0.99)}
+    model = _model(nets, inference_networks=["a", "b"])
+    center = image.TransformContinuousIndexToPhysicalPoint((20.0, 18.0, 16.0))
+    result = inference.segment(model, image, center, precision="fp32", threshold=0.3)
+    prob = sitk.GetArrayFromImage(result.probability)
+    label = sitk.GetArrayFromImage(result.label)
+    inside = prob > 0
+    assert inside.mean() > 0.5
+    assert np.allclose(prob[inside & (prob > 0.39)], 0.4, atol=1e-5)
+    assert np.allclose(np.percentile(prob[inside], 90), 0.4, atol=1e-5)
+    assert np.array_equal(label.astype(bool), prob > 0.3)
+
+
+def test_predict_batch_matches_direct_forward_and_leaves_modes_alone():
+    torch.manual_seed(0)
+    net = CompactUNet(width=0.125, dropout=0.5)
+    net.train()
+    batch = torch.randn(3, 1, 16, 16, 16)
+    probs = inference.predict_batch([net], batch, "fp32", channels_last=False, memory_budget=1)
+    assert net.training and all(m.training for m in net.modules())  # modes restored
+    net.eval()
+    with torch.no_grad():
+        expected = torch.softmax(net(batch), dim=1)
+    assert torch.allclose(probs, expected, atol=1e-5)
+    channels_last = inference.predict_batch([net], batch, "fp32", channels_last=True)
+    assert torch.allclose(channels_last, expected, atol=1e-4)
+    assert net.enc1[0][1].weight.is_contiguous()  # the caller's network is not converted
+
+
+def test_bf16_stays_close_to_fp32():
+    torch.manual_seed(1)
+    net = CompactUNet(width=0.125, dropout=0.0).eval()
+    batch = torch.randn(2, 1, 16, 16, 16)
+    fp32 = inference.predict_batch([net], batch, "fp32")
+    bf16 = inference.predict_batch([net], batch, "bf16")
+    assert (fp32 - bf16).abs().max() < 0.05
+
+
+def test_auto_precision_resolves_to_a_supported_one():
+    chosen = inference.resolve_precision("auto", "cpu")
+    assert chosen in ("fp32", "bf16")
+    if not inference.bf16_supported("cpu"):
+        assert chosen == "fp32"
+    with pytest.raises(InputError, match="fp16"):
+        inference.resolve_precision("fp16", "cpu")
+
+
+def test_three_class_foreground_is_one_minus_background():
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.7, 0.1, 0.2]]).reshape(2, 3, 1, 1, 1)
+    assert torch.allclose(inference.foreground_probability(probs).flatten(), torch.tensor([0.8, 0.3]))
+
+
+# --------------------------------------------------------------------------- Monte-Carlo dropout
+
+
+def test_mc_passes_are_one_batched_forward_with_dropout_on_and_batchnorm_off():
+    torch.manual_seed(2)
+    net = CompactUNet(width=0.125, dropout=0.5).eval()
+    seen = {"batch": [], "dropout": set(), "batchnorm": set()}
+    net.register_forward_pre_hook(lambda m, args: seen["batch"].append(args[0].shape[0]))
+    for module in net.modules():
+        if isinstance(module, (nn.Dropout, nn.Dropout3d)):
+            module.register_forward_pre_hook(lambda m, a: seen["dropout"].add(m.training))
+        if isinstance(module, nn.BatchNorm3d):
+            module.register_forward_pre_hook(lambda m, a: seen["batchnorm"].add(m.training))
+    batch = torch.randn(2, 1, 16, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    u = inference.mc_entropy([net], batch, 5, gen, channels_last=False)
+    assert seen["batch"] == [10] and seen["dropout"] == {True} and seen["batchnorm"] == {False}
+    assert not any(m.training for m in net.modules())
+    assert u.shape == (2, 16, 16, 16)
+    assert torch.isfinite(u).all() and (u >= 0).all() and (u <= math.log(2) + 1e-6).all()
+
+
+def test_mc_chunks_only_above_the_memory_budget():
+    net = CompactUNet(width=0.125, dropout=0.5).eval()
+    sizes = []
+    net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    batch = torch.randn(2, 1, 16, 16, 16)
+    per_patch = inference._bytes_per_patch([net], 16**3, "fp32")
+    inference.mc_probabilities(
+        [net], batch, 3, precision="fp32", channels_last=False, memory_budget=4 * per_patch
+    )
+    assert sizes == [4, 2]
+
+
+def test_dropout_changes_the_passes():
+    torch.manual_seed(3)
+    with_dropout = CompactUNet(width=0.125, dropout=0.5).eval()
+    without = CompactUNet(width=0.125, dropout=0.0).eval()
+    without.load_state_dict(with_dropout.state_dict())
+    batch = torch.randn(1, 1, 16, 16, 16)
+    # Without dropout nor noise every pass is the deterministic one: entropy of the plain softmax.
+    old = inference.MC_NOISE_STD
+    try:
+        inference.MC_NOISE_STD = 0.0
+        p_plain = inference.predict_batch([without], batch, "fp32")
+        p_mc = inference.mc_probabilities([without], batch, 4, precision="fp32")
+        assert torch.allclose(p_plain, p_mc, atol=1e-5)
+        p_drop = inference.mc_probabilities([with_dropout], batch, 4, precision="fp32")
+        assert (p_drop - p_plain).abs().max() > 1e-3
+    finally:
+        inference.MC_NOISE_STD = old
+
+
+def test_mc_noise_is_clipped():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.zeros(50, 1, 4, 4, 4)
+    noisy = inference._mc_inputs(x, 2, gen)
+    assert noisy.shape == (100, 1, 4, 4, 4)
+    assert noisy.abs().max() <= 0.2 + 1e-7 and noisy.std() > 0.05
+
+
+def test_uncertainty_map_in_roi_mode():
+    torch.manual_seed(4)
+    image, _ = _image(size=(48, 40, 36))
+    net = CompactUNet(width=0.125, dropout=0.5).eval()
+    model = _model({"net": net})
+    center = image.TransformContinuousIndexToPhysicalPoint((24.0, 20.0, 18.0))
+    result = inference.segment(model, image, center, mc_samples=3, precision="fp32")
+    plain = inference.segment(model, image, center, precision="fp32")
+    _assert_same_grid(result.uncertainty, image)
+    u = sitk.GetArrayFromImage(result.uncertainty)
+    assert np.isfinite(u).all() and u.min() >= 0 and u.max() <= math.log(2) + 1e-6
+    assert u.max() > 0.01
+    outside = sitk.GetArrayFromImage(result.probability) == 0  # outside the ROI
+    footprint = _roi_footprint(image, inference.roi_grid(image, center, TARGET, (32, 32, 32)))
+    assert np.all(u[~footprint] == 0) and np.any(~footprint)
+    assert np.all(outside[~footprint])
+    # the probability is still the deterministic one
+    assert np.array_equal(
+        sitk.GetArrayFromImage(result.probability), sitk.GetArrayFromImage(plain.probability)
+    )
+
+
+def _roi_footprint(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    ones = sitk.Image(grid.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(grid)
+    return (
+        sitk.GetArrayFromImage(sitk.Resample(ones, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    )
+
+
+def test_uncertainty_in_sliding_window_mode():
+    torch.manual_seed(5)
+    image, _ = _image(size=(32, 28, 24))
+    model = _model({"net": CompactUNet(width=0.125, dropout=0.5).eval()})
+    result = inference.segment(model, image, None, mc_samples=2, precision="fp32")
+    u = sitk.GetArrayFromImage(result.uncertainty)
+    _assert_same_grid(result.uncertainty, image)
+    assert np.isfinite(u).all() and u.min() >= 0 and u.max() <= math.log(2) + 1e-6 and u.max() > 0.01
+
+
+# --------------------------------------------------------------------------- errors and callbacks
+
+
+def test_point_outside_the_volume_is_an_input_error_naming_it():
+    image, _ = _image(size=(32, 32, 32))
+    with pytest.raises(InputError, match=r"centre point \(500, 0, 0\).*outside"):
+        inference.segment(_model({"c": ConstantNet(0.5)}), image, (500.0, 0.0, 0.0))
+
+
+def test_bad_point_is_an_input_error():
+    image, _ = _image(size=(32, 32, 32))
+    with pytest.raises(InputError):
+        inference.segment(_model({"c": ConstantNet(0.5)}), image, (1.0, 2.0))
+
+
+def test_2d_image_is_an_input_error():
+    image = sitk.Image([32, 32], sitk.sitkFloat32)
+    with pytest.raises(InputError, match="2D"):
+        inference.segment(_model({"c": ConstantNet(0.5)}), image, (0.0, 0.0))
+
+
+def test_vector_image_and_nan_are_input_errors():
+    vector = sitk.Image([16, 16, 16], sitk.sitkVectorFloat32, 2)
+    with pytest.raises(InputError, match="components"):
+        inference.segment(_model({"c": ConstantNet(0.5)}), vector)
+    array = np.zeros((16, 16, 16), np.float32)
+    array[3, 4, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        inference.segment(_model({"c": ConstantNet(0.5)}), sitk.GetImageFromArray(array))
+
+
+def test_patch_size_not_divisible_by_4_is_a_model_error():
+    image, _ = _image(size=(32, 32, 32))
+    with pytest.raises(ModelError, match="divisible by 4"):
+        inference.segment(_model({"c": ConstantNet(0.5)}, patch=(16, 18, 16)), image)
+
+
+def test_network_failure_is_a_model_error():
+    image, _ = _image(size=(32, 32, 32))
+    two_channel = CompactUNet(in_channels=2, width=0.125).eval()
+    with pytest.raises(ModelError, match="failed on a batch"):
+        inference.segment(_model({"n": two_channel}), image, precision="fp32")
+
+
+def test_bad_options_are_input_errors():
+    image, _ = _image(size=(32, 32, 32))
+    model = _model({"c": ConstantNet(0.5)})
+    for kwargs in ({"mc_samples": -1}, {"threshold": 1.5}, {"roi_patches": 0}, {"overlap": 1.0}):
+        with pytest.raises(InputError):
+            inference.segment(model, image, **kwargs)
+
+
+def test_progress_is_reported_in_order():
+    image, _ = _image(size=(32, 32, 32))
+    stages = []
+    inference.segment(
+        _model({"c": ConstantNet(0.5)}),
+        image,
+        precision="fp32",
+        progress=lambda stage, fraction: stages.append((stage, fraction)),
+    )
+    assert [s for s, _ in stages] == ["preprocess", "predict", "map back", "done"]
+    fractions = [f for _, f in stages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
