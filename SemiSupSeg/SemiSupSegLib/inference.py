@@ -129,12 +129,21 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
-def _prepare_networks(networks: Sequence[nn.Module], channels_last: bool) -> list[nn.Module]:
-    """The networks as given, or channels_last_3d copies (the caller's modules are never changed)."""
+def _prepare_networks(
+    networks: Sequence[nn.Module], channels_last: bool, in_place: bool = False
+) -> list[nn.Module]:
+    """The networks as given, or in channels_last_3d layout.
+
+    Borrowed networks (``in_place=False``) are copied, so the caller's modules never change. A loaded
+    model's own networks are converted in place once: converting on every call costs as much as the
+    convolutions themselves save (oneDNN re-packs fresh weights).
+    """
     if not networks:
         raise ModelError("the model has no inference networks")
     if not channels_last:
         return list(networks)
+    if in_place:
+        return [net.to(memory_format=torch.channels_last_3d) for net in networks]
     return [copy.deepcopy(net).to(memory_format=torch.channels_last_3d) for net in networks]
 
 
@@ -538,7 +547,7 @@ def _make_context(
     except ValueError as exc:
         raise ModelError(f"model preprocessing cannot be applied: {exc}") from None
     channels_last = use_channels_last(device, channels_last)
-    nets = _prepare_networks(model.inference_networks, channels_last)
+    nets = _prepare_networks(model.inference_networks, channels_last, in_place=model.owns_networks)
     probe = torch.empty((1, 1, *patch))
     chunk = _chunk_size(nets, probe, precision, MEMORY_BUDGET_BYTES)
     spacing = tuple(float(s) for s in spacing)

@@ -75,6 +75,9 @@ class LoadedModel:
     meta: dict
     networks: dict[str, nn.Module]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # True when the networks belong to this object alone (a loaded model), so inference may convert
+    # them in place (e.g. to channels_last once); False when they are borrowed from a running training.
+    owns_networks: bool = True
 
     @property
     def name(self) -> str:

@@ -266,6 +266,7 @@ class Trainer:
             meta=self._model_meta(method, preprocessing, {}),
             networks={n: method.networks()[n] for n in method.inference_network_names()},
             device=self.device,
+            owns_networks=False,
         )
         rows = []
         for case in val:
