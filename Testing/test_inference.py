@@ -342,7 +342,7 @@ def test_dropout_changes_the_passes():
 def test_mc_noise_is_clipped():
     gen = torch.Generator().manual_seed(0)
     x = torch.zeros(50, 1, 4, 4, 4)
-    noisy = inference._mc_inputs(x, 2, gen)
+    noisy = inference.mc_inputs(x, 2, gen)
     assert noisy.shape == (100, 1, 4, 4, 4)
     assert noisy.abs().max() <= 0.2 + 1e-7 and noisy.std() > 0.05
 

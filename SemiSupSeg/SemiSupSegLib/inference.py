@@ -51,6 +51,7 @@ __all__ = [
     "entropy",
     "foreground_probability",
     "mc_entropy",
+    "mc_inputs",
     "mc_probabilities",
     "predict_batch",
     "resolve_precision",
@@ -246,7 +247,8 @@ def predict_batch(
         return _mean_probabilities(nets, batch, precision, chunk, channels_last=channels_last)
 
 
-def _mc_inputs(batch: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+def mc_inputs(batch: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
+    """The batch repeated ``samples`` times with input noise clamp(N(0, 0.1^2), -0.2, 0.2) (MC passes)."""
     repeated = batch.repeat(samples, *([1] * (batch.dim() - 1)))
     noise = torch.randn(repeated.shape, generator=generator, device=batch.device, dtype=batch.dtype)
     return repeated + (noise * MC_NOISE_STD).clamp_(-MC_NOISE_CLIP, MC_NOISE_CLIP)
@@ -287,7 +289,7 @@ def _mc_mean(
     channels_last: bool = False,
 ) -> torch.Tensor:
     """Mean softmax of ``samples`` noisy Monte-Carlo dropout passes of prepared networks."""
-    inputs = _mc_inputs(batch, samples, generator)
+    inputs = mc_inputs(batch, samples, generator)
     chunk = _chunk_size(nets, batch, precision, memory_budget)
     with torch.no_grad(), _inference_state(nets, mc_dropout=True):
         return _mean_probabilities(nets, inputs, precision, chunk, samples, channels_last)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from monai.losses import DiceCELoss
 
@@ -31,3 +33,42 @@ def ramp(t: float, length: float) -> float:
         return 1.0
     phase = 1.0 - min(max(float(t), 0.0), float(length)) / float(length)
     return float(torch.exp(torch.tensor(-5.0 * phase * phase)))
+
+
+def binary_entropy(p: float) -> float:
+    """H(p) = -p ln p - (1 - p) ln(1 - p) in nats; maps the seed-000 probability thresholds to entropies.
+
+    H(0.5) = ln 2 = 0.6931 (tau_1), H(0.7) = 0.6109 (tau_2) (seed 000, Sec. III-B).
+    """
+    p = float(p)
+    if not 0.0 < p < 1.0:
+        return 0.0
+    return -(p * math.log(p) + (1.0 - p) * math.log(1.0 - p))
+
+
+def ramped_threshold(tau: float, t: float, length: float) -> float:
+    """(0.75 + 0.25 ramp(t, T)) tau: an uncertainty threshold rising from 3/4 tau to tau (UA-MT; seed 000)."""
+    return (0.75 + 0.25 * ramp(t, length)) * float(tau)
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise ||a - b||^2 over the class dimension: ``[B, K, ...] -> [B, ...]``."""
+    return ((a - b) ** 2).sum(dim=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(mask * values) / sum(mask), and 0 when the mask is empty (the form of seed 000 eqs. 3 and 5)."""
+    mask = mask.to(values.dtype)
+    return (mask * values).sum() / mask.sum().clamp_min(1.0)
+
+
+def uncertainty_consistency(
+    p_student: torch.Tensor, p_teacher: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """UA-MT consistency sum(mask (p_s - p_t)^2) / (K sum(mask) + 1e-16); K = 2 gives METHODS.md's formula.
+
+    ``p_*`` are ``[B, K, ...]`` probabilities, ``mask`` is ``[B, ...]``; ``p_teacher`` must carry no gradient.
+    """
+    mask = mask.unsqueeze(1).to(p_student.dtype)
+    k = p_student.shape[1]
+    return (mask * (p_student - p_teacher) ** 2).sum() / (k * mask.sum() + 1e-16)

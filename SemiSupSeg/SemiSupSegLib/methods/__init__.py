@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from .base import Batch, Method, OptimizerSpec
+from .dual_unet import DualUNet
+from .mean_teacher import MeanTeacher
 from .supervised import Supervised
+from .ua_mt import UAMT
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised,)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, MeanTeacher, UAMT, DualUNet)}
 
 
 def get_method(name: str) -> type[Method]:

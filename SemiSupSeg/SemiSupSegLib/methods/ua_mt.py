@@ -1,0 +1,51 @@
+"""Uncertainty-aware mean teacher (UA-MT, Yu et al. 2019), the baseline every seed compares against.
+
+Mean teacher (see :mod:`.mean_teacher`, same decisions) whose consistency keeps only the voxels where the
+teacher is certain: ``T`` = 8 Monte-Carlo passes of the teacher (dropout active, BatchNorm in eval mode,
+input noise, one batched forward under ``no_grad``) give the mean softmax P^ and its entropy U; the mask is
+``U < (0.75 + 0.25 ramp(t, T_max)) ln 2`` with ``T_max`` = the whole run (option ``threshold_ramp_steps``);
+the consistency is ``sum(mask (p_s - p_t)^2) / (2 sum(mask) + 1e-16)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..losses import ramped_threshold, uncertainty_consistency
+from ..networks import NetworkConfig
+from .common import mc_prediction
+from .mean_teacher import MeanTeacher
+
+
+class UAMT(MeanTeacher):
+    """Mean teacher with an uncertainty-masked consistency (T Monte-Carlo passes of the teacher)."""
+
+    name = "ua-mt"
+    description = "UA-MT: mean teacher whose consistency keeps voxels of low Monte-Carlo teacher uncertainty"
+    uses_unlabeled = True
+
+    def __init__(
+        self,
+        network: NetworkConfig,
+        total_steps: int,
+        mc_samples: int = 8,
+        threshold_ramp_steps: int | None = None,
+        **options,
+    ) -> None:
+        super().__init__(network, total_steps, **options)
+        self.mc_samples = int(mc_samples)
+        self.threshold_ramp_steps = int(total_steps if threshold_ramp_steps is None else threshold_ramp_steps)
+
+    def threshold(self, step: int) -> float:
+        """(0.75 + 0.25 ramp(t, T_max)) ln 2."""
+        return ramped_threshold(math.log(2.0), step, self.threshold_ramp_steps)
+
+    def consistency_loss(
+        self, p_student: torch.Tensor, p_teacher: torch.Tensor, x_u: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, uncertainty = mc_prediction(self.teacher, x_u, self.mc_samples)
+        mask = uncertainty < self.threshold(step)
+        loss = uncertainty_consistency(p_student, p_teacher, mask)
+        return loss, {"mask_fraction": mask.float().mean()}
