@@ -61,6 +61,11 @@ def test_slicer_module_files_compile(tmp_path):
         py_compile.compile(str(REPO / module), cfile=str(tmp_path / "x.pyc"), doraise=True)
 
 
-def test_shipped_models_are_valid_json():
-    for meta in (ENGINE / "pretrained").glob("*/model.json"):
+def test_shipped_models_are_valid_json_and_listed_in_cmake():
+    metas = sorted((ENGINE / "pretrained").glob("*/model.json"))
+    assert metas, "no shipped model"
+    cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
+    for meta in metas:
         assert json.loads(meta.read_text())["networks"]
+        assert meta.relative_to(REPO / "SemiSupSeg").as_posix() in cmake
+        assert (meta.parent / "weights.pt").relative_to(REPO / "SemiSupSeg").as_posix() in cmake
