@@ -1,0 +1,763 @@
+"""Everything the Slicer panel computes that needs no Slicer: geometry, models, devices, the pool, messages.
+
+The SemiSupSeg scripted module (``SemiSupSeg/SemiSupSeg.py``) only moves numbers between MRML nodes and
+these functions, so pytest covers nearly all of the panel's behaviour (``Testing/test_slicer_bridge.py``).
+This file imports neither Slicer nor torch: it is imported when Slicer starts, before the panel has
+checked that torch is installed.
+
+Coordinate conventions
+----------------------
+* Slicer works in **RAS** millimetres; ITK/SimpleITK and the engine in **LPS** (x and y negated).
+* A Slicer volume maps voxel ``(i, j, k)`` to its *local* RAS frame with the 4x4 ``IJKToRAS`` matrix
+  (columns: axis direction x spacing; last column: origin). A parent transform maps local RAS to
+  world RAS (``GetMatrixTransformToWorld``); a markups point is read in world RAS.
+* ``slicer.util.arrayFromVolume`` and ``sitk.GetArrayFromImage`` are both indexed ``[k, j, i]``, so a
+  volume's array and an image built here from it share voxel order.
+* The engine sees the volume in its local frame: points go world RAS -> local RAS -> LPS, and results
+  (on the same voxel grid) are shown under the volume's parent transform.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import dataset, imageio
+from .errors import InputError, ModelError, SemiSupSegError
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "LPS_FROM_RAS",
+    "SMALL_VOLUME_VOXELS",
+    "PoolResult",
+    "add_to_pool",
+    "array_from_image",
+    "case_name",
+    "check_volume_array",
+    "choose_device",
+    "choose_execution",
+    "confidence_text",
+    "default_locator",
+    "default_models_folder",
+    "default_pool_folder",
+    "dependency_constraints",
+    "geometry_from_ijk_to_ras",
+    "ijk_to_ras_from_geometry",
+    "ijk_to_ras_from_image",
+    "image_from_array",
+    "is_out_of_memory",
+    "kill_process_tree",
+    "process_group_kwargs",
+    "requirement_names",
+    "model_label",
+    "model_tooltip",
+    "parse_worker_line",
+    "ras_to_ijk",
+    "resolve_locator_folder",
+    "result_summary",
+    "scan_locators",
+    "scan_models",
+    "segment_worker_command",
+    "user_message",
+    "volume_lps_to_world_ras",
+    "world_ras_to_volume_lps",
+]
+
+# diag(-1, -1, 1, 1): RAS <-> LPS for points and for 4x4 matrices (it is its own inverse).
+LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_FLIP3 = np.diag([-1.0, -1.0, 1.0])
+
+# ------------------------------------------------------------------------------------------ points
+
+
+def _matrix(matrix: Any, what: str = "matrix") -> np.ndarray:
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise InputError(f"{what} is not a finite 4x4 matrix (shape {m.shape})")
+    return m
+
+
+def _point(point: Sequence[float], what: str = "point") -> np.ndarray:
+    try:
+        p = np.asarray([float(v) for v in point], dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} {point!r} is not 3 numbers") from None
+    if p.shape != (3,) or not np.all(np.isfinite(p)):
+        raise InputError(f"{what} {point!r} is not 3 finite numbers")
+    return p
+
+
+def _apply(matrix: np.ndarray, point: np.ndarray) -> np.ndarray:
+    h = matrix @ np.append(point, 1.0)
+    if abs(h[3]) < 1e-12:
+        raise InputError("the transform maps the point to infinity (projective 4x4 matrix)")
+    return h[:3] / h[3]
+
+
+def _tuple(p: np.ndarray) -> tuple[float, float, float]:
+    return (float(p[0]), float(p[1]), float(p[2]))
+
+
+def world_ras_to_volume_lps(
+    point_world_ras: Sequence[float], volume_to_world: Any | None = None
+) -> tuple[float, float, float]:
+    """A world RAS point (as a markups point gives it) in the volume's local LPS frame (what the engine uses).
+
+    ``volume_to_world`` is the 4x4 matrix of the volume's parent transform (local RAS -> world RAS;
+    Slicer's ``GetMatrixTransformToWorld``), or ``None`` when the volume is not transformed.
+    """
+    p = _point(point_world_ras, "point")
+    if volume_to_world is not None:
+        m = _matrix(volume_to_world, "parent transform")
+        try:
+            p = _apply(np.linalg.inv(m), p)
+        except np.linalg.LinAlgError:
+            raise InputError("the volume's parent transform cannot be inverted") from None
+    return _tuple(_FLIP3 @ p)
+
+
+def volume_lps_to_world_ras(
+    point_lps: Sequence[float], volume_to_world: Any | None = None
+) -> tuple[float, float, float]:
+    """The inverse of :func:`world_ras_to_volume_lps`: an engine (local LPS) point in world RAS."""
+    p = _FLIP3 @ _point(point_lps, "point")
+    if volume_to_world is not None:
+        p = _apply(_matrix(volume_to_world, "parent transform"), p)
+    return _tuple(p)
+
+
+def ras_to_ijk(point_ras: Sequence[float], ras_to_ijk_matrix: Any) -> tuple[float, float, float]:
+    """Continuous voxel index ``(i, j, k)`` of a local RAS point, given the volume's 4x4 RASToIJK matrix."""
+    return _tuple(_apply(_matrix(ras_to_ijk_matrix, "RASToIJK matrix"), _point(point_ras)))
+
+
+def ijk_to_ras(index_ijk: Sequence[float], ijk_to_ras_matrix: Any) -> tuple[float, float, float]:
+    """Local RAS point of a (continuous) voxel index ``(i, j, k)``."""
+    return _tuple(_apply(_matrix(ijk_to_ras_matrix, "IJKToRAS matrix"), _point(index_ijk, "index")))
+
+
+# ---------------------------------------------------------------------------------------- geometry
+
+
+def geometry_from_ijk_to_ras(
+    ijk_to_ras_matrix: Any,
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """``(origin, spacing, direction)`` of the SimpleITK (LPS) image equal to a Slicer volume's grid.
+
+    ``direction`` is SimpleITK's row-major 3x3 tuple whose *columns* are the i, j, k axis directions.
+    Raises :class:`InputError` for a singular matrix (a zero spacing or degenerate axes).
+    """
+    m = _matrix(ijk_to_ras_matrix, "IJKToRAS matrix")
+    linear = m[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 1e-12) or abs(np.linalg.det(linear)) <= 1e-12 * float(np.prod(spacing)):
+        raise InputError(f"the volume's IJKToRAS matrix is singular (spacing {_tuple(spacing)})")
+    direction_lps = _FLIP3 @ (linear / spacing)
+    origin_lps = _FLIP3 @ m[:3, 3]
+    return _tuple(origin_lps), _tuple(spacing), tuple(float(v) for v in direction_lps.reshape(-1))
+
+
+def ijk_to_ras_from_geometry(
+    origin_lps: Sequence[float], spacing: Sequence[float], direction_lps: Sequence[float]
+) -> np.ndarray:
+    """The Slicer IJKToRAS 4x4 matrix of a SimpleITK image's (LPS) geometry."""
+    direction = np.asarray(direction_lps, dtype=float).reshape(3, 3)
+    m = np.eye(4)
+    m[:3, :3] = _FLIP3 @ direction @ np.diag(np.asarray(spacing, dtype=float))
+    m[:3, 3] = _FLIP3 @ np.asarray(origin_lps, dtype=float)
+    return m
+
+
+def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
+    """The Slicer IJKToRAS 4x4 matrix of a SimpleITK image."""
+    return ijk_to_ras_from_geometry(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+
+def check_volume_array(shape: Sequence[int], name: str = "the volume") -> None:
+    """:class:`InputError` unless ``shape`` (``arrayFromVolume``'s ``[k, j, i]``) is a scalar 3D volume."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4:
+        raise InputError(
+            f"{name} has {shape[3]} components per voxel (a colour, vector or 4D volume); "
+            "SemiSupSeg needs a scalar 3D ultrasound volume"
+        )
+    if len(shape) != 3:
+        raise InputError(f"{name} is {len(shape)}D (array shape {shape}); SemiSupSeg needs a 3D volume")
+    size_ijk = shape[::-1]
+    flat = [axis for axis, n in zip("ijk", size_ijk, strict=True) if n <= 1]
+    if flat:
+        raise InputError(
+            f"{name} is a single slice (size {size_ijk}, 1 voxel along {', '.join(flat)}); "
+            "SemiSupSeg needs a 3D volume"
+        )
+
+
+def image_from_array(array_kji: np.ndarray, ijk_to_ras_matrix: Any, name: str = "the volume") -> sitk.Image:
+    """A SimpleITK image (a copy) of a Slicer volume's voxels ``[k, j, i]`` and its IJKToRAS matrix."""
+    array = np.asarray(array_kji)
+    check_volume_array(array.shape, name)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(f"{name} has {bad} NaN or infinite voxel(s); fix or mask them before segmenting")
+    origin, spacing, direction = geometry_from_ijk_to_ras(ijk_to_ras_matrix)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array).copy())
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def array_from_image(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(array [k, j, i], IJKToRAS 4x4)`` to put a SimpleITK image into a Slicer volume node."""
+    return sitk.GetArrayFromImage(image), ijk_to_ras_from_image(image)
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+
+def _home() -> Path:
+    # The same rule as model_store.home_dir(), which cannot be imported here (it imports torch).
+    return Path(os.environ.get("SEMISUPSEG_HOME") or Path.home() / ".SemiSupSeg").expanduser()
+
+
+def shipped_folder() -> Path:
+    """The models and locators shipped with the engine (``SemiSupSegLib/pretrained``)."""
+    return Path(__file__).resolve().parent / "pretrained"
+
+
+def default_models_folder() -> Path:
+    return _home() / "models"
+
+
+def default_locators_folder() -> Path:
+    return _home() / "locators"
+
+
+def default_pool_folder() -> Path:
+    """Where "Add to labelled pool" writes by default: a dataset folder with ``dataset.json``."""
+    return _home() / "pool"
+
+
+# ------------------------------------------------------------------------------------------- models
+
+_MODEL_JSON = "model.json"
+_LOCATOR_JSON = "locator.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _describe_model(folder: Path, meta: dict, origin: str) -> dict:
+    return {
+        "name": str(meta.get("name", folder.name)),
+        "path": str(folder),
+        "origin": origin,
+        "method": meta.get("method", "?"),
+        "modality": meta.get("modality", "?"),
+        "target": meta.get("target", "?"),
+        "description": meta.get("description", ""),
+        "created": meta.get("created", ""),
+        "metrics": meta.get("metrics", {}),
+        "training": meta.get("training", {}),
+    }
+
+
+def scan_models(folder: str | os.PathLike | None, include_shipped: bool = True) -> list[dict]:
+    """The models in ``folder`` (then the shipped ones), described like ``model_store.list_models()``.
+
+    Reads only ``model.json`` files (no torch), so the combo box can be filled before torch is
+    installed. Folders without a valid ``model.json`` (one that names its networks) are skipped.
+    """
+    roots: list[tuple[str, Path]] = []
+    if folder is not None and str(folder) not in ("", "."):
+        roots.append(("user", Path(folder).expanduser()))
+    if include_shipped:
+        roots.append(("shipped", shipped_folder()))
+    found, seen = [], set()
+    for origin, root in roots:
+        if not root.is_dir():
+            continue
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            meta = _read_json(sub / _MODEL_JSON)
+            if not meta or not isinstance(meta.get("networks"), dict) or not meta["networks"]:
+                continue
+            if sub.resolve() in seen:
+                continue
+            seen.add(sub.resolve())
+            found.append(_describe_model(sub, meta, origin))
+    return found
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and np.isfinite(value) else None
+
+
+def _metric_text(metrics: Any) -> str:
+    """``"Dice 0.81, HD95 2.3 mm"`` from a model's metrics, wherever the Dice is recorded."""
+    if not isinstance(metrics, dict):
+        return ""
+    candidates = [metrics] + [v for v in metrics.values() if isinstance(v, dict)]
+    for block in candidates:
+        dice = _number(block.get("dice"))
+        if dice is not None:
+            hd95 = _number(block.get("hd95_mm"))
+            return f"Dice {dice:.2f}" + (f", HD95 {hd95:.1f} mm" if hd95 is not None else "")
+    return ""
+
+
+def _training_text(training: Any) -> str:
+    if not isinstance(training, dict):
+        return ""
+    parts = []
+    labelled = training.get("labeled", training.get("labelled"))
+    if isinstance(labelled, (int, float)):
+        parts.append(f"{int(labelled)} labelled")
+    unlabelled = training.get("unlabeled", training.get("unlabelled"))
+    if isinstance(unlabelled, (int, float)) and unlabelled:
+        parts.append(f"{int(unlabelled)} unlabelled")
+    steps = training.get("steps")
+    if isinstance(steps, (int, float)):
+        parts.append(f"{int(steps)} steps")
+    return ", ".join(parts)
+
+
+def model_label(entry: dict) -> str:
+    """One line for the model combo box: ``"name — method, modality, Dice 0.81 (shipped)"``."""
+    details = [str(entry.get("method", "?"))]
+    modality = entry.get("modality")
+    if modality and modality != "?":
+        details.append(str(modality))
+    metric = _metric_text(entry.get("metrics"))
+    if metric:
+        details.append(metric)
+    origin = " (shipped)" if entry.get("origin") == "shipped" else ""
+    return f"{entry.get('name', '?')} — {', '.join(details)}{origin}"
+
+
+def model_tooltip(entry: dict) -> str:
+    """Several lines for the combo box's tooltip: description, target, training summary, metrics, folder."""
+    lines = [str(entry.get("name", "?"))]
+    if entry.get("description"):
+        lines.append(str(entry["description"]))
+    lines.append(
+        f"method: {entry.get('method', '?')}; modality: {entry.get('modality', '?')}; "
+        f"target: {entry.get('target', '?')}"
+    )
+    training = _training_text(entry.get("training"))
+    if training:
+        lines.append(f"trained on: {training}")
+    metric = _metric_text(entry.get("metrics"))
+    if metric:
+        lines.append(f"validation: {metric}")
+    if entry.get("created"):
+        lines.append(f"created: {entry['created']}")
+    lines.append(f"folder: {entry.get('path', '?')}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- locators
+
+
+def scan_locators(folder: str | os.PathLike | None, include_shipped: bool = True) -> list[Path]:
+    """Locator folders (with a ``locator.json``) in ``folder`` and among the shipped ones."""
+    roots = [Path(folder).expanduser()] if folder is not None and str(folder) not in ("", ".") else []
+    if include_shipped:
+        roots.append(shipped_folder())
+    found: list[Path] = []
+    for root in roots:
+        if (root / _LOCATOR_JSON).is_file():
+            found.append(root)
+        elif root.is_dir():
+            found += sorted(p for p in root.iterdir() if (p / _LOCATOR_JSON).is_file())
+    return found
+
+
+def default_locator() -> Path:
+    """The locator the panel offers first: the user's first (by folder name), else a shipped one, else the
+    (possibly empty) locators folder, which :func:`resolve_locator_folder` then explains."""
+    found = scan_locators(default_locators_folder())
+    return found[0] if found else default_locators_folder()
+
+
+def resolve_locator_folder(path: str | os.PathLike | None) -> Path:
+    """The locator to run for the chosen path: the folder itself if it is a locator, or the only/first
+    locator inside it. :class:`ModelError` with what to do when there is none."""
+    if path is None or str(path) in ("", "."):
+        raise ModelError(
+            "no locator folder is chosen; pick a folder with a locator.json (semisupseg train-locator)"
+        )
+    folder = Path(path).expanduser()
+    if (folder / _LOCATOR_JSON).is_file():
+        return folder
+    inside = scan_locators(folder, include_shipped=False) if folder.is_dir() else []
+    if inside:
+        return inside[0]
+    if not folder.exists():
+        raise ModelError(f"locator folder '{folder}' does not exist")
+    raise ModelError(
+        f"'{folder}' holds no locator (no {_LOCATOR_JSON} in it or its sub-folders); "
+        "train one with 'semisupseg train-locator' or place the point by hand"
+    )
+
+
+def confidence_text(q_value: float) -> str:
+    """The locator's final max-Q as a confidence for the panel: near 0 or below means the agents settled."""
+    q = float(q_value)
+    if not np.isfinite(q):
+        return "confidence unknown (no finite Q-value); check the point"
+    if q <= 0.25:
+        return f"settled on a target (final Q {q:.2f}); check the point and drag it if needed"
+    return f"low confidence (final Q {q:.2f}: the agents still expected to move); check the point carefully"
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+DEVICE_CHOICES = ("Auto", "GPU", "CPU")
+
+
+def choose_device(choice: str, cuda_available: bool) -> str:
+    """The torch device string for the panel's Auto/GPU/CPU choice; :class:`InputError` if a GPU is
+    asked for and torch sees none."""
+    key = str(choice).strip().lower()
+    if key in ("auto", ""):
+        return "cuda" if cuda_available else "cpu"
+    if key in ("gpu", "cuda"):
+        if not cuda_available:
+            raise InputError(
+                "GPU was chosen but torch sees no CUDA GPU on this computer (or the installed torch is a "
+                "CPU-only build); choose Auto or CPU"
+            )
+        return "cuda"
+    if key == "cpu":
+        return "cpu"
+    raise InputError(f"unknown device {choice!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+
+
+# ------------------------------------------------------------------------------------- long-running
+
+# Volumes up to this many voxels are segmented inside Slicer whatever the mode (a few seconds at most).
+SMALL_VOLUME_VOXELS = 96**3
+
+
+def choose_execution(
+    voxels: int, has_center: bool, mc_samples: int = 0, force_background: bool = False
+) -> str:
+    """``"in-process"`` or ``"background"`` for one segmentation.
+
+    In process (the model stays loaded for the next click): a centre point without uncertainty, where
+    the work is bounded (one batch of 2x2x2 patches around the point, a few seconds), or any small
+    volume. Background process (the UI stays responsive, Cancel kills it): full-volume sliding-window
+    mode and Monte-Carlo uncertainty on larger volumes, whose time grows with the volume.
+    """
+    if force_background:
+        return "background"
+    if int(voxels) <= SMALL_VOLUME_VOXELS:
+        return "in-process"
+    if has_center and int(mc_samples) <= 0:
+        return "in-process"
+    return "background"
+
+
+def segment_worker_command(
+    python: str,
+    *,
+    model: str,
+    input_path: str,
+    output_path: str,
+    center_lps: Sequence[float] | None = None,
+    probability_path: str | None = None,
+    uncertainty_path: str | None = None,
+    mc_samples: int = 0,
+    device: str = "cpu",
+    precision: str = "auto",
+) -> list[str]:
+    """The argument list of ``python -m SemiSupSegLib.segment_worker`` (for ``QProcess``, no shell)."""
+    args = [
+        python,
+        "-m",
+        "SemiSupSegLib.segment_worker",
+        "--model",
+        str(model),
+        "--input",
+        str(input_path),
+        "--output",
+        str(output_path),
+        "--device",
+        str(device),
+        "--precision",
+        str(precision),
+    ]
+    if center_lps is not None:
+        args.append("--center=" + ",".join(repr(float(v)) for v in _point(center_lps, "centre point")))
+    if probability_path:
+        args += ["--probability", str(probability_path)]
+    if uncertainty_path:
+        args += ["--uncertainty", str(uncertainty_path), "--mc-samples", str(max(1, int(mc_samples)))]
+    return args
+
+
+def parse_worker_line(line: str | bytes) -> dict | None:
+    """One progress event from the worker's stdout (``{"protocol": 1, "event": ...}``), or ``None``
+    for any other line (warnings, blank lines). :class:`InputError` for a newer protocol."""
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or "event" not in record:
+        return None
+    if int(record.get("protocol", 1)) > 1:
+        raise InputError(
+            f"the segmentation worker speaks progress protocol {record['protocol']}; update the panel"
+        )
+    return record
+
+
+def result_summary(seconds: float, mode: str, device: str, precision: str = "") -> str:
+    """The status line after a segmentation, e.g. ``"Segmented in 3.2 s (around the point, cpu, bf16)"``."""
+    where = {"roi": "around the point", "sliding-window": "full volume"}.get(mode, mode)
+    details = ", ".join(x for x in (where, device, precision) if x)
+    return f"Segmented in {float(seconds):.1f} s ({details})"
+
+
+# ---------------------------------------------------------------------------------------- the pool
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def case_name(name: str) -> str:
+    """A stable file-system-safe case name from a volume's name (the same name is the same case)."""
+    cleaned = _NAME_CHARS.sub("_", str(name).strip()).strip("._")
+    if not cleaned:
+        raise InputError(f"case name {name!r} has no letters or digits; type a case name")
+    return cleaned[:120]
+
+
+class PoolResult:
+    """What :func:`add_to_pool` did: the case, its section, files, and whether it replaced an entry."""
+
+    def __init__(self, case: dataset.Case, dataset_json: Path, updated: bool) -> None:
+        self.case = case
+        self.dataset_json = dataset_json
+        self.updated = updated
+
+    @property
+    def message(self) -> str:
+        verb = "Updated" if self.updated else "Added"
+        where = "labelled pool" if self.case.section == "training" else "unlabelled pool"
+        return f"{verb} case '{self.case.name}' in the {where} ({self.dataset_json})"
+
+
+def _existing_sections(dataset_json: Path, name: str) -> set[str]:
+    if not dataset_json.is_file():
+        return set()
+    try:
+        ds = dataset.load_dataset(dataset_json, validate=False)
+    except SemiSupSegError:
+        return set()
+    return {c.section for c in ds.cases() if c.name == name}
+
+
+def add_to_pool(
+    pool_folder: str | os.PathLike,
+    name: str,
+    image: sitk.Image,
+    label: sitk.Image | None = None,
+    center_lps: Sequence[float] | None = None,
+    *,
+    unlabeled: bool = False,
+) -> PoolResult:
+    """Save a case into the pool folder's ``dataset.json`` (created if absent) and return what was done.
+
+    Labelled (default): ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` (0/1, uint8, on exactly
+    the image's grid) in the ``training`` section, replacing an unlabelled entry of the same case.
+    ``unlabeled=True``: the image (and the centre point, if any) in ``unlabeled``. Every file is written
+    atomically; adding the same name again updates the entry and its files instead of duplicating them.
+    """
+    name = case_name(name)
+    folder = Path(pool_folder).expanduser()
+    if str(pool_folder) in ("", "."):
+        raise InputError("no pool folder is chosen; choose the dataset folder to save into")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"pool folder '{folder}' is a file, not a folder")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("the volume to save is not a scalar 3D image")
+    center = None
+    if center_lps is not None:
+        center = _tuple(_point(center_lps, "centre point"))
+        imageio.check_point_inside(image, center, what="centre point")
+    dataset_json = folder / "dataset.json"
+    sections = _existing_sections(dataset_json, name)
+    if unlabeled:
+        if "training" in sections:
+            raise InputError(
+                f"case '{name}' is already in the labelled pool; adding it as unlabelled would hide its "
+                "label. Add it as labelled to update it, or give this volume another case name"
+            )
+        label_image = None
+    else:
+        if label is None:
+            raise InputError("there is no segmentation to save; segment or draw the instrument first")
+        mismatch = imageio.same_geometry(label, image)
+        if mismatch:
+            raise InputError(f"the segmentation does not match the volume's grid: {mismatch}")
+        label_image = sitk.Cast(
+            sitk.BinaryThreshold(label, 1e-6, 1e30, 1, 0) if _is_float(label) else label != 0, sitk.sitkUInt8
+        )
+        label_image.CopyInformation(image)
+        if not np.any(sitk.GetArrayViewFromImage(label_image)):
+            raise InputError(
+                "the instrument segment is empty; correct it with the Segment Editor, or use "
+                "'add as unlabelled' to save the volume with just the point"
+            )
+    image_path = folder / "images" / f"{name}.nii.gz"
+    label_path = folder / "labels" / f"{name}.nii.gz"
+    imageio.write_image(image, image_path)
+    if label_image is not None:
+        imageio.write_image(label_image, label_path)
+    section = "unlabeled" if unlabeled else "training"
+    case = dataset.upsert_case(
+        dataset_json, section, image_path, label_path if label_image is not None else None, center
+    )
+    return PoolResult(case, dataset_json, updated=bool(sections))
+
+
+def _is_float(image: sitk.Image) -> bool:
+    return image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
+
+
+# ------------------------------------------------------------------------------------ dependencies
+
+
+def dependency_constraints(installed: dict[str, str | None]) -> str:
+    """A pip constraints file that pins the packages Slicer ships (numpy, SimpleITK) to their installed
+    versions, so installing MONAI or SciPy can never replace them."""
+    lines = [f"{pkg}=={version}" for pkg, version in sorted(installed.items()) if version]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def requirement_names(lines: Sequence[str]) -> list[tuple[str, str]]:
+    """``(requirement, import name)`` pairs of a requirements file's lines (comments and blanks skipped)."""
+    out = []
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name = re.split(r"[\s<>=!~;\[]", text, maxsplit=1)[0]
+        out.append((text, name.lower().replace("-", "_")))
+    return out
+
+
+# ------------------------------------------------------------------------------- child processes
+
+
+def process_group_kwargs() -> dict:
+    """``subprocess.Popen`` keyword arguments that let :func:`kill_process_tree` end the whole tree:
+    a new session on POSIX (``PythonSlicer`` is a launcher that starts the real interpreter as a child),
+    no console window on Windows."""
+    if os.name == "nt":
+        import subprocess
+
+        return {
+            "creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+        }
+    return {"start_new_session": True}
+
+
+def kill_process_tree(process: Any) -> None:
+    """Kill a ``subprocess.Popen`` started with :func:`process_group_kwargs` and all its children."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":
+        import subprocess
+
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
+    else:
+        import signal
+
+        try:
+            os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            process.kill()
+    try:
+        process.wait(timeout=10)
+    except Exception:  # noqa: BLE001 - a zombie the OS will reap; nothing more to do
+        pass
+
+
+# -------------------------------------------------------------------------------------- messages
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CPU or GPU out-of-memory errors, whatever library raised them."""
+    if isinstance(exc, MemoryError):
+        return True
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError / torch.OutOfMemoryError
+        return True
+    text = str(exc).lower()
+    return any(
+        s in text
+        for s in (
+            "out of memory",
+            "can't allocate memory",
+            "cannot allocate memory",
+            "bad_alloc",
+            "not enough memory",
+            "failed to allocate",
+        )
+    )
+
+
+def user_message(exc: BaseException, device: str | None = None) -> str:
+    """A one-paragraph message for the panel, never a stack trace.
+
+    The engine's own errors (missing model, point outside the volume, wrong dimensionality...) already
+    name the problem and are shown as they are; out-of-memory gets advice; anything else is summarised
+    with its type so that it can be reported.
+    """
+    if isinstance(exc, SemiSupSegError):
+        return str(exc)
+    if is_out_of_memory(exc):
+        on_gpu = device == "cuda" or "cuda" in str(exc).lower()
+        advice = (
+            "choose CPU as the device (slower, uses the computer's memory), or place a centre point "
+            "so that only the region around it is segmented"
+            if on_gpu
+            else "place a centre point so that only the region around it is segmented, turn the "
+            "uncertainty output off, or close other programs"
+        )
+        where = "the GPU" if on_gpu else "the computer"
+        return f"Out of memory on {where} while segmenting: {advice}."
+    if isinstance(exc, FileNotFoundError):
+        return f"File not found: {exc.filename or exc}"
+    if isinstance(exc, PermissionError):
+        return f"Permission denied: {exc.filename or exc}; choose a folder you can write to"
+    if isinstance(exc, (ImportError, ModuleNotFoundError)):
+        missing = getattr(exc, "name", None) or str(exc)
+        return (
+            f"A Python package is missing ({missing}). Click Segment again to install the dependencies, "
+            "or install them from the PyTorch Utils module and the Python console"
+        )
+    first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"Unexpected error ({type(exc).__name__}): {first_line or 'no message'}"
