@@ -32,6 +32,7 @@ from .networks import NetworkConfig
 from .patches import PatchSampler, PreparedCase, prepare_case
 from .preprocessing import Preprocessing, median_spacing
 from .progress import Reporter
+from .runlock import RunLock
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -318,9 +319,18 @@ class Trainer:
         self._stop_requested = True
 
     def run(self, resume: bool = False) -> Path:
+        """Train (or continue with ``resume``) holding the lock on the output folder throughout."""
+        if any(s % 4 for s in self.config.patch_size):
+            raise InputError(f"patch size {self.config.patch_size} must be divisible by 4 on every axis")
+        lock = RunLock(self.out)
+        lock.acquire()  # before any data is read; InputError if another run writes this folder
+        try:
+            return self._run_locked(resume)
+        finally:
+            lock.release()
+
+    def _run_locked(self, resume: bool) -> Path:
         cfg = self.config
-        if any(s % 4 for s in cfg.patch_size):
-            raise InputError(f"patch size {cfg.patch_size} must be divisible by 4 on every axis")
         seed_everything(cfg.seed)
         self.dataset = load_dataset(cfg.data)
         train_cases, val_cases = self._split(self.dataset.training)
