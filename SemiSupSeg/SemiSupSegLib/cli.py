@@ -18,6 +18,7 @@ from . import __version__
 from .errors import InputError, SemiSupSegError, TrainingCancelled
 
 DEMO_MODEL = "phantom-catheter"
+DEMO_LOCATOR = "phantom-locator"
 
 
 # --- argument helpers ---------------------------------------------------------------------------
@@ -125,6 +126,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _locator_config(args: argparse.Namespace):
+    from .locator.store import locators_dir
+    from .locator.train import LocatorTrainConfig
+
+    out = args.out or str(locators_dir() / (args.name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return LocatorTrainConfig(
+        data=list(args.data),
+        out=out,
+        steps=args.steps,
+        agents=args.agents,
+        batch=args.batch,
+        lr=args.lr,
+        gamma=args.gamma,
+        double=not args.no_double,
+        augment=not args.no_augment,
+        dueling=not args.no_dueling,
+        keep_best=not args.keep_last,
+        grid=args.grid,
+        crop=args.crop,
+        scales=tuple(args.scales),
+        width=args.width,
+        memory=args.memory,
+        starts=args.starts,
+        val_cases=args.val_cases,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+        name=args.name,
+        description=args.description,
+    )
+
+
+def cmd_train_locator(args: argparse.Namespace) -> int:
+    from .locator.train import LocatorTrainer
+    from .progress import make_reporter
+
+    reporter = make_reporter(args.progress)
+    if args.resume:
+        if not args.out:
+            raise InputError("--resume needs --out, the folder of the interrupted run")
+        config = LocatorTrainer.stored_config(args.out)
+    else:
+        if not args.data:
+            raise InputError("train-locator needs --data dataset.json (cases with a 'center')")
+        config = _locator_config(args)
+    try:
+        folder = LocatorTrainer(config, reporter).run(resume=args.resume)
+    except SemiSupSegError as exc:
+        if not isinstance(exc, TrainingCancelled):
+            reporter.emit("error", message=str(exc))
+        raise
+    if args.progress != "json":
+        print(f"locator written to {folder}")
+    return 0
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from .imageio import lps_to_ras, read_image
+    from .locator import load_locator, locate
+    from .training import resolve_device
+
+    locator = load_locator(args.locator, resolve_device(args.device))
+    found = locate(locator, read_image(args.input), starts=args.starts)
+    if args.json:
+        record = {
+            "input": str(args.input),
+            "locator": str(locator.path),
+            "point_lps": list(found.point_lps),
+            "point_ras": list(lps_to_ras(found.point_lps)),
+            "index_xyz": list(found.index_xyz),
+            "q_value": found.q_value,
+            "seconds": found.seconds,
+        }
+        print(json.dumps(record))
+        return 0
+    fmt = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
+    print(f"point (LPS mm): {fmt(found.point_lps)}")
+    print(f"point (RAS mm): {fmt(lps_to_ras(found.point_lps))}")
+    print(f"voxel (x, y, z): {fmt(found.index_xyz)}")
+    print(f"confidence (final Q): {found.q_value:.4f}  ({found.seconds:.2f} s)")
+    return 0
+
+
 def _read_center(args: argparse.Namespace):
     if args.center is None:
         return None
@@ -142,10 +227,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     image = read_image(args.input)
+    center = _read_center(args)
+    if center is None and args.locator:
+        center = _locate_for_segmentation(args.locator, image, device)
     result = segment(
         model,
         image,
-        _read_center(args),
+        center,
         mc_samples=args.mc_samples if args.uncertainty else 0,
         precision=args.precision,
         threshold=args.threshold,
@@ -159,7 +247,39 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_cases(model, cases, use_center: bool, precision: str, pred_dir: Path | None) -> list[dict]:
+def _locate_for_segmentation(locator_name: str, image, device) -> tuple[float, float, float]:
+    from .locator import load_locator, locate
+
+    found = locate(load_locator(locator_name, device), image)
+    point = ", ".join(f"{v:.2f}" for v in found.point_lps)
+    print(f"located the instrument at ({point}) LPS mm (Q {found.q_value:.3f}, {found.seconds:.2f} s)")
+    return found.point_lps
+
+
+def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, float]]:
+    """Locate the instrument; the row has the error to the case's centre (if any) in voxels and mm."""
+    import numpy as np
+
+    from .locator import locate
+    from .locator.locate import grid_index_of
+    from .metrics import localisation_error
+
+    found = locate(locator, image)
+    row = {"loc_q": found.q_value, "loc_seconds": found.seconds}
+    if case.center is not None:
+        error = localisation_error(found.point_lps, case.center, image.GetSpacing())
+        true_grid = grid_index_of(locator, image, case.center)
+        row.update(
+            loc_mm=error["mm"],
+            loc_vox=error["vox"],
+            loc_grid_vox=float(np.linalg.norm(np.subtract(found.grid_index_zyx, true_grid))),
+        )
+    return row, found.point_lps
+
+
+def _evaluate_cases(
+    model, cases, use_center: bool, precision: str, pred_dir: Path | None, locator=None
+) -> list[dict]:
     import SimpleITK as sitk
 
     from .imageio import read_image, write_image
@@ -170,19 +290,46 @@ def _evaluate_cases(model, cases, use_center: bool, precision: str, pred_dir: Pa
     for case in cases:
         image = read_image(case.image)
         reference = read_image(case.label, what="label")
-        result = segment(model, image, case.center if use_center else None, precision=precision)
+        located, center = {}, case.center if use_center else None
+        if locator is not None:
+            located, center = _localisation_row(locator, image, case)
+        result = segment(model, image, center, precision=precision)
         pred = sitk.GetArrayViewFromImage(result.label) > 0
         ref = sitk.GetArrayViewFromImage(reference) > 0
         row = {"case": case.name, **segmentation_metrics(pred, ref, image.GetSpacing()[::-1])}
         row["seconds"] = result.seconds
+        row.update(located)
         rows.append(row)
         if pred_dir is not None:
             write_image(result.label, pred_dir / f"{case.name}.nii.gz")
+        where = f"; located {row['loc_vox']:.1f} vox, {row['loc_mm']:.1f} mm off" if "loc_mm" in row else ""
+        dice, hd95 = row["dice"], row["hd95_mm"]
         print(
-            f"{case.name}: Dice {row['dice']:.3f}  HD95 {row['hd95_mm']:.2f} mm  {row['seconds']:.2f} s",
+            f"{case.name}: Dice {dice:.3f}  HD95 {hd95:.2f} mm  {row['seconds']:.2f} s{where}",
             file=sys.stderr,
         )
     return rows
+
+
+EVALUATE_KEYS = (
+    "dice",
+    "jaccard",
+    "hd95_mm",
+    "asd_mm",
+    "hd95_vox",
+    "asd_vox",
+    "seconds",
+    "loc_mm",
+    "loc_vox",
+    "loc_grid_vox",
+    "loc_seconds",
+)
+
+
+def _load_locator(name: str, device):
+    from .locator import load_locator
+
+    return load_locator(name, device)
 
 
 def _print_summary(summary: dict, keys: Sequence[str]) -> None:
@@ -203,11 +350,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cases = [c for c in getattr(dataset, args.section) if c.label is not None]
     if not cases:
         raise InputError(f"{args.data} has no labelled cases in its '{args.section}' section to evaluate")
-    model = load_model(args.model, resolve_device(args.device))
+    if args.locator and args.no_center:
+        raise InputError("--no-center (sliding window) and --locator (located centre) exclude each other")
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    locator = _load_locator(args.locator, device) if args.locator else None
     pred_dir = Path(args.predictions) if args.predictions else None
-    rows = _evaluate_cases(model, cases, not args.no_center, args.precision, pred_dir)
+    rows = _evaluate_cases(model, cases, not args.no_center, args.precision, pred_dir, locator)
     summary = summarize(rows)
-    _print_summary(summary, ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox", "seconds"))
+    _print_summary(summary, EVALUATE_KEYS)
     if args.json:
         atomic_write_json(
             args.json,
@@ -252,6 +403,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_locator(args: argparse.Namespace, device):
+    """The demo's locator: ``--locator``, else the shipped one if present; none with ``--true-center``."""
+    from .locator.store import LOCATOR_JSON
+    from .model_store import PRETRAINED_DIR
+
+    if args.true_center:
+        return None
+    if args.locator:
+        return _load_locator(args.locator, device)
+    shipped = PRETRAINED_DIR / DEMO_LOCATOR
+    return _load_locator(str(shipped), device) if (shipped / LOCATOR_JSON).is_file() else None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_json
     from .dataset import load_dataset
@@ -264,10 +428,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     print(f"generating {args.cases} phantom catheter volumes ({args.size}^3, seed {args.seed}) in {out}")
     data = write_phantom_dataset(out / "data", cases=0, test=args.cases, seed=args.seed, size=args.size)
-    model = load_model(args.model, resolve_device(args.device))
-    print(f"segmenting with model '{model.name}' ({model.meta.get('method')}) from the true centre points")
-    rows = _evaluate_cases(model, load_dataset(data).test, True, args.precision, out / "segmentations")
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    locator = _demo_locator(args, device)
+    where = f"centre points found by locator '{locator.name}'" if locator else "the true centre points"
+    print(f"segmenting with model '{model.name}' ({model.meta.get('method')}) from {where}")
+    rows = _evaluate_cases(
+        model, load_dataset(data).test, True, args.precision, out / "segmentations", locator
+    )
     summary = summarize(rows)
+    if locator is not None:
+        loc = summary["loc_vox"]
+        print(f"localisation error {loc['mean']:.1f} ± {loc['std']:.1f} voxels (no centre given)")
     atomic_write_json(out / "results.json", {"model": str(model.path), "cases": rows, "summary": summary})
     print(
         f"Dice {summary['dice']['mean']:.3f} ± {summary['dice']['std']:.3f} over {len(rows)} unseen volumes; "
@@ -334,6 +506,65 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(p) for p in text.replace(";", ",").split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales must be integers like 9,3,1; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("--scales needs at least one step size")
+    return values
+
+
+def _add_train_locator(sub) -> None:
+    p = sub.add_parser(
+        "train-locator", help="train a DQN locator of the instrument centre from centre points"
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        help="dataset.json whose training/unlabeled cases have a 'center' (repeatable)",
+    )
+    p.add_argument("--out", help="locator folder to write (default: the locators folder / NAME)")
+    p.add_argument("--name", help="locator name (default: the folder name)")
+    p.add_argument("--description", default="")
+    p.add_argument("--steps", type=int, default=8000, help="agent steps, one replay update each (8000)")
+    p.add_argument("--agents", type=int, default=8, help="episodes run in parallel (8)")
+    p.add_argument("--batch", type=int, default=32, help="replay batch (32)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--gamma", type=float, default=0.9)
+    p.add_argument("--no-double", action="store_true", help="plain DQN targets instead of Double DQN")
+    p.add_argument("--no-augment", action="store_true", help="no mirroring of the volumes in x and y")
+    p.add_argument("--no-dueling", action="store_true", help="one Q head instead of value + advantage heads")
+    p.add_argument(
+        "--keep-last", action="store_true", help="write the last network, not the one of the best validation"
+    )
+    p.add_argument("--grid", type=int, default=96, help="volumes are resampled to GRID^3 (96)")
+    p.add_argument("--crop", type=int, default=21, help="odd crop size in voxels (21)")
+    p.add_argument("--scales", type=_scales, default=(9, 3, 1), help="search steps, coarse to fine (9,3,1)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first convolution (16)")
+    p.add_argument("--memory", type=int, default=100_000, help="replay capacity in transitions")
+    p.add_argument("--starts", type=int, default=9, help="agents per volume at inference, 1-9 (9)")
+    p.add_argument("--val-cases", type=int, default=None, help="cases held out (default 10%%)")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--progress", choices=("human", "json", "none"), default="human")
+    p.set_defaults(func=cmd_train_locator)
+
+
+def _add_locate(sub) -> None:
+    p = sub.add_parser("locate", help="find the instrument centre point with a DQN locator")
+    p.add_argument("--locator", required=True, help="locator folder or name")
+    p.add_argument("--input", required=True)
+    p.add_argument("--starts", type=int, default=None, help="agents (1-9; default: the locator's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_locate)
+
+
 def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment the instrument in one volume")
     p.add_argument("--model", required=True, help="model folder or name")
@@ -341,6 +572,7 @@ def _add_segment(sub) -> None:
     p.add_argument("--output", required=True, help="label file to write (.nrrd, .nii.gz, .mha)")
     p.add_argument("--center", type=_triple(float, "--center"), help="instrument centre x,y,z in LPS mm")
     p.add_argument("--ras", action="store_true", help="--center is in RAS (Slicer) instead of LPS")
+    p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
     p.add_argument("--probability", help="also write the foreground probability")
     p.add_argument("--uncertainty", help="also write the Monte-Carlo uncertainty (entropy)")
     p.add_argument("--mc-samples", type=int, default=8)
@@ -356,6 +588,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="dataset.json")
     p.add_argument("--section", choices=("test", "training"), default="test")
     p.add_argument("--no-center", action="store_true", help="ignore centre points: sliding window")
+    p.add_argument(
+        "--locator", help="segment from the centre this DQN locator finds; report its localisation error"
+    )
     p.add_argument("--json", help="write per-case metrics and the summary here")
     p.add_argument("--predictions", help="write the segmentations into this folder")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -370,6 +605,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=2026, help="phantom seed (the shipped model never saw 2026)")
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--model", default=DEMO_MODEL)
+    p.add_argument("--locator", help=f"locator finding the centres (default: the shipped '{DEMO_LOCATOR}')")
+    p.add_argument("--true-center", action="store_true", help="use the phantoms' true centres, no locator")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
@@ -379,7 +616,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semisupseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_phantom, _add_train, _add_segment, _add_evaluate, _add_demo):
+    for add in (
+        _add_phantom,
+        _add_train,
+        _add_train_locator,
+        _add_locate,
+        _add_segment,
+        _add_evaluate,
+        _add_demo,
+    ):
         add(sub)
     models = sub.add_parser("models", help="list the models").add_subparsers(dest="action", required=True)
     listing = models.add_parser("list", help="list the models in the models folder and the shipped ones")

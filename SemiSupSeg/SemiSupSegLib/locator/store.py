@@ -1,0 +1,146 @@
+"""Locators are folders, like models: ``locator.json`` (what it is) plus ``weights.pt`` (plain tensors).
+
+``weights.pt`` maps ``"q_network"`` to the Q-network's state dict and is loaded with
+``torch.load(..., weights_only=True)``. ``locator.json`` records the grid size, crop size, scales,
+history length, the network configuration, the search defaults, the training summary, software
+versions and the creation date. Locators live in ``$SEMISUPSEG_HOME/locators``; shipped ones in
+``SemiSupSegLib/pretrained`` (a folder there with a ``locator.json``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path, atomic_write_json
+from ..errors import ModelError
+from ..model_store import PRETRAINED_DIR, home_dir, software_versions
+from .agent import QNetwork, QNetworkConfig
+
+LOCATOR_JSON = "locator.json"
+WEIGHTS = "weights.pt"
+FORMAT_VERSION = 1
+KIND = "dqn-locator"
+DEFAULT_SEARCH = {"starts": 9, "combine": "q", "max_steps": 40}
+
+
+def locators_dir() -> Path:
+    return home_dir() / "locators"
+
+
+@dataclass
+class Locator:
+    """A locator ready for use: its description and its Q-network in eval mode on ``device``."""
+
+    path: Path
+    meta: dict
+    network: QNetwork
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def grid(self) -> int:
+        return int(self.meta["grid_size"])
+
+    @property
+    def crop(self) -> int:
+        return int(self.meta["crop_size"])
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.meta["scales"])
+
+    @property
+    def search(self) -> dict:
+        return {**DEFAULT_SEARCH, **self.meta.get("search", {})}
+
+
+def save_locator(out_dir: str | os.PathLike, network: QNetwork, meta: dict) -> Path:
+    """Write ``weights.pt`` then ``locator.json`` atomically; return the folder."""
+    for key in ("name", "grid_size", "crop_size", "scales"):
+        if key not in meta:
+            raise ModelError(f"locator description lacks {key!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"q_network": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
+    with atomic_path(out / WEIGHTS) as tmp:
+        torch.save(state, tmp)
+    full = {
+        "format": FORMAT_VERSION,
+        "kind": KIND,
+        **meta,
+        "network": network.config.to_dict(),
+        "software": software_versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(out / LOCATOR_JSON, full)
+    return out
+
+
+def resolve_locator(locator: str | os.PathLike) -> Path:
+    """A locator folder from a path, or a name in the locators folder or the shipped ones."""
+    path = Path(locator).expanduser()
+    candidates = [path, locators_dir() / str(locator), PRETRAINED_DIR / str(locator)]
+    for candidate in candidates:
+        if (candidate / LOCATOR_JSON).is_file():
+            return candidate
+    if path.is_dir():
+        raise ModelError(f"locator folder {path} has no {LOCATOR_JSON}")
+    raise ModelError(
+        f"locator {str(locator)!r} not found (not a folder with {LOCATOR_JSON}, nor a name in "
+        f"{locators_dir()} or the shipped locators)"
+    )
+
+
+def read_locator_json(folder: Path) -> dict:
+    """The locator's description; :class:`ModelError` if missing, corrupt or not a locator."""
+    path = folder / LOCATOR_JSON
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("kind") != KIND:
+        raise ModelError(f"{path} does not describe a DQN locator")
+    missing = [k for k in ("grid_size", "crop_size", "scales", "network") if k not in meta]
+    if missing:
+        raise ModelError(f"{path} lacks {', '.join(missing)}")
+    return meta
+
+
+def _load_weights(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"locator weights {path} are missing")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt or unsafe file
+        raise ModelError(f"cannot load locator weights {path}: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("q_network"), dict):
+        raise ModelError(f"locator weights {path} hold no 'q_network' state dict")
+    return state["q_network"]
+
+
+def load_locator(locator: str | os.PathLike, device: str | torch.device = "cpu") -> Locator:
+    """Load a locator folder (or name) for inference, with ``weights_only=True``."""
+    folder = resolve_locator(locator)
+    meta = read_locator_json(folder)
+    state = _load_weights(folder / WEIGHTS)
+    try:
+        network = QNetwork(QNetworkConfig.from_dict(meta["network"]))
+        network.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"locator {folder} does not match its weights: {first[:300]}") from None
+    if network.config.crop != int(meta["crop_size"]) or network.config.n_scales != len(meta["scales"]):
+        raise ModelError(f"{folder / LOCATOR_JSON}: crop size or scales disagree with the network")
+    device = torch.device(device)
+    return Locator(path=folder, meta=meta, network=network.to(device).eval(), device=device)

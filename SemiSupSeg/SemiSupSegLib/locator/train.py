@@ -1,0 +1,507 @@
+"""Training the DQN locator from centre points only (``semisupseg train-locator``).
+
+Every case with a ``center`` in the ``training`` and ``unlabeled`` sections of the given datasets is
+used (labels are never read; ``test`` is left for evaluation). A few are held out to report the
+localisation error as training goes. ``agents`` episodes run in parallel: each picks a volume and a
+scale; at the coarsest scale it starts anywhere, at finer scales mostly near the target (within 3
+steps of the coarser scale, where the coarser search leaves it), as in the multi-scale search. Every
+step moves all agents ε-greedily (one batched forward), stores the transitions (positions only) and
+does one Huber-loss update on a replay batch whose crops are re-cut. Rewards are divided by the
+step length in mm (so ±1 is a whole step towards/away from the target at every scale); a refused
+move stays ``-1``.
+
+With ``keep_best`` (default) the locator written is the network of the validation with the lowest mean
+error (the DQN's greedy policy fluctuates a lot between validations); ``locator.json`` records the step.
+
+Checkpoints (networks, optimiser, replay memory) are written atomically to ``OUT/.training``; SIGINT
+or SIGTERM writes one and raises :class:`TrainingCancelled`; ``resume=True`` continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..dataset import Case, load_dataset
+from ..errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
+from ..imageio import read_image
+from ..progress import Reporter
+from ..training import resolve_device, seed_everything
+from .agent import DQNAgent, EpsilonSchedule, QNetworkConfig, ReplayMemory
+from .environment import (
+    DEFAULT_CROP,
+    DEFAULT_GRID,
+    DEFAULT_SCALES,
+    HISTORY,
+    CropSampler,
+    GridVolume,
+    check_volume,
+    move,
+    prepare_volume,
+    reward,
+)
+from .locate import search_volume
+from .store import DEFAULT_SEARCH, save_locator
+
+CHECKPOINT = "checkpoint.pt"
+NEAR_PROBABILITY = 0.85
+# Augmentation: each volume also appears mirrored along y, x or both (the probe stays on top, along z).
+VARIANTS = 4
+
+
+@dataclass
+class LocatorTrainConfig:
+    """Everything a locator training depends on; stored in the checkpoint and in ``locator.json``."""
+
+    data: list[str]
+    out: str
+    steps: int = 8000
+    agents: int = 8
+    batch: int = 32
+    lr: float = 3e-4
+    gamma: float = 0.9
+    double: bool = True
+    dueling: bool = True
+    grid: int = DEFAULT_GRID
+    crop: int = DEFAULT_CROP
+    scales: tuple[int, ...] = DEFAULT_SCALES
+    width: int = 16
+    memory: int = 100_000
+    warmup: int = 1000
+    target_every: int = 250
+    episode_steps: int = 20
+    epsilon_end: float = 0.1
+    epsilon_fraction: float = 0.4
+    augment: bool = True
+    keep_best: bool = True
+    starts: int = DEFAULT_SEARCH["starts"]
+    val_cases: int | None = None
+    val_every: int = 500
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    name: str | None = None
+    description: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LocatorTrainConfig:
+        data = json.loads(text)
+        data["scales"] = tuple(data["scales"])
+        return cls(**data)
+
+    def check(self) -> None:
+        if self.crop % 2 == 0 or self.crop < 5:
+            raise InputError(f"crop size {self.crop} must be odd and at least 5")
+        if self.grid < self.crop:
+            raise InputError(f"grid {self.grid} must be at least the crop size {self.crop}")
+        if list(self.scales) != sorted(self.scales, reverse=True) or min(self.scales) < 1:
+            raise InputError(f"scales {self.scales} must be decreasing positive integers, e.g. 9,3,1")
+        if self.steps < 1 or self.agents < 1 or self.batch < 1:
+            raise InputError("steps, agents and batch must be positive")
+        if not 1 <= self.starts <= 9:
+            raise InputError(f"starts must be between 1 and 9, not {self.starts}")
+
+
+@dataclass
+class PreparedCase:
+    name: str
+    volume: GridVolume
+    target: np.ndarray  # continuous grid index (z, y, x)
+
+
+def centre_cases(data: list[str]) -> list[Case]:
+    """Every ``training`` and ``unlabeled`` case with a centre, over all datasets; error if none."""
+    cases: list[Case] = []
+    for path in data:
+        dataset = load_dataset(path)
+        cases += [c for c in (*dataset.training, *dataset.unlabeled) if c.center is not None]
+    if not cases:
+        raise InputError(
+            f"no case with a 'center' in the training or unlabeled sections of {', '.join(data)}; "
+            "the locator learns from centre points (LPS mm)"
+        )
+    return cases
+
+
+def split_cases(cases: list[Case], n_val: int | None) -> tuple[list[Case], list[Case]]:
+    """Hold out ``n_val`` cases spread evenly over the list (so over every dataset given).
+
+    Default: 10 %, at least 1, when there are 3 cases or more.
+    """
+    if n_val is None:
+        n_val = max(1, round(0.1 * len(cases))) if len(cases) >= 3 else 0
+    if n_val >= len(cases):
+        raise InputError(f"{len(cases)} case(s) with a centre cannot give {n_val} validation case(s)")
+    held = set(np.linspace(len(cases) - 1, 0, n_val).round().astype(int).tolist()) if n_val else set()
+    return [c for i, c in enumerate(cases) if i not in held], [c for i, c in enumerate(cases) if i in held]
+
+
+def validation_errors(rows: list[dict]) -> dict[str, float]:
+    """Summary of per-case localisation errors (grid voxels and mm)."""
+    vox = np.array([r["error_vox"] for r in rows])
+    mm = np.array([r["error_mm"] for r in rows])
+    return {
+        "median_vox": float(np.median(vox)),
+        "mean_vox": float(vox.mean()),
+        "mean_mm": float(mm.mean()),
+        "within10_pct": float(100.0 * np.mean(vox <= 10.0)),
+    }
+
+
+def decode_variant(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Volume index and mirror flags ([N, 3] z, y, x) of augmented volume ids ``volume * 4 + variant``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    variant = ids % VARIANTS
+    flips = np.stack([np.zeros_like(variant, bool), variant & 1 > 0, variant & 2 > 0], axis=-1)
+    return ids // VARIANTS, flips
+
+
+def variant_targets(targets: np.ndarray, grid: int) -> np.ndarray:
+    """Targets ``[n * 4, 3]`` of every augmented volume id."""
+    ids = np.arange(len(targets) * VARIANTS)
+    base, flips = decode_variant(ids)
+    return np.where(flips, grid - 1 - targets[base], targets[base])
+
+
+class _Episodes:
+    """The training agents' state: (augmented) volume, position, history, scale and episode step."""
+
+    def __init__(self, cfg: LocatorTrainConfig, cases: list[PreparedCase], rng: np.random.Generator) -> None:
+        self.cfg, self.cases, self.rng = cfg, cases, rng
+        n = cfg.agents
+        self.volume = np.zeros(n, np.int64)
+        self.scale = np.zeros(n, np.int64)
+        self.pos = np.zeros((n, 3), np.int64)
+        self.history = np.zeros((n, HISTORY, 3), np.int64)
+        self.t = np.zeros(n, np.int64)
+        self.targets = variant_targets(np.stack([c.target for c in cases]), cfg.grid)
+        self.spacing = np.repeat(np.stack([c.volume.geometry.spacing_zyx for c in cases]), VARIANTS, axis=0)
+        self.reset(np.arange(n))
+
+    def reset(self, idx: np.ndarray) -> None:
+        cfg, rng, n = self.cfg, self.rng, len(idx)
+        variants = VARIANTS if cfg.augment else 1
+        self.volume[idx] = rng.integers(0, len(self.cases), n) * VARIANTS + rng.integers(0, variants, n)
+        self.scale[idx] = rng.integers(0, len(cfg.scales), n)
+        anywhere = rng.integers(0, cfg.grid, (n, 3))
+        coarser = np.asarray(cfg.scales)[np.maximum(self.scale[idx] - 1, 0)]
+        offset = rng.uniform(-1, 1, (n, 3)) * 3 * coarser[:, None]
+        near = np.clip(np.rint(self.targets[self.volume[idx]] + offset), 0, cfg.grid - 1).astype(np.int64)
+        use_near = (self.scale[idx] > 0) & (rng.random(n) < NEAR_PROBABILITY)
+        self.pos[idx] = np.where(use_near[:, None], near, anywhere)
+        self.history[idx] = self.pos[idx][:, None, :]
+        self.t[idx] = 0
+
+
+def _split_ids(ids: np.ndarray, history: np.ndarray, scale: np.ndarray) -> tuple:
+    """Arguments of :meth:`CropSampler.states` for augmented volume ids."""
+    base, flips = decode_variant(ids)
+    return base, history, scale, flips
+
+
+class LocatorTrainer:
+    """Runs one locator training; ``run()`` returns the locator folder."""
+
+    def __init__(self, config: LocatorTrainConfig, reporter: Reporter | None = None) -> None:
+        config.check()
+        self.config = config
+        self.reporter = reporter or Reporter()
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.history: list[dict] = []
+        self.best: dict | None = None  # {"step", "metrics", "state"}: the best validation so far
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    # --- data -------------------------------------------------------------------------------
+    def _prepare(self, cases: list[Case]) -> list[PreparedCase]:
+        prepared = []
+        for i, case in enumerate(cases):
+            self.reporter.emit("preparing", case=case.name, index=i + 1, total=len(cases))
+            image = read_image(case.image)
+            check_volume(image, self.config.crop, self.config.grid)
+            volume = prepare_volume(image, self.config.grid, self.config.scales)
+            prepared.append(PreparedCase(case.name, volume, volume.geometry.to_index(case.center)))
+        return prepared
+
+    # --- one step -------------------------------------------------------------------------------
+    def _act(
+        self, agent: DQNAgent, episodes: _Episodes, sampler: CropSampler, memory: ReplayMemory, eps: float
+    ):
+        e, scales = episodes, np.asarray(self.config.scales)
+        states = sampler.states(*_split_ids(e.volume, e.history, e.scale))
+        actions, _ = agent.act(states, e.scale, eps, e.rng)
+        step = scales[e.scale]
+        new, refused = move(e.pos, actions, step, self.config.grid)
+        gain = reward(e.pos, new, e.targets[e.volume], e.spacing[e.volume], refused)
+        step_mm = step * e.spacing[e.volume].mean(axis=1)
+        scaled = np.where(refused, gain, np.clip(gain / step_mm, -1.0, 1.0))
+        memory.push(
+            volume=e.volume, history=e.history, scale=e.scale, action=actions, reward=scaled, next=new
+        )
+        e.pos = new
+        e.history = np.concatenate([e.history[:, 1:], new[:, None, :]], axis=1)
+        e.t += 1
+        done = np.flatnonzero(e.t >= self.config.episode_steps)
+        if done.size:
+            e.reset(done)
+
+    def _learn(self, agent: DQNAgent, sampler: CropSampler, memory: ReplayMemory, rng) -> dict[str, float]:
+        batch = memory.sample(self.config.batch, rng)
+        positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
+        crops = sampler.states(*_split_ids(batch["volume"], positions, batch["scale"].astype(np.int64)))
+        losses = agent.update(crops[:, :-1], crops[:, 1:], batch)
+        if not np.isfinite(losses["loss"]):
+            raise TrainingDiverged(f"the locator loss became {losses['loss']}; try a lower --lr")
+        return losses
+
+    # --- validation ---------------------------------------------------------------------------
+    def _validate(self, agent: DQNAgent, val: list[PreparedCase]) -> dict[str, float]:
+        cfg, rows = self.config, []
+        agent.online.eval()
+        for case in val:
+            point, _ = search_volume(
+                agent.online,
+                case.volume,
+                cfg.scales,
+                cfg.crop,
+                starts=cfg.starts,
+                how=DEFAULT_SEARCH["combine"],
+                max_steps=DEFAULT_SEARCH["max_steps"],
+                device=self.device,
+            )
+            diff = point - case.target
+            rows.append(
+                {
+                    "error_vox": float(np.linalg.norm(diff)),
+                    "error_mm": float(np.linalg.norm(diff * case.volume.geometry.spacing_zyx)),
+                }
+            )
+        agent.online.train()
+        return validation_errors(rows)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        return self.out / ".training" / CHECKPOINT
+
+    def _save_checkpoint(self, agent: DQNAgent, memory: ReplayMemory, step: int) -> None:
+        state = {
+            "step": step,
+            "config": self.config.to_json(),
+            "history": json.dumps(self.history),
+            "online": agent.online.state_dict(),
+            "target": agent.target.state_dict(),
+            "optimizer": agent.optimizer.state_dict(),
+            "memory": memory.state_dict(),
+        }
+        if self.best is not None:
+            state["best_state"] = self.best["state"]
+            state["best"] = json.dumps({k: v for k, v in self.best.items() if k != "state"})
+        path = self._checkpoint_path()
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        self.reporter.emit("checkpoint", step=step, path=str(path))
+
+    def _load_checkpoint(self, agent: DQNAgent, memory: ReplayMemory) -> int:
+        state = read_checkpoint(self._checkpoint_path())
+        try:
+            agent.online.load_state_dict(state["online"])
+            agent.target.load_state_dict(state["target"])
+            agent.optimizer.load_state_dict(state["optimizer"])
+            memory.load_state_dict(state["memory"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ModelError(
+                f"checkpoint {self._checkpoint_path()} is from another configuration: {exc}"
+            ) from None
+        self.history = json.loads(state.get("history", "[]"))
+        if "best_state" in state:
+            self.best = {**json.loads(state["best"]), "state": state["best_state"]}
+        return int(state["step"])
+
+    @staticmethod
+    def stored_config(out: str | Path) -> LocatorTrainConfig:
+        """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
+        path = Path(out) / ".training" / CHECKPOINT
+        try:
+            return LocatorTrainConfig.from_json(read_checkpoint(path)["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, lambda signum, frame: self.request_stop())
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # --- the run --------------------------------------------------------------------------------
+    def _setup(self) -> tuple[list[PreparedCase], list[PreparedCase], list[Case], list[Case]]:
+        train_cases, val_cases = split_cases(centre_cases(self.config.data), self.config.val_cases)
+        return self._prepare(train_cases), self._prepare(val_cases), train_cases, val_cases
+
+    def _network_config(self) -> QNetworkConfig:
+        cfg = self.config
+        return QNetworkConfig(
+            crop=cfg.crop,
+            history=HISTORY,
+            n_scales=len(cfg.scales),
+            width=cfg.width,
+            dueling=int(cfg.dueling),
+        )
+
+    def run(self, resume: bool = False) -> Path:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        train, val, train_cases, val_cases = self._setup()
+        sampler = CropSampler([c.volume for c in train], cfg.scales, cfg.crop, dtype=np.float16)
+        for case in train:
+            case.volume.levels = np.empty(0, np.float32)  # the sampler holds the only copy
+        agent = DQNAgent(self._network_config(), self.device, lr=cfg.lr, gamma=cfg.gamma, double=cfg.double)
+        memory = ReplayMemory(cfg.memory)
+        start = self._load_checkpoint(agent, memory) if resume else 0
+        rng = np.random.default_rng(cfg.seed * 1_000_003 + start)
+        torch.manual_seed(cfg.seed * 1_000_003 + start)
+        episodes = _Episodes(cfg, train, rng)
+        summary = {
+            "cases": len(train),
+            "validation": len(val),
+            "steps": cfg.steps,
+            "start_step": start,
+            "device": str(self.device),
+            "grid": cfg.grid,
+            "crop": cfg.crop,
+            "scales": list(cfg.scales),
+            "replay_bytes": memory.nbytes,
+        }
+        self.reporter.emit("started", task="locator training", summary=summary, total=cfg.steps, step=start)
+        last_val, elapsed = self._loop(agent, episodes, sampler, memory, val, start)
+        return self._finish(agent, memory, train_cases, val_cases, last_val, elapsed, start)
+
+    def _loop(self, agent, episodes, sampler, memory, val, start) -> tuple[dict, float]:
+        cfg = self.config
+        schedule = EpsilonSchedule(cfg.steps, end=cfg.epsilon_end, fraction=cfg.epsilon_fraction)
+        last_val: dict = self.history[-1]["metrics"] if self.history else {}
+        report_every, t0 = max(1, cfg.steps // 200), time.monotonic()
+        losses = {"loss": float("nan"), "q": float("nan")}
+        with self._signals():
+            for step in range(start, cfg.steps):
+                self._act(agent, episodes, sampler, memory, schedule(step))
+                if len(memory) >= max(cfg.batch, cfg.warmup):
+                    losses = self._learn(agent, sampler, memory, episodes.rng)
+                done = step + 1
+                if done % cfg.target_every == 0:
+                    agent.sync_target()
+                if done % report_every == 0 or done == cfg.steps:
+                    rate = (time.monotonic() - t0) / (done - start)
+                    self.reporter.emit(
+                        "progress",
+                        step=done,
+                        total=cfg.steps,
+                        losses={**losses, "epsilon": schedule(step)},
+                        seconds_per_step=rate,
+                        eta_seconds=rate * (cfg.steps - done),
+                    )
+                if val and (done % cfg.val_every == 0 or done == cfg.steps):
+                    last_val = self._validate(agent, val)
+                    self.history.append({"step": done, "metrics": last_val})
+                    self.reporter.emit("validation", step=done, total=cfg.steps, metrics=last_val)
+                    self._remember_if_best(agent, done, last_val)
+                if self._stop_requested:
+                    self._save_checkpoint(agent, memory, done)
+                    self.reporter.emit(
+                        "cancelled", step=done, message=f"stopped at step {done}; resume with --resume"
+                    )
+                    raise TrainingCancelled(
+                        f"locator training stopped at step {done}; the checkpoint is usable"
+                    )
+                if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                    self._save_checkpoint(agent, memory, done)
+        return last_val, time.monotonic() - t0
+
+    def _remember_if_best(self, agent: DQNAgent, step: int, metrics: dict) -> None:
+        """Keep a copy of the online network at the lowest mean validation error (``keep_best``)."""
+        if not self.config.keep_best or not metrics:
+            return
+        if self.best is None or metrics["mean_vox"] < self.best["metrics"]["mean_vox"]:
+            state = {k: v.detach().clone() for k, v in agent.online.state_dict().items()}
+            self.best = {"step": step, "metrics": metrics, "state": state}
+
+    def _finish(self, agent, memory, train_cases, val_cases, last_val, elapsed, start) -> Path:
+        cfg = self.config
+        selected = {"step": cfg.steps, "metrics": last_val}
+        if self.best is not None:
+            agent.online.load_state_dict(self.best["state"])
+            selected = {"step": self.best["step"], "metrics": self.best["metrics"]}
+        meta = {
+            "name": cfg.name or self.out.name,
+            "description": cfg.description,
+            "grid_size": cfg.grid,
+            "crop_size": cfg.crop,
+            "scales": list(cfg.scales),
+            "history": HISTORY,
+            "actions": ["+z", "-z", "+y", "-y", "+x", "-x"],
+            "search": {**DEFAULT_SEARCH, "starts": cfg.starts},
+            "training": {
+                "datasets": [str(Path(d).resolve()) for d in cfg.data],
+                "cases": len(train_cases),
+                "validation_cases": [c.name for c in val_cases],
+                "config": json.loads(cfg.to_json()),
+                "history": self.history,
+                "replay_bytes": memory.nbytes,
+            },
+            "metrics": {"validation": selected["metrics"], "last_validation": last_val},
+            "selected_step": selected["step"],
+            "timings": {
+                "train_seconds": round(elapsed, 1),
+                "seconds_per_step": round(elapsed / max(1, cfg.steps - start), 4),
+                "device": str(self.device),
+            },
+        }
+        folder = save_locator(self.out, agent.online.eval(), meta)
+        checkpoint = self._checkpoint_path()
+        if checkpoint.exists():
+            checkpoint.unlink()
+        self.reporter.emit(
+            "finished",
+            step=cfg.steps,
+            total=cfg.steps,
+            model=str(folder),
+            metrics=selected["metrics"],
+            message=f"locator written to {folder} (network of step {selected['step']})",
+        )
+        return folder
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A locator checkpoint (``weights_only=True``); clear errors if missing or damaged."""
+    if not path.is_file():
+        raise InputError(f"cannot resume: no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise ModelError(f"checkpoint {path} is corrupt: {type(exc).__name__}") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ModelError(f"checkpoint {path} is corrupt: not a locator checkpoint")
+    return state
