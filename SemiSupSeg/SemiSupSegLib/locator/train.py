@@ -35,6 +35,7 @@ from ..dataset import Case, load_dataset
 from ..errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from ..imageio import read_image
 from ..progress import Reporter
+from ..runlock import RunLock
 from ..training import resolve_device, seed_everything
 from .agent import DQNAgent, EpsilonSchedule, QNetworkConfig, ReplayMemory
 from .environment import (
@@ -372,6 +373,11 @@ class LocatorTrainer:
         )
 
     def run(self, resume: bool = False) -> Path:
+        """Train (or continue with ``resume``) holding the lock on the output folder throughout."""
+        with RunLock(self.out):
+            return self._run_locked(resume)
+
+    def _run_locked(self, resume: bool) -> Path:
         cfg = self.config
         seed_everything(cfg.seed)
         train, val, train_cases, val_cases = self._setup()
