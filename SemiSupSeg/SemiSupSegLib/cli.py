@@ -102,28 +102,34 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _run_trainer(args: argparse.Namespace, trainer_cls, make_config, what: str, data_hint: str) -> int:
+    """Shared by ``train`` and ``train-locator``: new run or ``--resume``, errors as protocol events."""
     from .progress import make_reporter
-    from .training import Trainer
 
     reporter = make_reporter(args.progress)
     if args.resume:
         if not args.out:
             raise InputError("--resume needs --out, the folder of the interrupted run")
-        config = Trainer.stored_config(args.out)
+        config = trainer_cls.stored_config(args.out)
     else:
         if not args.data:
-            raise InputError("train needs --data dataset.json")
-        config = _train_config(args)
+            raise InputError(f"{args.command} needs --data {data_hint}")
+        config = make_config(args)
     try:
-        folder = Trainer(config, reporter).run(resume=args.resume)
+        folder = trainer_cls(config, reporter).run(resume=args.resume)
     except SemiSupSegError as exc:
         if not isinstance(exc, TrainingCancelled):
             reporter.emit("error", message=str(exc))
         raise
     if args.progress != "json":
-        print(f"model written to {folder}")
+        print(f"{what} written to {folder}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import Trainer
+
+    return _run_trainer(args, Trainer, _train_config, "model", "dataset.json")
 
 
 def _locator_config(args: argparse.Namespace):
@@ -161,26 +167,10 @@ def _locator_config(args: argparse.Namespace):
 
 def cmd_train_locator(args: argparse.Namespace) -> int:
     from .locator.train import LocatorTrainer
-    from .progress import make_reporter
 
-    reporter = make_reporter(args.progress)
-    if args.resume:
-        if not args.out:
-            raise InputError("--resume needs --out, the folder of the interrupted run")
-        config = LocatorTrainer.stored_config(args.out)
-    else:
-        if not args.data:
-            raise InputError("train-locator needs --data dataset.json (cases with a 'center')")
-        config = _locator_config(args)
-    try:
-        folder = LocatorTrainer(config, reporter).run(resume=args.resume)
-    except SemiSupSegError as exc:
-        if not isinstance(exc, TrainingCancelled):
-            reporter.emit("error", message=str(exc))
-        raise
-    if args.progress != "json":
-        print(f"locator written to {folder}")
-    return 0
+    return _run_trainer(
+        args, LocatorTrainer, _locator_config, "locator", "dataset.json (cases with a 'center')"
+    )
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
