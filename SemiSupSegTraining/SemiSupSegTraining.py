@@ -715,8 +715,12 @@ class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
                 raise RuntimeError("PyTorch was not installed.")
         requirements = self._requirements()
         if requirements:
-            if hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):
-                slicer.packaging.pip_ensure(requirements, requester="SemiSupSeg", prompt_install=False)
+            try:
+                import slicer.packaging as packaging  # a submodule: not an attribute until imported
+            except ImportError:
+                packaging = None
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging.pip_ensure(requirements, requester="SemiSupSeg", prompt_install=False)
             else:
                 slicer.util.pip_install(requirements)
 
@@ -1196,8 +1200,8 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         root = pathlib.Path(self.tmp) / "plain-pool"
-        (root / "images").mkdir(parents=True)
-        (root / "labels").mkdir()
+        (root / "images").mkdir(parents=True, exist_ok=True)  # runTest builds it for two tests
+        (root / "labels").mkdir(exist_ok=True)
         rng = np.random.default_rng(0)
         entries = {"training": [], "unlabeled": []}
         for i in range(6):
