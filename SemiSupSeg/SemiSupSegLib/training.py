@@ -8,11 +8,8 @@ computes its losses.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .atomic import atomic_path
+from .checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from .dataset import Case, load_dataset
 from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from .imageio import read_image
@@ -33,8 +30,6 @@ from .patches import PatchSampler, PreparedCase, prepare_case
 from .preprocessing import Preprocessing, median_spacing
 from .progress import Reporter
 from .runlock import RunLock
-
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -216,10 +211,9 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:
-        return self.out / ".training" / CHECKPOINT
+        return checkpoint_path(self.out)
 
     def _save_checkpoint(self, method: Method, stages: list, step: int) -> Path:
-        path = self._checkpoint_path()
         state = {
             "step": step,
             "config": self.config.to_json(),
@@ -228,13 +222,12 @@ class Trainer:
             "optimizers": {spec.stage: opt.state_dict() for spec, opt, _ in stages},
             "schedulers": {spec.stage: sch.state_dict() for spec, _, sch in stages},
         }
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        self.reporter.emit("checkpoint", step=step, path=str(path))
+        path = self._checkpoint_path()
+        write_checkpoint(path, state, self.reporter)
         return path
 
     def _load_checkpoint(self, method: Method, stages: list) -> int:
-        state = _read_checkpoint(self._checkpoint_path(), self.device)
+        state = read_checkpoint(self._checkpoint_path(), self.device)
         try:
             method.load_state_dict(state["method"])
             for spec, optimizer, scheduler in stages:
@@ -250,9 +243,9 @@ class Trainer:
     @staticmethod
     def stored_config(out: str | Path) -> TrainConfig:
         """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
-        path = Path(out) / ".training" / CHECKPOINT
+        path = checkpoint_path(out)
         try:
-            return TrainConfig.from_json(_read_checkpoint(path, torch.device("cpu"))["config"])
+            return TrainConfig.from_json(read_checkpoint(path)["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
 
@@ -295,25 +288,6 @@ class Trainer:
             "preprocessing": preprocessing.to_dict(),
             **extra,
         }
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-        def request_stop(signum, frame):  # noqa: ARG001
-            self._stop_requested = True
-
-        for s in previous:
-            signal.signal(s, request_stop)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     def request_stop(self) -> None:
         self._stop_requested = True
@@ -373,7 +347,7 @@ class Trainer:
         t0 = time.monotonic()
         last_val: dict = self.history[-1]["metrics"] if self.history else {}
         report_every = max(1, cfg.steps // 200)
-        with self._signals():
+        with stop_on_signals(self.request_stop):
             for step in range(start, cfg.steps):
                 losses = self._iteration(method, stages, self._sample(sampler, method), step)
                 done = step + 1
@@ -435,15 +409,3 @@ class Trainer:
             message=f"model written to {folder}",
         )
         return folder
-
-
-def _read_checkpoint(path: Path, device: torch.device) -> dict:
-    if not path.is_file():
-        raise InputError(f"cannot resume: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise ModelError(f"checkpoint {path} is corrupt: {type(exc).__name__}") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ModelError(f"checkpoint {path} is corrupt: not a SemiSupSeg checkpoint")
-    return state

@@ -19,10 +19,7 @@ or SIGTERM writes one and raises :class:`TrainingCancelled`; ``resume=True`` con
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from ..dataset import Case, load_dataset
 from ..errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from ..imageio import read_image
@@ -53,7 +50,6 @@ from .environment import (
 from .locate import search_volume
 from .store import DEFAULT_SEARCH, save_locator
 
-CHECKPOINT = "checkpoint.pt"
 NEAR_PROBABILITY = 0.85
 # Augmentation: each volume also appears mirrored along y, x or both (the probe stays on top, along z).
 VARIANTS = 4
@@ -297,7 +293,7 @@ class LocatorTrainer:
 
     # --- checkpoints ------------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:
-        return self.out / ".training" / CHECKPOINT
+        return checkpoint_path(self.out)
 
     def _save_checkpoint(self, agent: DQNAgent, memory: ReplayMemory, step: int) -> None:
         state = {
@@ -312,10 +308,7 @@ class LocatorTrainer:
         if self.best is not None:
             state["best_state"] = self.best["state"]
             state["best"] = json.dumps({k: v for k, v in self.best.items() if k != "state"})
-        path = self._checkpoint_path()
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        self.reporter.emit("checkpoint", step=step, path=str(path))
+        write_checkpoint(self._checkpoint_path(), state, self.reporter)
 
     def _load_checkpoint(self, agent: DQNAgent, memory: ReplayMemory) -> int:
         state = read_checkpoint(self._checkpoint_path())
@@ -336,26 +329,11 @@ class LocatorTrainer:
     @staticmethod
     def stored_config(out: str | Path) -> LocatorTrainConfig:
         """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
-        path = Path(out) / ".training" / CHECKPOINT
+        path = checkpoint_path(out)
         try:
             return LocatorTrainConfig.from_json(read_checkpoint(path)["config"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
-
-    @contextlib.contextmanager
-    def _signals(self):
-        """On SIGINT/SIGTERM, finish the current step, write a checkpoint and stop."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in previous:
-            signal.signal(s, lambda signum, frame: self.request_stop())
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
 
     # --- the run --------------------------------------------------------------------------------
     def _setup(self) -> tuple[list[PreparedCase], list[PreparedCase], list[Case], list[Case]]:
@@ -411,7 +389,7 @@ class LocatorTrainer:
         last_val: dict = self.history[-1]["metrics"] if self.history else {}
         report_every, t0 = max(1, cfg.steps // 200), time.monotonic()
         losses = {"loss": float("nan"), "q": float("nan")}
-        with self._signals():
+        with stop_on_signals(self.request_stop):
             for step in range(start, cfg.steps):
                 self._act(agent, episodes, sampler, memory, schedule(step))
                 if len(memory) >= max(cfg.batch, cfg.warmup):
@@ -498,16 +476,3 @@ class LocatorTrainer:
             message=f"locator written to {folder} (network of step {selected['step']})",
         )
         return folder
-
-
-def read_checkpoint(path: Path) -> dict:
-    """A locator checkpoint (``weights_only=True``); clear errors if missing or damaged."""
-    if not path.is_file():
-        raise InputError(f"cannot resume: no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise ModelError(f"checkpoint {path} is corrupt: {type(exc).__name__}") from None
-    if not isinstance(state, dict) or "step" not in state:
-        raise ModelError(f"checkpoint {path} is corrupt: not a locator checkpoint")
-    return state
