@@ -69,3 +69,16 @@ def test_shipped_models_are_valid_json_and_listed_in_cmake():
         assert json.loads(meta.read_text())["networks"]
         assert meta.relative_to(REPO / "SemiSupSeg").as_posix() in cmake
         assert (meta.parent / "weights.pt").relative_to(REPO / "SemiSupSeg").as_posix() in cmake
+
+
+def test_panel_side_modules_import_without_torch_or_monai():
+    """The panels list models and build commands before torch is installed in Slicer."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\nsys.modules['monai'] = None\n"
+        "import SemiSupSegLib.model_index, SemiSupSegLib.slicer_bridge, SemiSupSegLib.train_process\n"
+        "print(any(m['origin'] == 'shipped' for m in SemiSupSegLib.model_index.list_models()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

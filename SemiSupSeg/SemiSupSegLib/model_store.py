@@ -10,7 +10,6 @@ with the package (``SemiSupSegLib/pretrained``) are listed too.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -22,13 +21,12 @@ from torch import nn
 from . import __version__
 from .atomic import atomic_path, atomic_write_json
 from .errors import ModelError
+from .model_index import MODEL_JSON, PRETRAINED_DIR, home_dir, list_models, models_dir, read_model_json
 from .networks import NetworkConfig, build_network
 from .preprocessing import Preprocessing
 
-MODEL_JSON = "model.json"
 WEIGHTS = "weights.pt"
 FORMAT_VERSION = 1
-PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 __all__ = [
     "LoadedModel",
@@ -41,15 +39,6 @@ __all__ = [
     "read_model_json",
     "software_versions",
 ]
-
-
-def home_dir() -> Path:
-    """``$SEMISUPSEG_HOME``, default ``~/.SemiSupSeg``."""
-    return Path(os.environ.get("SEMISUPSEG_HOME") or Path.home() / ".SemiSupSeg").expanduser()
-
-
-def models_dir() -> Path:
-    return home_dir() / "models"
 
 
 def software_versions() -> dict[str, str]:
@@ -159,20 +148,6 @@ def resolve_model(model: str | os.PathLike) -> Path:
     )
 
 
-def read_model_json(path: str | os.PathLike) -> dict:
-    folder = Path(path)
-    meta_path = folder / MODEL_JSON
-    if not meta_path.is_file():
-        raise ModelError(f"{folder} is not a model: it has no {MODEL_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path} is corrupt: {exc}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("networks"), dict) or not meta["networks"]:
-        raise ModelError(f"{meta_path} describes no networks")
-    return meta
-
-
 def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model folder (or name) for inference, with ``weights_only=True``."""
     folder = resolve_model(model)
@@ -205,34 +180,3 @@ def _load_weights(path: Path) -> dict:
     if not isinstance(state, dict):
         raise ModelError(f"model weights {path} are not a mapping of network name to tensors")
     return state
-
-
-def list_models(include_shipped: bool = True) -> list[dict]:
-    """Every valid model in the models folder (then the shipped ones), as short descriptions."""
-    roots = [("user", models_dir())] + ([("shipped", PRETRAINED_DIR)] if include_shipped else [])
-    found = []
-    for origin, root in roots:
-        if not root.is_dir():
-            continue
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            try:
-                meta = read_model_json(folder)
-            except ModelError:
-                continue
-            found.append(_describe(folder, meta, origin))
-    return found
-
-
-def _describe(folder: Path, meta: dict, origin: str) -> dict:
-    return {
-        "name": meta.get("name", folder.name),
-        "path": str(folder),
-        "origin": origin,
-        "method": meta.get("method", "?"),
-        "modality": meta.get("modality", "?"),
-        "target": meta.get("target", "?"),
-        "description": meta.get("description", ""),
-        "created": meta.get("created", ""),
-        "metrics": meta.get("metrics", {}),
-        "training": meta.get("training", {}),
-    }

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import dataset, imageio
+from . import dataset, imageio, model_index
 from .errors import InputError, ModelError, SemiSupSegError
 
 __all__ = [
@@ -226,13 +226,12 @@ def array_from_image(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _home() -> Path:
-    # The same rule as model_store.home_dir(), which cannot be imported here (it imports torch).
-    return Path(os.environ.get("SEMISUPSEG_HOME") or Path.home() / ".SemiSupSeg").expanduser()
+    return model_index.home_dir()
 
 
 def shipped_folder() -> Path:
     """The models and locators shipped with the engine (``SemiSupSegLib/pretrained``)."""
-    return Path(__file__).resolve().parent / "pretrained"
+    return model_index.PRETRAINED_DIR
 
 
 def default_models_folder() -> Path:
@@ -250,57 +249,16 @@ def default_pool_folder() -> Path:
 
 # ------------------------------------------------------------------------------------------- models
 
-_MODEL_JSON = "model.json"
 _LOCATOR_JSON = "locator.json"
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _describe_model(folder: Path, meta: dict, origin: str) -> dict:
-    return {
-        "name": str(meta.get("name", folder.name)),
-        "path": str(folder),
-        "origin": origin,
-        "method": meta.get("method", "?"),
-        "modality": meta.get("modality", "?"),
-        "target": meta.get("target", "?"),
-        "description": meta.get("description", ""),
-        "created": meta.get("created", ""),
-        "metrics": meta.get("metrics", {}),
-        "training": meta.get("training", {}),
-    }
-
-
 def scan_models(folder: str | os.PathLike | None, include_shipped: bool = True) -> list[dict]:
-    """The models in ``folder`` (then the shipped ones), described like ``model_store.list_models()``.
-
-    Reads only ``model.json`` files (no torch), so the combo box can be filled before torch is
-    installed. Folders without a valid ``model.json`` (one that names its networks) are skipped.
-    """
-    roots: list[tuple[str, Path]] = []
-    if folder is not None and str(folder) not in ("", "."):
-        roots.append(("user", Path(folder).expanduser()))
-    if include_shipped:
-        roots.append(("shipped", shipped_folder()))
-    found, seen = [], set()
-    for origin, root in roots:
-        if not root.is_dir():
-            continue
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            meta = _read_json(sub / _MODEL_JSON)
-            if not meta or not isinstance(meta.get("networks"), dict) or not meta["networks"]:
-                continue
-            if sub.resolve() in seen:
-                continue
-            seen.add(sub.resolve())
-            found.append(_describe_model(sub, meta, origin))
-    return found
+    """The models in ``folder`` (then the shipped ones), from their ``model.json`` alone (no torch),
+    so the combo box can be filled before torch is installed. No folder: the shipped ones only."""
+    if folder is None or str(folder) in ("", "."):
+        shipped = model_index.list_models(None, include_shipped)
+        return [m for m in shipped if m["origin"] == "shipped"]
+    return model_index.list_models(folder, include_shipped)
 
 
 def _number(value: Any) -> float | None:

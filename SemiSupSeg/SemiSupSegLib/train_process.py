@@ -46,7 +46,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import model_index
 from .errors import InputError, SemiSupSegError
+from .model_index import home_dir
 
 PROTOCOL_MAJOR = 1
 ENGINE_DIR = Path(__file__).resolve().parents[1]  # the folder that holds the SemiSupSegLib package
@@ -866,12 +868,6 @@ def summarize_data(
     return build_run_dataset(pool, unlabeled_folders, None, validation, check_images)
 
 
-def home_dir() -> Path:
-    """``$SEMISUPSEG_HOME`` (default ``~/.SemiSupSeg``), the rule of ``model_store.home_dir``
-    repeated here because ``model_store`` imports torch, which the panel may not have yet."""
-    return Path(os.environ.get("SEMISUPSEG_HOME") or Path.home() / ".SemiSupSeg").expanduser()
-
-
 def models_folder() -> Path:
     return home_dir() / "models"
 
@@ -882,32 +878,8 @@ def locators_folder() -> Path:
 
 def scan_models(root: str | os.PathLike | None = None, include_shipped: bool = True) -> list[dict]:
     """Models in the models folder (then the shipped ones) from their ``model.json`` alone, without
-    torch: ``name``, ``path``, ``method``, ``origin`` and the validation ``dice`` when recorded."""
-    roots = [("user", Path(root) if root is not None else models_folder())]
-    if include_shipped:
-        roots.append(("shipped", ENGINE_DIR / "SemiSupSegLib" / "pretrained"))
-    found = []
-    for origin, folder in roots:
-        if not folder.is_dir():
-            continue
-        for path in sorted(p for p in folder.iterdir() if p.is_dir()):
-            try:
-                meta = json.loads((path / "model.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if not isinstance(meta, dict) or not meta.get("networks"):
-                continue
-            dice = ((meta.get("metrics") or {}).get("validation") or {}).get("dice")
-            found.append(
-                {
-                    "name": str(meta.get("name") or path.name),
-                    "path": str(path),
-                    "method": str(meta.get("method", "?")),
-                    "origin": origin,
-                    "dice": dice if isinstance(dice, (int, float)) else None,
-                }
-            )
-    return found
+    torch (see :func:`SemiSupSegLib.model_index.list_models`)."""
+    return model_index.list_models(root, include_shipped)
 
 
 def default_pool() -> Path:
