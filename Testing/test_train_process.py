@@ -298,10 +298,15 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
     state.begin("training")
     for event in first.wait_events(lambda e: e["event"] == "progress" and e["step"] >= 3, timeout=120):
         state.update(event)
-    # a second run on the same folder is refused while the first holds the lock
-    second = tp.TrainingProcess(tp.training_command(request), env=env).start()
-    second_events = second.wait_events(timeout=120)
-    second.join(10)
+    # a second run on the same folder is refused while the first holds the lock; the first is
+    # paused meanwhile (SIGSTOP to its process group) so that it cannot finish before the stop below
+    os.killpg(first.proc.pid, signal.SIGSTOP)
+    try:
+        second = tp.TrainingProcess(tp.training_command(request), env=env).start()
+        second_events = second.wait_events(timeout=120)
+        second.join(10)
+    finally:
+        os.killpg(first.proc.pid, signal.SIGCONT)
     first.request_stop(grace=60)
     state.stopping()
     while first.running:
