@@ -45,3 +45,18 @@ def test_build_from_config_round_trip_and_unknown_architecture():
     assert net.config == cfg
     with pytest.raises(ValueError, match="unknown network architecture"):
         build_network({"architecture": "resnet"})
+
+
+def test_mask_dropout_matches_torch_dropout_statistics():
+    from SemiSupSegLib.networks import MaskDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    layer = MaskDropout(0.3).train()
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept)  # gradient flows through the kept elements only
+    assert torch.equal(layer.eval()(x), x) and torch.equal(MaskDropout(1.0).train()(x), torch.zeros_like(x))

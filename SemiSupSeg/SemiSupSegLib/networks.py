@@ -40,6 +40,24 @@ def _channels(base: int, width: float) -> int:
     return max(2, int(round(base * width)))
 
 
+class MaskDropout(nn.Dropout):
+    """Element-wise dropout drawn with ``rand_like`` instead of ``bernoulli_``.
+
+    Same semantics as :class:`torch.nn.Dropout` (zeroes with probability ``p`` in training mode and
+    scales by 1/(1-p)); hand-written because on the CPU torch's ``bernoulli_`` is about 3x slower
+    than ``rand_like`` (0.45 s against 0.15 s for 33 M elements here), and dropout masks were 20 %
+    of a full-width Dual-UNet step with its Monte-Carlo passes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p >= 1:
+            return torch.zeros_like(x)
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class _ConvBlock(nn.Sequential):
     """Dropout (for Monte-Carlo passes) then 3^3 conv, BatchNorm, ReLU (seed 000, Table I).
 
@@ -49,7 +67,7 @@ class _ConvBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, dropout: float) -> None:
         super().__init__(
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+            MaskDropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Conv3d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm3d(out_ch),
             nn.ReLU(inplace=True),
