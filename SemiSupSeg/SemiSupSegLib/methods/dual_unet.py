@@ -36,7 +36,9 @@ Decisions (METHODS.md "000"):
 
 Options: ``ablation`` (a Table III row, see :data:`ABLATIONS`), ``intra``/``inter``/``lcont``/``ncont``
 (booleans, override the row), ``alpha``/``beta``/``gamma``, ``ramp_steps``, ``tau1``/``tau2`` (as
-probabilities), ``mc_samples``, ``adversarial``, ``lr``, ``classifier_lr``.
+probabilities), ``mc_samples``, ``mc_precision`` (for the MC passes only: "auto", the default,
+= bf16 where the device computes it natively; "fp32"; "bf16"),
+``adversarial``, ``lr``, ``classifier_lr``.
 """
 
 from __future__ import annotations
@@ -203,6 +205,7 @@ class DualUNet(Method):
         tau1: float = 0.5,
         tau2: float = 0.7,
         mc_samples: int = 8,
+        mc_precision: str = "auto",
         adversarial: str = "saturating",
         **options,
     ) -> None:
@@ -218,6 +221,7 @@ class DualUNet(Method):
         self.ramp_steps = paper_ramp_steps(total_steps) if ramp_steps is None else int(ramp_steps)
         self.tau = (binary_entropy(tau1), binary_entropy(tau2))
         self.mc_samples = int(mc_samples)
+        self.mc_precision = str(mc_precision)
         self.lr, self.classifier_lr = float(lr), float(classifier_lr)
         self.net1, self.net2 = build_network(network), build_network(network)
         k, w = network.num_classes, network.width
@@ -306,7 +310,7 @@ class DualUNet(Method):
     ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor]]:
         """L_intra (eq. 3) and L_inter (eqs. 4, 5) of both networks on the unlabelled predictions ``y``."""
         tau1, tau2 = self.thresholds(step)
-        mc = [mc_prediction(net, x_u, self.mc_samples) for net in (self.net1, self.net2)]
+        mc = [mc_prediction(net, x_u, self.mc_samples, self.mc_precision) for net in (self.net1, self.net2)]
         out: dict[str, list[torch.Tensor]] = {}
         stats: dict[str, torch.Tensor] = {}
         if self.terms["intra"]:

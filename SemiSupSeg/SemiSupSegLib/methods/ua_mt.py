@@ -31,11 +31,13 @@ class UAMT(MeanTeacher):
         network: NetworkConfig,
         total_steps: int,
         mc_samples: int = 8,
+        mc_precision: str = "auto",
         threshold_ramp_steps: int | None = None,
         **options,
     ) -> None:
         super().__init__(network, total_steps, **options)
         self.mc_samples = int(mc_samples)
+        self.mc_precision = str(mc_precision)  # auto (bf16 where native) | fp32 | bf16: the MC passes only
         self.threshold_ramp_steps = int(total_steps if threshold_ramp_steps is None else threshold_ramp_steps)
 
     def threshold(self, step: int) -> float:
@@ -45,7 +47,7 @@ class UAMT(MeanTeacher):
     def consistency_loss(
         self, p_student: torch.Tensor, p_teacher: torch.Tensor, x_u: torch.Tensor, step: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, uncertainty = mc_prediction(self.teacher, x_u, self.mc_samples)
+        _, uncertainty = mc_prediction(self.teacher, x_u, self.mc_samples, self.mc_precision)
         mask = uncertainty < self.threshold(step)
         loss = uncertainty_consistency(p_student, p_teacher, mask)
         return loss, {"mask_fraction": mask.float().mean()}
