@@ -12,6 +12,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -20,6 +21,7 @@ from .errors import InputError, ModelError
 from .progress import Reporter
 
 CHECKPOINT = "checkpoint.pt"
+ConfigT = TypeVar("ConfigT")
 
 
 def checkpoint_path(out: str | Path) -> Path:
@@ -44,6 +46,15 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     if not isinstance(state, dict) or "step" not in state or "config" not in state:
         raise ModelError(f"checkpoint {path} is corrupt: not a SemiSupSeg checkpoint")
     return state
+
+
+def stored_config(out: str | Path, from_json: Callable[[str], ConfigT]) -> ConfigT:
+    """The configuration of an interrupted run in ``out``, parsed by ``from_json`` (for ``--resume``)."""
+    path = checkpoint_path(out)
+    try:
+        return from_json(read_checkpoint(path)["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from . import checkpoints
 from .checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from .dataset import Case, load_dataset
 from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
@@ -243,11 +244,7 @@ class Trainer:
     @staticmethod
     def stored_config(out: str | Path) -> TrainConfig:
         """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
-        path = checkpoint_path(out)
-        try:
-            return TrainConfig.from_json(read_checkpoint(path)["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
+        return checkpoints.stored_config(out, TrainConfig.from_json)
 
     # --- validation -------------------------------------------------------------------------
     def _validate(self, method: Method, val: list[ValidationCase], preprocessing: Preprocessing) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import checkpoints
 from ..checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from ..dataset import Case, load_dataset
 from ..errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
@@ -329,11 +330,7 @@ class LocatorTrainer:
     @staticmethod
     def stored_config(out: str | Path) -> LocatorTrainConfig:
         """The configuration of an interrupted run, read from its checkpoint (for ``--resume``)."""
-        path = checkpoint_path(out)
-        try:
-            return LocatorTrainConfig.from_json(read_checkpoint(path)["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"checkpoint {path} is corrupt: {exc}") from None
+        return checkpoints.stored_config(out, LocatorTrainConfig.from_json)
 
     # --- the run --------------------------------------------------------------------------------
     def _setup(self) -> tuple[list[PreparedCase], list[PreparedCase], list[Case], list[Case]]:
