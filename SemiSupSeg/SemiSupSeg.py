@@ -52,6 +52,7 @@ from SemiSupSegLib.errors import InputError, SemiSupSegError
 
 SEGMENT_NAME = "instrument"
 SEGMENT_COLOR = (1.0, 0.85, 0.1)
+SEGMENT_EDITOR_TAG = "SemiSupSegSegmentEditor"
 MC_SAMPLES = 8
 TORCH_REQUIREMENT = ">=2.1"
 
@@ -244,11 +245,13 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateGui()
 
     def _selectSegmentEditorNode(self) -> None:
-        node = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+        # Our own editor node: the Segment Editor module's widget observes the "SegmentEditor" singleton
+        # and would activate the same effect (and view observations) whenever this panel picks one.
+        node = slicer.mrmlScene.GetSingletonNode(SEGMENT_EDITOR_TAG, "vtkMRMLSegmentEditorNode")
         if node is None:
             node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
             node.UnRegister(None)
-            node.SetSingletonTag("SegmentEditor")
+            node.SetSingletonTag(SEGMENT_EDITOR_TAG)
             node = slicer.mrmlScene.AddNode(node)
         if self.segmentEditorWidget.mrmlSegmentEditorNode() != node:
             self.segmentEditorWidget.setMRMLSegmentEditorNode(node)
@@ -258,6 +261,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         events = (
             slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+            slicer.vtkMRMLMarkupsNode.PointPositionUndefinedEvent,
             slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
         )
         if self._observedPointNode is not None:
@@ -300,7 +304,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         editor = self.segmentEditorWidget
         if editor.segmentationNode() != p.segmentation:
             editor.setSegmentationNode(p.segmentation)
-        if editor.sourceVolumeNode() != p.inputVolume:
+        # The editor accepts a source volume only once it has a segmentation (older Slicer logs an error
+        # on every call otherwise).
+        if p.segmentation is not None and editor.sourceVolumeNode() != p.inputVolume:
             editor.setSourceVolumeNode(p.inputVolume)
 
     # --- models -----------------------------------------------------------------------------------
@@ -668,6 +674,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                     )
                 else:
                     slicer.util.pip_install([*others, "-c", str(constraints)])
+        importlib.invalidate_caches()  # let find_spec see the packages pip just installed
         still = self.missingDependencies()
         if still:
             raise InputError(
