@@ -230,6 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                 per_seed.append(run_row(data, run_dir, row, args, seed, spacing, use_center))
                 print(json.dumps({"setting": setting, **per_seed[-1]}), flush=True)
             results.append({"setting": setting, "row": row, **aggregate(per_seed), "runs": per_seed})
+            write_tables(args, results)  # after every row, so an interrupted run keeps what it measured
+    print(write_tables(args, results))
+    return 0
+
+
+def write_tables(args, results: list[dict]) -> str:
+    """Write ``ssl_table.json`` and ``ssl_table.md`` under ``args.out``; returns the markdown."""
     text = (
         f"Settings: {args.steps} steps, width {args.width}, patch {args.patch}^3, batch 2+2, lr {args.lr}, "
         f"seeds {args.seeds}, precision {args.precision}, torch threads {torch.get_num_threads()}; phantom "
@@ -237,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         f"to {args.la_spacing} mm, last {args.la_test} cases held out (random patches, sliding window)."
     )
     (args.out / "ssl_table.json").write_text(json.dumps({"settings": text, "results": results}, indent=1))
-    (args.out / "ssl_table.md").write_text(table_markdown(results, text))
-    print(table_markdown(results, text))
-    return 0
+    markdown = table_markdown(results, text)
+    (args.out / "ssl_table.md").write_text(markdown)
+    return markdown
 
 
 if __name__ == "__main__":
