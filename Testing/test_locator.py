@@ -16,7 +16,7 @@ import torch
 from SemiSupSegLib.cli import main
 from SemiSupSegLib.errors import InputError, ModelError, TrainingCancelled
 from SemiSupSegLib.locator import load_locator, locate, save_locator
-from SemiSupSegLib.locator.agent import QNetwork, QNetworkConfig, ReplayMemory, q_values
+from SemiSupSegLib.locator.agent import DQNAgent, QNetwork, QNetworkConfig, ReplayMemory, q_values
 from SemiSupSegLib.locator.environment import (
     ACTIONS,
     CropSampler,
@@ -31,7 +31,7 @@ from SemiSupSegLib.locator.environment import (
     reward,
     start_positions,
 )
-from SemiSupSegLib.locator.train import LocatorTrainConfig, LocatorTrainer
+from SemiSupSegLib.locator.train import LocatorTrainConfig, LocatorTrainer, all_action_outcomes
 from SemiSupSegLib.progress import Reporter
 
 GRID, CROP, SCALES = 32, 9, (3, 1)
@@ -251,6 +251,40 @@ def test_replay_memory_stores_positions_and_stays_bounded():
 # ------------------------------------------------------------------------------------------ training
 
 
+def test_all_action_outcomes_score_every_move_from_the_known_target():
+    positions = np.array([[5, 5, 5], [0, 5, 5]])
+    targets = np.array([[5.0, 5.0, 9.0], [0.0, 5.0, 5.0]])
+    new, rewards = all_action_outcomes(positions, np.array([1, 2]), targets, np.ones((2, 3)), grid=16)
+    assert new.shape == (2, 6, 3) and rewards.shape == (2, 6)
+    np.testing.assert_array_equal(new[0], positions[0] + ACTIONS)
+    assert rewards[0, 4] == pytest.approx(1.0) and rewards[0, 5] == pytest.approx(-1.0)  # +x, -x
+    assert rewards[0, :4] == pytest.approx(np.full(4, 4.0 - np.hypot(4.0, 1.0)))  # sideways: a little worse
+    assert rewards[1, 1] == -1.0 and (new[1, 1] == positions[1]).all()  # -z from z = 0: refused, stays
+    assert rewards[1, 0] == pytest.approx(-1.0)  # +z by 2 from the target: a whole step away
+
+
+def test_all_action_updates_learn_the_best_action_of_each_state():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    config = QNetworkConfig(crop=CROP, n_scales=1, width=4, hidden=32)
+    agent = DQNAgent(config, torch.device("cpu"), lr=3e-3, gamma=0.0)
+    states = rng.normal(size=(6, 4, CROP, CROP, CROP)).astype(np.float32)
+    rewards = -np.ones((6, 6), np.float32)
+    rewards[np.arange(6), rng.permutation(6)] = 1.0  # a different best action in each state
+    scale = np.zeros(6, np.int64)
+    before = q_values(agent.online, states, scale, agent.device).argmax(1)
+    for _ in range(150):
+        agent.update_all_actions(states, None, rewards, scale)
+    after = q_values(agent.online, states, scale, agent.device)
+    assert (after.argmax(1) == rewards.argmax(1)).all(), (before, after.argmax(1))
+    with_future = DQNAgent(config, torch.device("cpu"), gamma=0.9)
+    next_states = np.repeat(states, 6, axis=0)
+    target_before = {k: v.clone() for k, v in with_future.target.state_dict().items()}
+    losses = with_future.update_all_actions(states, next_states, rewards, scale)
+    assert np.isfinite(losses["loss"])
+    assert all(torch.equal(v, with_future.target.state_dict()[k]) for k, v in target_before.items())
+
+
 def _final_distances(locator, data_dir, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Distances (grid voxels) to the target of the trained greedy search and of a random policy."""
     rng = np.random.default_rng(seed)
@@ -304,9 +338,12 @@ def test_locator_round_trips_through_its_folder(trained, tmp_path):
     assert np.linalg.norm(np.subtract(found.point_lps, centre)) < 4.0  # mm; 0.8 mm voxels
 
 
-def test_training_stops_with_a_checkpoint_and_resumes(blob_data, tmp_path):
+@pytest.mark.parametrize("all_actions", [True, False], ids=["all-actions", "taken-action"])
+def test_training_stops_with_a_checkpoint_and_resumes(blob_data, tmp_path, all_actions):
     out = tmp_path / "resumable"
-    config = _config(blob_data, out, steps=40, warmup=32, val_every=40, checkpoint_every=20)
+    config = _config(
+        blob_data, out, steps=40, warmup=32, val_every=40, checkpoint_every=20, all_actions=all_actions
+    )
     reporter = _Recorder(stop_at=10)
     trainer = LocatorTrainer(config, reporter)
     reporter.trainer = trainer

@@ -219,5 +219,41 @@ class DQNAgent:
         self.optimizer.step()
         return {"loss": float(loss.detach()), "q": float(chosen.detach().mean())}
 
+    def update_all_actions(
+        self,
+        states: np.ndarray,
+        next_states: np.ndarray,
+        rewards: np.ndarray,
+        scale_index: np.ndarray,
+    ) -> dict[str, float]:
+        """One gradient step with a TD target for **every** action of each replayed state.
+
+        During training the dynamics are known (a move is deterministic and the target is annotated), so
+        the reward and next state of all 6 actions can be computed instead of only the one taken:
+        ``Q(s, a) <- r(s, a) + gamma * Q_target(s'_a, argmax_b Q_online(s'_a, b))`` for every ``a``.
+        This gives 6 Huber terms per sample instead of one, and the differences between actions — all
+        the greedy policy depends on — are learnt directly rather than from one action at a time.
+
+        ``states`` [B, H, c, c, c]; ``next_states`` [B * 6, H, c, c, c] (action-major within a sample);
+        ``rewards`` [B, 6]; ``scale_index`` [B].
+        """
+        to = lambda a, dtype: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa: E731
+        scale = to(scale_index, torch.int64)
+        r = to(rewards, torch.float32)
+        n_actions = r.shape[1]
+        if self.gamma > 0:
+            next_scale = scale.repeat_interleave(n_actions)
+            future = self._td_target(to(next_states, torch.float32), next_scale, torch.zeros_like(next_scale))
+            target = r + future.to(torch.float32).view(-1, n_actions)
+        else:  # gamma 0: the immediate rewards are the whole target; no next state is needed
+            target = r
+        q = self.online(to(states, torch.float32), scale)
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.online.parameters(), 10.0)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "q": float(q.detach().max(dim=1).values.mean())}
+
     def sync_target(self) -> None:
         self.target.load_state_dict(self.online.state_dict())

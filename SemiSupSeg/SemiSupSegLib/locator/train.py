@@ -37,6 +37,7 @@ from ..runlock import RunLock
 from ..training import resolve_device, seed_everything
 from .agent import DQNAgent, EpsilonSchedule, QNetworkConfig, ReplayMemory
 from .environment import (
+    ACTIONS,
     DEFAULT_CROP,
     DEFAULT_GRID,
     DEFAULT_SCALES,
@@ -69,6 +70,7 @@ class LocatorTrainConfig:
     gamma: float = 0.9
     double: bool = True
     dueling: bool = True
+    all_actions: bool = True
     grid: int = DEFAULT_GRID
     crop: int = DEFAULT_CROP
     scales: tuple[int, ...] = DEFAULT_SCALES
@@ -158,6 +160,39 @@ def validation_errors(rows: list[dict]) -> dict[str, float]:
     }
 
 
+def step_reward(
+    previous: np.ndarray,
+    new: np.ndarray,
+    targets: np.ndarray,
+    spacing_zyx: np.ndarray,
+    refused: np.ndarray,
+    step: np.ndarray,
+) -> np.ndarray:
+    """The training reward: ``d(previous) - d(new)`` in mm divided by the step length in mm, in [-1, 1].
+
+    Dividing by the step makes +-1 a whole step towards/away from the target at every scale; a refused
+    move keeps its ``-1``.
+    """
+    gain = reward(previous, new, targets, spacing_zyx, refused)
+    step_mm = np.asarray(step) * np.asarray(spacing_zyx).mean(axis=1)
+    return np.where(refused, gain, np.clip(gain / step_mm, -1.0, 1.0))
+
+
+def all_action_outcomes(
+    positions: np.ndarray, step: np.ndarray, targets: np.ndarray, spacing_zyx: np.ndarray, grid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next positions ``[N, 6, 3]`` and training rewards ``[N, 6]`` of every action from ``positions``.
+
+    The dynamics are known during training, so all 6 outcomes are computed, not only the action taken.
+    """
+    n, n_actions = len(positions), len(ACTIONS)
+    each = lambda a: np.repeat(np.asarray(a), n_actions, axis=0)  # noqa: E731  one row per (sample, action)
+    actions = np.tile(np.arange(n_actions), n)
+    new, refused = move(each(positions), actions, each(step), grid)
+    rewards = step_reward(each(positions), new, each(targets), each(spacing_zyx), refused, each(step))
+    return new.reshape(n, n_actions, 3), rewards.reshape(n, n_actions)
+
+
 def decode_variant(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Volume index and mirror flags ([N, 3] z, y, x) of augmented volume ids ``volume * 4 + variant``."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -245,9 +280,7 @@ class LocatorTrainer:
         actions, _ = agent.act(states, e.scale, eps, e.rng)
         step = scales[e.scale]
         new, refused = move(e.pos, actions, step, self.config.grid)
-        gain = reward(e.pos, new, e.targets[e.volume], e.spacing[e.volume], refused)
-        step_mm = step * e.spacing[e.volume].mean(axis=1)
-        scaled = np.where(refused, gain, np.clip(gain / step_mm, -1.0, 1.0))
+        scaled = step_reward(e.pos, new, e.targets[e.volume], e.spacing[e.volume], refused, step)
         memory.push(
             volume=e.volume, history=e.history, scale=e.scale, action=actions, reward=scaled, next=new
         )
@@ -258,14 +291,37 @@ class LocatorTrainer:
         if done.size:
             e.reset(done)
 
-    def _learn(self, agent: DQNAgent, sampler: CropSampler, memory: ReplayMemory, rng) -> dict[str, float]:
-        batch = memory.sample(self.config.batch, rng)
-        positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
-        crops = sampler.states(*_split_ids(batch["volume"], positions, batch["scale"].astype(np.int64)))
-        losses = agent.update(crops[:, :-1], crops[:, 1:], batch)
+    def _learn(
+        self, agent: DQNAgent, sampler: CropSampler, memory: ReplayMemory, episodes: _Episodes
+    ) -> dict[str, float]:
+        batch = memory.sample(self.config.batch, episodes.rng)
+        if self.config.all_actions:
+            losses = self._learn_all_actions(agent, sampler, batch, episodes)
+        else:
+            positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
+            crops = sampler.states(*_split_ids(batch["volume"], positions, batch["scale"].astype(np.int64)))
+            losses = agent.update(crops[:, :-1], crops[:, 1:], batch)
         if not np.isfinite(losses["loss"]):
             raise TrainingDiverged(f"the locator loss became {losses['loss']}; try a lower --lr")
         return losses
+
+    def _learn_all_actions(self, agent: DQNAgent, sampler: CropSampler, batch: dict, episodes) -> dict:
+        """TD update on all 6 actions of each replayed state (see :meth:`DQNAgent.update_all_actions`)."""
+        cfg, n_actions = self.config, len(ACTIONS)
+        history, scale = batch["history"].astype(np.int64), batch["scale"].astype(np.int64)
+        ids = batch["volume"].astype(np.int64)
+        step = np.asarray(cfg.scales)[scale]
+        new, rewards = all_action_outcomes(
+            history[:, -1], step, episodes.targets[ids], episodes.spacing[ids], cfg.grid
+        )
+        states = sampler.states(*_split_ids(ids, history, scale))
+        next_states = None
+        if cfg.gamma > 0:
+            each = lambda a: np.repeat(a, n_actions, axis=0)  # noqa: E731  one row per (sample, action)
+            base, flips = decode_variant(each(ids))
+            fresh = sampler.crops(base, new.reshape(-1, 3), each(scale), flips)[:, None]
+            next_states = np.concatenate([each(states[:, 1:]), fresh], axis=1)
+        return agent.update_all_actions(states, next_states, rewards, scale)
 
     # --- validation ---------------------------------------------------------------------------
     def _validate(self, agent: DQNAgent, val: list[PreparedCase]) -> dict[str, float]:
@@ -390,7 +446,7 @@ class LocatorTrainer:
             for step in range(start, cfg.steps):
                 self._act(agent, episodes, sampler, memory, schedule(step))
                 if len(memory) >= max(cfg.batch, cfg.warmup):
-                    losses = self._learn(agent, sampler, memory, episodes.rng)
+                    losses = self._learn(agent, sampler, memory, episodes)
                 done = step + 1
                 if done % cfg.target_every == 0:
                     agent.sync_target()
