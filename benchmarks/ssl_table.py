@@ -89,6 +89,19 @@ def evaluate(model_dir: Path, cases: list, use_center: bool) -> dict:
 
 
 def run_row(data: Path, out: Path, row: str, args, seed: int, spacing, use_center: bool) -> dict:
+    """Train and evaluate one row, or reuse ``out/result.json`` from an earlier run of the same row.
+
+    Delete a run's folder to measure it again (e.g. after changing the method).
+    """
+    cached = out / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    result = train_and_evaluate(data, out, row, args, seed, spacing, use_center)
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train_and_evaluate(data: Path, out: Path, row: str, args, seed: int, spacing, use_center: bool) -> dict:
     method, options = ROWS[row]
     config = TrainConfig(
         data=str(data),
