@@ -148,7 +148,7 @@ def _locator_config(args: argparse.Namespace):
         double=not args.no_double,
         augment=not args.no_augment,
         dueling=not args.no_dueling,
-        all_actions=not args.taken_action_only,
+        all_actions=args.all_actions,
         keep_best=not args.keep_last,
         grid=args.grid,
         crop=args.crop,
@@ -528,9 +528,9 @@ def _add_train_locator(sub) -> None:
     p.add_argument("--no-augment", action="store_true", help="no mirroring of the volumes in x and y")
     p.add_argument("--no-dueling", action="store_true", help="one Q head instead of value + advantage heads")
     p.add_argument(
-        "--taken-action-only",
+        "--all-actions",
         action="store_true",
-        help="classic DQN update of the action taken only (default: TD targets for all 6 actions)",
+        help="TD targets for all 6 actions of each replayed state, not only the action taken (2x per step)",
     )
     p.add_argument(
         "--keep-last", action="store_true", help="write the last network, not the one of the best validation"

@@ -70,7 +70,7 @@ class LocatorTrainConfig:
     gamma: float = 0.9
     double: bool = True
     dueling: bool = True
-    all_actions: bool = True
+    all_actions: bool = False
     grid: int = DEFAULT_GRID
     crop: int = DEFAULT_CROP
     scales: tuple[int, ...] = DEFAULT_SCALES
