@@ -214,6 +214,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--la2018", type=Path, default=LA2018)
     p.add_argument("--la-labeled", default="4,8")
     p.add_argument("--la-test", type=int, default=10)
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="train nothing: tabulate the runs under --out that already have a result.json",
+    )
     p.add_argument("--la-spacing", type=float, default=2.0, help="isotropic mm (the data is 0.625 mm)")
     args = p.parse_args(argv)
     args.settings = [tuple(int(v) for v in s.split(",")) for s in args.settings.split(";") if s]
@@ -240,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = []
             for seed in args.seeds:
                 run_dir = args.out / "runs" / setting.replace(" ", "_") / row / f"seed{seed}"
+                if args.cached_only and not (run_dir / "result.json").is_file():
+                    continue
                 per_seed.append(run_row(data, run_dir, row, args, seed, spacing, use_center))
                 print(json.dumps({"setting": setting, **per_seed[-1]}), flush=True)
+            if not per_seed:
+                continue
             results.append({"setting": setting, "row": row, **aggregate(per_seed), "runs": per_seed})
             write_tables(args, results)  # after every row, so an interrupted run keeps what it measured
     print(write_tables(args, results))
