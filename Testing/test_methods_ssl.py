@@ -279,13 +279,15 @@ def test_adversarial_sign_conventions():
     assert ns._adversarial(maps_l, maps_u).item() == pytest.approx(flipped.item(), rel=1e-6)
 
 
-def test_ncont_distance_is_relative_to_the_target_code_so_ce_scale_cannot_dominate():
+def test_ncont_distance_is_bounded_and_scale_free_so_ce_cannot_dominate_lsup():
     torch.manual_seed(0)
     a, b = torch.randn(3, 16), torch.randn(3, 16)
     base = vector_distance(a, b).item()
     assert vector_distance(1000 * a, 1000 * b).item() == pytest.approx(base, rel=1e-5)
     assert vector_distance(b, b).item() == 0.0
     assert vector_distance(torch.zeros_like(b), b).item() == pytest.approx(1.0)
+    assert vector_distance(-b, b).item() == pytest.approx(2.0)  # the largest value: opposite codes
+    assert vector_distance(1e-6 * a, 1e3 * b).item() <= 2.0
 
 
 def test_contextual_encoder_does_not_collapse_so_ncont_is_not_trivially_zero():

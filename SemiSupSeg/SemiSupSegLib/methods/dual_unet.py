@@ -31,7 +31,7 @@ Decisions (METHODS.md "000"):
   predictions, so the vector has to encode where the foreground is and cannot be constant; L_NCont then
   compares predictions with annotations (and the two networks' unlabelled predictions) in that space.
 - Squared Euclidean distances throughout (METHODS.md), averaged over the mini-batch for vectors, CE
-  distances relative to the target code's squared norm (see :func:`vector_distance`: the raw distance
+  distances relative to the two codes' squared norms (see :func:`vector_distance`: the raw distance
   grows without bound and collapsed both networks); the other network's output, P^, CE(y) and the other
   network's CE vector are detached targets.
 - DU-Lsup (every term off) uses no unlabelled data, as Table III's (L, 0) rows.
@@ -170,17 +170,19 @@ class ContextEncoder(nn.Module):
 
 
 def vector_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``||a - b||^2 / ||b||^2`` for ``[B, D]`` vectors, ``b`` the (detached) target.
+    """Mean over the batch of ``||a - b||^2 / (||a||^2 + ||b||^2)`` (norms detached): in [0, 2] at any scale.
 
     Eq. 7's ||CE(a) - CE(b)||^2 has no fixed scale: CE's features grow while its shape head trains. Measured
     on the phantom table (width 0.25, 24^3 patches): the raw distance rose from 0.02 to 92 within 100
-    steps, gamma L_NCont outweighed L_sup tenfold and both UNets collapsed to background (Dice 0). Dividing
-    by the target's squared norm makes the term independent of CE's scale (0 for equal codes, 1 for a
-    zero code), so gamma = 0.1 weighs it against L_sup as the paper intends. Unit-length vectors were
-    tried first and rejected: CE's codes share one dominant direction, so their angles hardly differ.
+    steps, gamma L_NCont outweighed L_sup tenfold and both UNets collapsed to background (Dice 0).
+    Dividing by the target's norm alone was tried next and is not enough: on LA2018 the target code's
+    norm can be small and the ratio reached 6, again above L_sup. The symmetric ratio is bounded by 2
+    (a = -b), is 0 for equal codes and 1 for a zero code, so gamma = 0.1 keeps L_NCont below L_sup.
+    Unit-length vectors were also tried and rejected: CE's codes share one dominant direction, so their
+    angles hardly differ.
     """
     a, b = a.float(), b.float()
-    scale = (b.detach() ** 2).sum(dim=1).clamp_min(1e-12)
+    scale = ((a.detach() ** 2).sum(dim=1) + (b.detach() ** 2).sum(dim=1)).clamp_min(1e-12)
     return (((a - b) ** 2).sum(dim=1) / scale).mean()
 
 
