@@ -33,6 +33,7 @@ from slicer.util import VTKObservationMixin
 
 DEFAULT_METHOD = "dual-unet"
 POLL_MS = 250
+TORCH_REQUIREMENT = ">=2.1"  # the same minimum as the segmentation panel asks for
 # Methods listed when torch is not installed yet (the real list comes from the engine's registry).
 FALLBACK_METHODS = [
     {"name": "dual-unet", "description": "(install the dependencies to see the descriptions)"},
@@ -711,7 +712,8 @@ class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
                     "Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, "
                     "and try again."
                 ) from None
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            logic = PyTorchUtils.PyTorchUtilsLogic()
+            if logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                 raise RuntimeError("PyTorch was not installed.")
         requirements = self._requirements()
         if requirements:
