@@ -1,0 +1,164 @@
+"""Why a locator misses: the diagnostics behind "Why the locator misses" in docs/BENCHMARKS.md (a script).
+
+Four measurements on phantom datasets written by ``semisupseg phantom`` (``--data``, repeatable; the
+``test`` section is used unless ``--section`` says otherwise):
+
+- ``visibility``: percentile of each scale level's value at the centre point among the field-of-view
+  voxels of that level (is the instrument visible after the box filter of that scale?);
+- ``probe``: a supervised probe of the Q-network (gamma 0, the rewards of all 6 actions regressed from
+  states sampled uniformly around the target) trained on ``--train-data``; prints the share of held-out
+  states whose greedy move gets closer, per scale;
+- ``walks``: 30-step greedy walks of a locator at each scale from uniform starts around the target;
+  median distance at the start, at the end, and of the best point on the walk;
+- ``instrument``: distance from the located point to the nearest instrument voxel and to the centre.
+
+Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=SemiSupSeg python benchmarks/locator_diagnostics.py instrument
+--locator L --data catheter/dataset.json --data guidewire/dataset.json [--cases 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+PACKAGE = Path(__file__).resolve().parents[1] / "SemiSupSeg"
+if str(PACKAGE) not in sys.path:
+    sys.path.insert(0, str(PACKAGE))
+
+from SemiSupSegLib.dataset import load_dataset  # noqa: E402
+from SemiSupSegLib.imageio import read_image  # noqa: E402
+from SemiSupSegLib.locator import load_locator, locate  # noqa: E402
+from SemiSupSegLib.locator.agent import DQNAgent, QNetworkConfig, q_values  # noqa: E402
+from SemiSupSegLib.locator.environment import (  # noqa: E402
+    HISTORY,
+    CropSampler,
+    grid_geometry,
+    move,
+    prepare_volume,
+)
+from SemiSupSegLib.locator.train import all_action_outcomes  # noqa: E402
+
+GRID = 96
+
+
+def cases(paths: list[str], section: str, count: int) -> list:
+    return [c for p in paths for c in getattr(load_dataset(p), section)[:count]]
+
+
+def visibility(args) -> None:
+    for case in cases(args.data, args.section, args.cases):
+        volume = prepare_volume(read_image(case.image), GRID, args.scales)
+        target = tuple(np.rint(volume.geometry.to_index(case.center)).astype(int))
+        row = []
+        for scale, level in zip(args.scales, volume.levels, strict=True):
+            fov = level[level != 0]
+            row.append(f"scale {scale}: {100 * np.mean(fov < level[target]):.1f}")
+        print(case.name, "centre percentile:", "; ".join(row))
+
+
+def _sampler(case_list: list, scale: int) -> tuple[CropSampler, np.ndarray, np.ndarray]:
+    volumes = [prepare_volume(read_image(c.image), GRID, (scale,)) for c in case_list]
+    targets = np.array([v.geometry.to_index(c.center) for v, c in zip(volumes, case_list, strict=True)])
+    spacing = np.array([v.geometry.spacing_zyx for v in volumes])
+    return CropSampler(volumes, (scale,), 21), targets, spacing
+
+
+def _probe_batch(data: tuple, scale: int, radius: int, n: int, rng: np.random.Generator) -> tuple:
+    """States around the targets of ``data`` (sampler, targets, spacing) and the rewards of all 6 actions."""
+    sampler, targets, spacing = data
+    ids = rng.integers(0, len(targets), n)
+    pos = np.clip(np.rint(targets[ids] + rng.uniform(-radius, radius, (n, 3))), 0, GRID - 1).astype(np.int64)
+    states = sampler.states(ids, np.repeat(pos[:, None], HISTORY, 1), np.zeros(n, np.int64))
+    return states, all_action_outcomes(pos, np.full(n, scale), targets[ids], spacing[ids], GRID)[1]
+
+
+def probe(args) -> None:
+    rng = np.random.default_rng(0)
+    for scale, radius in zip(args.scales, (48, 27, 9)[-len(args.scales) :], strict=True):
+        train = _sampler(cases(args.train_data, "training", 10**6), scale)
+        test = _sampler(cases(args.data, args.section, args.cases), scale)
+        agent = DQNAgent(QNetworkConfig(crop=21, n_scales=1), torch.device("cpu"), lr=1e-3, gamma=0.0)
+        for _ in range(args.probe_steps):
+            states, rewards = _probe_batch(train, scale, radius, 32, rng)
+            agent.update_all_actions(states, None, rewards, np.zeros(32, np.int64))
+        closer = {}
+        for name, data in (("training", train), ("held-out", test)):
+            states, rewards = _probe_batch(data, scale, radius, 512, rng)
+            best = q_values(agent.online, states, np.zeros(512, np.int64), agent.device).argmax(1)
+            closer[name] = 100 * np.mean(rewards[np.arange(512), best] > 0)
+        print(
+            f"scale {scale} (starts within ±{radius}): greedy move closer "
+            f"{closer['training']:.0f} % training, {closer['held-out']:.0f} % held-out states"
+        )
+
+
+def walks(args) -> None:
+    locator = load_locator(args.locator)
+    rng, agents, results = np.random.default_rng(0), 16, {}
+    for case in cases(args.data, args.section, args.cases):
+        volume = prepare_volume(read_image(case.image), locator.grid, locator.scales)
+        target = volume.geometry.to_index(case.center)
+        sampler = CropSampler([volume], locator.scales, locator.crop)
+        for k, scale in enumerate(locator.scales):
+            radius = 48 if k == 0 else 3 * locator.scales[k - 1]
+            pos = np.clip(np.rint(target + rng.uniform(-radius, radius, (agents, 3))), 0, locator.grid - 1)
+            pos = pos.astype(np.int64)
+            history, trail = np.repeat(pos[:, None], HISTORY, 1), [pos]
+            for _ in range(30):
+                states = sampler.states(np.zeros(agents, np.int64), history, np.full(agents, k))
+                q = q_values(locator.network, states, np.full(agents, k), locator.device)
+                pos, _ = move(pos, q.argmax(1), np.full(agents, scale), locator.grid)
+                history = np.concatenate([history[:, 1:], pos[:, None]], axis=1)
+                trail.append(pos)
+            error = np.linalg.norm(np.array(trail) - target, axis=-1)  # [31, agents]
+            for name, values in (("start", error[0]), ("end", error[-1]), ("best", error.min(0))):
+                results.setdefault((scale, name), []).extend(values)
+    for scale in locator.scales:
+        row = {name: round(float(np.median(results[(scale, name)])), 1) for name in ("start", "end", "best")}
+        print(f"scale {scale}: median distance (grid voxels) {row}")
+
+
+def instrument(args) -> None:
+    locator = load_locator(args.locator)
+    for path in args.data:
+        to_tube, to_centre = [], []
+        for case in getattr(load_dataset(path), args.section)[: args.cases]:
+            image, label = read_image(case.image), sitk.ReadImage(str(case.label))
+            found = locate(locator, image)
+            grid = grid_geometry(image, locator.grid)
+            mask = sitk.GetArrayFromImage(label) > 0
+            distance_mm = ndimage.distance_transform_edt(~mask, sampling=label.GetSpacing()[::-1])
+            index = np.array(label.TransformPhysicalPointToIndex(tuple(found.point_lps)))[::-1]
+            index = np.clip(index, 0, np.array(mask.shape) - 1)
+            to_tube.append(distance_mm[tuple(index)] / grid.spacing.mean())
+            to_centre.append(np.linalg.norm(grid.to_index(found.point_lps) - grid.to_index(case.center)))
+        to_tube = np.array(to_tube)
+        print(f"{path}: to the centre median {np.median(to_centre):.1f} grid voxels; to the instrument "
+              f"median {np.median(to_tube):.1f}, within 3 voxels {100 * np.mean(to_tube <= 3):.0f} %")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["visibility", "probe", "walks", "instrument"])
+    p.add_argument("--data", action="append", required=True, help="dataset.json to evaluate (repeatable)")
+    p.add_argument("--train-data", action="append", help="probe: dataset.json to train on (repeatable)")
+    p.add_argument("--section", default="test")
+    p.add_argument("--cases", type=int, default=4, help="cases per dataset")
+    p.add_argument("--locator", help="walks, instrument: locator folder or name")
+    p.add_argument("--scales", default="9,3,1", help="visibility, probe: scales")
+    p.add_argument("--probe-steps", type=int, default=3000)
+    args = p.parse_args(argv)
+    args.scales = tuple(int(s) for s in args.scales.split(","))
+    torch.set_num_threads(1)
+    {"visibility": visibility, "probe": probe, "walks": walks, "instrument": instrument}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
