@@ -213,10 +213,7 @@ class DQNAgent:
         q = self.online(to(states, torch.float32), scale)
         chosen = q.gather(1, to(batch["action"], torch.int64)[:, None]).squeeze(1)
         loss = F.smooth_l1_loss(chosen, target)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.online.parameters(), 10.0)
-        self.optimizer.step()
+        self._descend(loss)
         return {"loss": float(loss.detach()), "q": float(chosen.detach().mean())}
 
     def update_all_actions(
@@ -249,11 +246,15 @@ class DQNAgent:
             target = r
         q = self.online(to(states, torch.float32), scale)
         loss = F.smooth_l1_loss(q, target)
+        self._descend(loss)
+        return {"loss": float(loss.detach()), "q": float(q.detach().max(dim=1).values.mean())}
+
+    def _descend(self, loss: torch.Tensor) -> None:
+        """One clipped Adam step of the online network on ``loss``."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.online.parameters(), 10.0)
         self.optimizer.step()
-        return {"loss": float(loss.detach()), "q": float(q.detach().max(dim=1).values.mean())}
 
     def sync_target(self) -> None:
         self.target.load_state_dict(self.online.state_dict())
