@@ -29,6 +29,7 @@ from SemiSupSegLib.locator.environment import (
     multiscale_search,
     prepare_volume,
     reward,
+    scale_levels,
     start_positions,
 )
 from SemiSupSegLib.locator.train import LocatorTrainConfig, LocatorTrainer, all_action_outcomes
@@ -180,6 +181,54 @@ def test_crops_use_the_scale_as_stride_and_are_zero_filled_at_the_border():
     np.testing.assert_array_equal(mirrored[0], volume.levels[0][:, ::-1, ::-1][4:29:3, 3:28:3, 2:27:3])
     states = sampler.states(np.array([0]), np.array([[[0, 0, 0]] * 4]), np.array([1]))
     assert states.shape == (1, 4, CROP, CROP, CROP)
+
+
+def test_peak_levels_keep_a_thin_line_that_the_box_filter_averages_away():
+    array = np.zeros((GRID,) * 3, np.float32)
+    array[16, 16, :] = 1.0  # a one-voxel guide-wire along x
+    box, peak = scale_levels(array, (9, 1), "box")[0], scale_levels(array, (9, 1), "peak")[0]
+    assert box[16, 16, 16] == pytest.approx(9 / 9**3)  # the box filter leaves 1/81 of it
+    assert peak[16, 16, 16] == pytest.approx(3 / 27 - 9 / 9**3)  # band-pass: box 3 minus box 9
+    assert peak[20, 12, 5] == pytest.approx(peak[16, 16, 16])  # the running max spreads it over 9³
+    assert box[21, 16, 16] < 1e-6 and peak[22, 16, 16] < 1e-6  # box 3 + max 9: at most 5 voxels away
+    np.testing.assert_array_equal(scale_levels(array, (9, 1), "peak")[1], array)  # scale 1 unchanged
+    with pytest.raises(InputError, match="unknown locator levels"):
+        scale_levels(array, (9, 1), "gaussian")
+
+
+def _two_level_sampler(context: bool) -> tuple[CropSampler, GridVolume]:
+    ramp = _ramp_volume()
+    levels = np.stack([ramp.levels[0], -ramp.levels[0]])  # tell the levels apart by sign
+    volume = GridVolume(ramp.geometry, levels)
+    return CropSampler([volume], SCALES, CROP, context=context), volume
+
+
+def test_context_adds_the_crop_one_scale_coarser_at_the_last_position():
+    sampler, _ = _two_level_sampler(context=True)
+    history = np.array([[[10, 10, 10], [10, 11, 10], [11, 11, 10], [12, 11, 10]]] * 2)
+    states = sampler.states(np.array([0, 0]), history, np.array([1, 0]))
+    assert states.shape == (2, 5, CROP, CROP, CROP)
+    last = np.array([[12, 11, 10]] * 2)
+    coarse = sampler.crops(np.array([0, 0]), last, np.array([0, 0]))
+    np.testing.assert_array_equal(states[:, 4], coarse)  # scale 1 -> scale 3; scale 3 stays at 3
+    np.testing.assert_array_equal(states[0, :4], sampler.frames(np.array([0]), history[:1], np.array([1]))[0])
+    assert np.all(states[0, :4] < 0) and np.all(coarse[coarse != 0] > 0)
+    plain, _ = _two_level_sampler(context=False)
+    assert plain.states(np.array([0]), history[:1], np.array([1])).shape == (1, 4, CROP, CROP, CROP)
+
+
+def test_replayed_states_cut_the_context_at_the_position_before_and_after_the_move():
+    sampler, _ = _two_level_sampler(context=True)
+    history = np.array([[[10, 10, 10], [10, 11, 10], [11, 11, 10], [12, 11, 10]]], np.int16)
+    batch = {"volume": np.array([0]), "history": history, "next": np.array([[12, 12, 10]], np.int16)}
+    batch["scale"] = np.array([1], np.int8)
+    before, after = LocatorTrainer._replayed_states(sampler, batch)
+    assert before.shape == after.shape == (1, 5, CROP, CROP, CROP)
+    crop_at = lambda p, k: sampler.crops(np.array([0]), np.array([p]), np.array([k]))[0]  # noqa: E731
+    np.testing.assert_array_equal(before[0, 4], crop_at([12, 11, 10], 0))
+    np.testing.assert_array_equal(after[0, 4], crop_at([12, 12, 10], 0))
+    np.testing.assert_array_equal(after[0, 3], crop_at([12, 12, 10], 1))
+    np.testing.assert_array_equal(after[0, :3], before[0, 1:4])
 
 
 def test_oscillation_detection():
@@ -338,12 +387,19 @@ def test_locator_round_trips_through_its_folder(trained, tmp_path):
     assert np.linalg.norm(np.subtract(found.point_lps, centre)) < 4.0  # mm; 0.8 mm voxels
 
 
-@pytest.mark.parametrize("all_actions", [True, False], ids=["all-actions", "taken-action"])
-def test_training_stops_with_a_checkpoint_and_resumes(blob_data, tmp_path, all_actions):
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"all_actions": True},
+        {"all_actions": False},
+        {"all_actions": True, "context": True, "levels": "peak"},
+        {"all_actions": False, "context": True, "levels": "peak"},
+    ],
+    ids=["all-actions", "taken-action", "all-actions-context-peak", "taken-action-context-peak"],
+)
+def test_training_stops_with_a_checkpoint_and_resumes(blob_data, tmp_path, variant):
     out = tmp_path / "resumable"
-    config = _config(
-        blob_data, out, steps=40, warmup=32, val_every=40, checkpoint_every=20, all_actions=all_actions
-    )
+    config = _config(blob_data, out, steps=40, warmup=32, val_every=40, checkpoint_every=20, **variant)
     reporter = _Recorder(stop_at=10)
     trainer = LocatorTrainer(config, reporter)
     reporter.trainer = trainer
@@ -356,6 +412,10 @@ def test_training_stops_with_a_checkpoint_and_resumes(blob_data, tmp_path, all_a
     started = next(f for e, f in resumed.events if e == "started")
     assert started["step"] >= 10 and (folder / "weights.pt").is_file()
     assert not (out / ".training" / "checkpoint.pt").exists()
+    locator = load_locator(folder)
+    assert locator.context == variant.get("context", False) and locator.levels == variant.get("levels", "box")
+    image, _ = _blob_image(np.random.default_rng(2))
+    assert np.isfinite(locate(locator, image, starts=2).q_value)
 
 
 # ------------------------------------------------------------------------------------------ bad input

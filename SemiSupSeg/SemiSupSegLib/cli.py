@@ -153,6 +153,8 @@ def _locator_config(args: argparse.Namespace):
         grid=args.grid,
         crop=args.crop,
         scales=tuple(args.scales),
+        levels=args.levels,
+        context=args.context,
         width=args.width,
         memory=args.memory,
         starts=args.starts,
@@ -538,6 +540,15 @@ def _add_train_locator(sub) -> None:
     p.add_argument("--grid", type=int, default=96, help="volumes are resampled to GRID^3 (96)")
     p.add_argument("--crop", type=int, default=21, help="odd crop size in voxels (21)")
     p.add_argument("--scales", type=_scales, default=(9, 3, 1), help="search steps, coarse to fine (9,3,1)")
+    p.add_argument(
+        "--levels",
+        choices=("box", "peak"),
+        default="box",
+        help="what coarse crops sample: box-filtered volume, or running max of a band-pass (box)",
+    )
+    p.add_argument(
+        "--context", action="store_true", help="add the crop one scale coarser to the state (1 more channel)"
+    )
     p.add_argument("--width", type=int, default=16, help="channels of the first convolution (16)")
     p.add_argument("--memory", type=int, default=100_000, help="replay capacity in transitions")
     p.add_argument("--starts", type=int, default=9, help="agents per volume at inference, 1-9 (9)")

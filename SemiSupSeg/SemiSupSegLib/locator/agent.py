@@ -24,6 +24,7 @@ class QNetworkConfig:
     hidden: int = 128
     actions: int = len(ACTIONS)
     dueling: int = 1  # 1: Q = V + A - mean(A) (dueling heads); 0: one head
+    context: int = 0  # 1: one more input channel, the crop one scale coarser (see environment)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,7 +51,7 @@ class QNetwork(nn.Module):
         self.config = config
         w = config.width
         self.features = nn.Sequential(
-            nn.Conv3d(config.history, w, 3, stride=2),
+            nn.Conv3d(config.history + config.context, w, 3, stride=2),
             nn.LeakyReLU(0.01),
             nn.Conv3d(w, 2 * w, 3, stride=2, padding=1),
             nn.LeakyReLU(0.01),
@@ -59,7 +60,8 @@ class QNetwork(nn.Module):
             nn.Flatten(),
         )
         with torch.no_grad():
-            n = self.features(torch.zeros(1, config.history, *(config.crop,) * 3)).shape[1]
+            channels = config.history + config.context
+            n = self.features(torch.zeros(1, channels, *(config.crop,) * 3)).shape[1]
         self.head = nn.Sequential(
             nn.Linear(n + config.n_scales, config.hidden),
             nn.LeakyReLU(0.01),

@@ -13,6 +13,13 @@ Conventions (see ``docs/`` and ``METHODS.md``, "DQN instrument pre-selection"):
   vanish between the samples of a coarse crop (anti-aliasing).
 * 6 actions move the agent by ± one scale step along z, y or x. The reward is ``d(previous) - d(next)``
   in millimetres; a move that would leave the grid is refused (the agent stays) and costs ``-1``.
+* ``levels`` chooses what a coarse crop samples. ``"box"``: the box-filtered volume (above).
+  ``"peak"``: a band-pass (box 3 minus box 9: thin bright structures kept, slow tissue shading removed)
+  followed by a running maximum of width ``scale``, so an instrument crossing a coarse sample's block
+  still lights that sample instead of being averaged into the speckle (measured in docs/BENCHMARKS.md).
+* With ``context`` the state has one more channel: the crop at the agent's position sampled at the next
+  coarser scale, so an agent at scale 1 or 3 also sees the surroundings of its crop (where along the
+  instrument it stands). At the coarsest scale the context is the current-scale crop itself.
 * Multi-scale search (step 9 → 3 → 1): when an agent oscillates (a position seen :data:`OSC_REPEATS`
   times in the last :data:`OSC_WINDOW`) or exhausts its steps at a scale, it jumps to the position of
   its history at that scale with the lowest max-Q (the state from which it expects the least further
@@ -34,6 +41,7 @@ from ..preprocessing import Preprocessing
 DEFAULT_GRID = 96
 DEFAULT_CROP = 21
 DEFAULT_SCALES = (9, 3, 1)
+LEVEL_KINDS = ("box", "peak")
 HISTORY = 4
 OSC_WINDOW = 20
 OSC_REPEATS = 4
@@ -109,10 +117,27 @@ def resample_to_grid(image: sitk.Image, geometry: GridGeometry) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
-def scale_levels(array: np.ndarray, scales: Sequence[int]) -> np.ndarray:
-    """[n_scales, z, y, x]: the array box-filtered with width ``scale`` (scale 1: unchanged)."""
-    levels = [array if s <= 1 else ndimage.uniform_filter(array, size=int(s), mode="nearest") for s in scales]
-    return np.stack(levels).astype(np.float32, copy=False)
+def check_levels(levels: str) -> str:
+    if levels not in LEVEL_KINDS:
+        raise InputError(f"unknown locator levels {levels!r}; use one of {', '.join(LEVEL_KINDS)}")
+    return levels
+
+
+def scale_levels(array: np.ndarray, scales: Sequence[int], levels: str = "box") -> np.ndarray:
+    """[n_scales, z, y, x]: one array per scale (scale 1: unchanged); see the module notes on ``levels``.
+
+    Hand-written from scipy's separable filters: MONAI's smoothing transforms work on channel-first
+    tensors and have no running maximum; these three calls take about 0.1 s on a 96³ grid.
+    """
+    check_levels(levels)
+    if levels == "box":
+        coarse = lambda s: ndimage.uniform_filter(array, size=s, mode="nearest")  # noqa: E731
+    else:
+        smooth = lambda w: ndimage.uniform_filter(array, size=w, mode="nearest")  # noqa: E731
+        band = smooth(3) - smooth(9)
+        coarse = lambda s: ndimage.maximum_filter(band, size=s, mode="nearest")  # noqa: E731
+    stack = [array if s <= 1 else coarse(int(s)) for s in scales]
+    return np.stack(stack).astype(np.float32, copy=False)
 
 
 @dataclass
@@ -123,11 +148,11 @@ class GridVolume:
     levels: np.ndarray  # [n_scales, g, g, g] float32 or float16
 
 
-def prepare_volume(image: sitk.Image, grid: int, scales: Sequence[int]) -> GridVolume:
+def prepare_volume(image: sitk.Image, grid: int, scales: Sequence[int], levels: str = "box") -> GridVolume:
     """Resample ``image`` onto a ``grid³`` grid, normalise it and build its per-scale levels."""
     geometry = grid_geometry(image, grid)
     array = Preprocessing().normalize(resample_to_grid(image, geometry))
-    return GridVolume(geometry=geometry, levels=scale_levels(array, scales))
+    return GridVolume(geometry=geometry, levels=scale_levels(array, scales, levels))
 
 
 # --------------------------------------------------------------------------------------------- crops
@@ -140,12 +165,20 @@ class CropSampler:
     index ``k`` reads the block ``v * n_scales + k``.
     """
 
-    def __init__(self, volumes: Sequence[GridVolume], scales: Sequence[int], crop: int, dtype=np.float32):
+    def __init__(
+        self,
+        volumes: Sequence[GridVolume],
+        scales: Sequence[int],
+        crop: int,
+        dtype=np.float32,
+        context: bool = False,
+    ):
         if not volumes:
             raise InputError("no volume to sample crops from")
         self.grid = int(volumes[0].levels.shape[-1])
         self.scales = np.asarray(scales, dtype=np.int64)
         self.crop = int(crop)
+        self.context = bool(context)
         self.flat = np.concatenate([v.levels.astype(dtype, copy=False).reshape(-1) for v in volumes])
         self.block = self.grid**3
         self._offsets = np.arange(self.crop, dtype=np.int64) - self.crop // 2
@@ -183,6 +216,33 @@ class CropSampler:
         inside = valid[:, 0, :, None, None] & valid[:, 1, None, :, None] & valid[:, 2, None, None, :]
         return np.where(inside, values, 0).astype(np.float32, copy=False)
 
+    def frames(
+        self,
+        volume: np.ndarray,
+        history: np.ndarray,
+        scale_index: np.ndarray,
+        flips: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``[N, H, c, c, c]``: the crops of position histories ``[N, H, 3]`` (oldest first)."""
+        n, h = history.shape[:2]
+        flips = None if flips is None else np.repeat(np.asarray(flips).reshape(-1, 3), h, axis=0)
+        crops = self.crops(np.repeat(volume, h), history.reshape(-1, 3), np.repeat(scale_index, h), flips)
+        return crops.reshape(n, h, self.crop, self.crop, self.crop)
+
+    def add_context(
+        self,
+        frames: np.ndarray,
+        volume: np.ndarray,
+        positions: np.ndarray,
+        scale_index: np.ndarray,
+        flips: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``frames`` plus, with ``context``, the crop at ``positions`` one scale coarser (last channel)."""
+        if not self.context:
+            return frames
+        coarser = np.maximum(np.asarray(scale_index, dtype=np.int64).reshape(-1) - 1, 0)
+        return np.concatenate([frames, self.crops(volume, positions, coarser, flips)[:, None]], axis=1)
+
     def states(
         self,
         volume: np.ndarray,
@@ -190,11 +250,9 @@ class CropSampler:
         scale_index: np.ndarray,
         flips: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``[N, H, c, c, c]`` states from position histories ``[N, H, 3]`` (oldest first)."""
-        n, h = history.shape[:2]
-        flips = None if flips is None else np.repeat(np.asarray(flips).reshape(-1, 3), h, axis=0)
-        crops = self.crops(np.repeat(volume, h), history.reshape(-1, 3), np.repeat(scale_index, h), flips)
-        return crops.reshape(n, h, self.crop, self.crop, self.crop)
+        """``[N, H (+1 with context), c, c, c]`` states from position histories ``[N, H, 3]``."""
+        frames = self.frames(volume, history, scale_index, flips)
+        return self.add_context(frames, volume, np.asarray(history)[:, -1], scale_index, flips)
 
 
 # --------------------------------------------------------------------------------------------- dynamics
@@ -283,6 +341,11 @@ class _Agents:
         self.history[i] = position
         self.visits[i], self.trail_q[i] = [], []
 
+    def states(self, idx: np.ndarray) -> np.ndarray:
+        """The Q-network input of agents ``idx``: their cached frames (plus the context crop)."""
+        volume = np.full(len(idx), self.volume_index)
+        return self.sampler.add_context(self.frames[idx], volume, self.pos[idx], self.scale[idx])
+
     def _cut(self, agents: list[int]) -> np.ndarray:
         volume = np.full(len(agents), self.volume_index)
         return self.sampler.crops(volume, self.pos[agents], self.scale[agents])
@@ -343,7 +406,7 @@ def multiscale_search(
     n_scales, steps = len(sampler.scales), 0
     while agents.active.any():
         idx = np.flatnonzero(agents.active)
-        q = q_function(agents.frames[idx], agents.scale[idx])
+        q = q_function(agents.states(idx), agents.scale[idx])
         steps += 1
         _step_agents(agents, idx, q, n_scales, max_steps, sampler.grid)
     return SearchResult(positions=agents.pos.copy(), q_values=agents.final_q, steps=steps)

@@ -64,13 +64,14 @@ def search_volume(
     scales: tuple[int, ...],
     crop: int,
     *,
+    context: bool = False,
     starts: int,
     how: str,
     max_steps: int,
     device: torch.device,
 ) -> tuple[np.ndarray, float]:
     """Grid point (z, y, x) and final Q of a multi-agent multi-scale search on a prepared volume."""
-    sampler = CropSampler([volume], scales, crop)
+    sampler = CropSampler([volume], scales, crop, context=context)
     result = multiscale_search(
         lambda s, k: q_values(network, s, k, device),
         sampler,
@@ -93,13 +94,14 @@ def locate(
     search = locator.search
     starts = int(search["starts"] if starts is None else starts)
     check_volume(image, locator.crop, locator.grid)
-    volume = prepare_volume(image, locator.grid, locator.scales)
+    volume = prepare_volume(image, locator.grid, locator.scales, locator.levels)
     with torch.inference_mode(), _one_thread(locator.device):
         grid_point, q = search_volume(
             locator.network,
             volume,
             locator.scales,
             locator.crop,
+            context=locator.context,
             starts=starts,
             how=how or search["combine"],
             max_steps=int(max_steps or search["max_steps"]),

@@ -21,6 +21,7 @@ from ..atomic import atomic_path, atomic_write_json
 from ..errors import ModelError
 from ..model_store import PRETRAINED_DIR, home_dir, software_versions
 from .agent import QNetwork, QNetworkConfig
+from .environment import LEVEL_KINDS
 
 LOCATOR_JSON = "locator.json"
 WEIGHTS = "weights.pt"
@@ -57,6 +58,16 @@ class Locator:
     @property
     def scales(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.meta["scales"])
+
+    @property
+    def levels(self) -> str:
+        """What the coarse crops sample (``"box"`` for locators written before the choice existed)."""
+        return str(self.meta.get("levels", "box"))
+
+    @property
+    def context(self) -> bool:
+        """Whether the state carries the coarser-scale context crop (read from the network itself)."""
+        return bool(self.network.config.context)
 
     @property
     def search(self) -> dict:
@@ -142,5 +153,7 @@ def load_locator(locator: str | os.PathLike, device: str | torch.device = "cpu")
         raise ModelError(f"locator {folder} does not match its weights: {first[:300]}") from None
     if network.config.crop != int(meta["crop_size"]) or network.config.n_scales != len(meta["scales"]):
         raise ModelError(f"{folder / LOCATOR_JSON}: crop size or scales disagree with the network")
+    if meta.get("levels", "box") not in LEVEL_KINDS:
+        raise ModelError(f"{folder / LOCATOR_JSON}: unknown levels {meta.get('levels')!r}")
     device = torch.device(device)
     return Locator(path=folder, meta=meta, network=network.to(device).eval(), device=device)

@@ -44,6 +44,7 @@ from .environment import (
     HISTORY,
     CropSampler,
     GridVolume,
+    check_levels,
     check_volume,
     move,
     prepare_volume,
@@ -74,6 +75,8 @@ class LocatorTrainConfig:
     grid: int = DEFAULT_GRID
     crop: int = DEFAULT_CROP
     scales: tuple[int, ...] = DEFAULT_SCALES
+    levels: str = "box"
+    context: bool = False
     width: int = 16
     memory: int = 100_000
     warmup: int = 1000
@@ -102,6 +105,7 @@ class LocatorTrainConfig:
         return cls(**data)
 
     def check(self) -> None:
+        check_levels(self.levels)
         if self.crop % 2 == 0 or self.crop < 5:
             raise InputError(f"crop size {self.crop} must be odd and at least 5")
         if self.grid < self.crop:
@@ -267,7 +271,7 @@ class LocatorTrainer:
             self.reporter.emit("preparing", case=case.name, index=i + 1, total=len(cases))
             image = read_image(case.image)
             check_volume(image, self.config.crop, self.config.grid)
-            volume = prepare_volume(image, self.config.grid, self.config.scales)
+            volume = prepare_volume(image, self.config.grid, self.config.scales, self.config.levels)
             prepared.append(PreparedCase(case.name, volume, volume.geometry.to_index(case.center)))
         return prepared
 
@@ -298,12 +302,20 @@ class LocatorTrainer:
         if self.config.all_actions:
             losses = self._learn_all_actions(agent, sampler, batch, episodes)
         else:
-            positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
-            crops = sampler.states(*_split_ids(batch["volume"], positions, batch["scale"].astype(np.int64)))
-            losses = agent.update(crops[:, :-1], crops[:, 1:], batch)
+            losses = agent.update(*self._replayed_states(sampler, batch), batch)
         if not np.isfinite(losses["loss"]):
             raise TrainingDiverged(f"the locator loss became {losses['loss']}; try a lower --lr")
         return losses
+
+    @staticmethod
+    def _replayed_states(sampler: CropSampler, batch: dict) -> tuple[np.ndarray, np.ndarray]:
+        """States before and after the replayed moves; the H + 1 positions share their crops."""
+        positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
+        base, _, scale, flips = _split_ids(batch["volume"], positions, batch["scale"].astype(np.int64))
+        frames = sampler.frames(base, positions, scale, flips)
+        before = sampler.add_context(frames[:, :-1], base, positions[:, -2], scale, flips)
+        after = sampler.add_context(frames[:, 1:], base, positions[:, -1], scale, flips)
+        return before, after
 
     def _learn_all_actions(self, agent: DQNAgent, sampler: CropSampler, batch: dict, episodes) -> dict:
         """TD update on all 6 actions of each replayed state (see :meth:`DQNAgent.update_all_actions`)."""
@@ -314,13 +326,15 @@ class LocatorTrainer:
         new, rewards = all_action_outcomes(
             history[:, -1], step, episodes.targets[ids], episodes.spacing[ids], cfg.grid
         )
-        states = sampler.states(*_split_ids(ids, history, scale))
+        base, _, _, flips = _split_ids(ids, history, scale)
+        frames = sampler.frames(base, history, scale, flips)
+        states = sampler.add_context(frames, base, history[:, -1], scale, flips)
         next_states = None
         if cfg.gamma > 0:
             each = lambda a: np.repeat(a, n_actions, axis=0)  # noqa: E731  one row per (sample, action)
-            base, flips = decode_variant(each(ids))
-            fresh = sampler.crops(base, new.reshape(-1, 3), each(scale), flips)[:, None]
-            next_states = np.concatenate([each(states[:, 1:]), fresh], axis=1)
+            at = (each(base), new.reshape(-1, 3), each(scale), each(flips))  # every (sample, action)
+            next_frames = np.concatenate([each(frames[:, 1:]), sampler.crops(*at)[:, None]], axis=1)
+            next_states = sampler.add_context(next_frames, *at)
         return agent.update_all_actions(states, next_states, rewards, scale)
 
     # --- validation ---------------------------------------------------------------------------
@@ -333,6 +347,7 @@ class LocatorTrainer:
                 case.volume,
                 cfg.scales,
                 cfg.crop,
+                context=cfg.context,
                 starts=cfg.starts,
                 how=DEFAULT_SEARCH["combine"],
                 max_steps=DEFAULT_SEARCH["max_steps"],
@@ -401,6 +416,7 @@ class LocatorTrainer:
             n_scales=len(cfg.scales),
             width=cfg.width,
             dueling=int(cfg.dueling),
+            context=int(cfg.context),
         )
 
     def run(self, resume: bool = False) -> Path:
@@ -412,7 +428,9 @@ class LocatorTrainer:
         cfg = self.config
         seed_everything(cfg.seed)
         train, val, train_cases, val_cases = self._setup()
-        sampler = CropSampler([c.volume for c in train], cfg.scales, cfg.crop, dtype=np.float16)
+        sampler = CropSampler(
+            [c.volume for c in train], cfg.scales, cfg.crop, dtype=np.float16, context=cfg.context
+        )
         for case in train:
             case.volume.levels = np.empty(0, np.float32)  # the sampler holds the only copy
         agent = DQNAgent(self._network_config(), self.device, lr=cfg.lr, gamma=cfg.gamma, double=cfg.double)
@@ -430,6 +448,8 @@ class LocatorTrainer:
             "grid": cfg.grid,
             "crop": cfg.crop,
             "scales": list(cfg.scales),
+            "levels": cfg.levels,
+            "context": cfg.context,
             "replay_bytes": memory.nbytes,
         }
         self.reporter.emit("started", task="locator training", summary=summary, total=cfg.steps, step=start)
@@ -497,6 +517,8 @@ class LocatorTrainer:
             "grid_size": cfg.grid,
             "crop_size": cfg.crop,
             "scales": list(cfg.scales),
+            "levels": cfg.levels,
+            "context": bool(cfg.context),
             "history": HISTORY,
             "actions": ["+z", "-z", "+y", "-y", "+x", "-x"],
             "search": {**DEFAULT_SEARCH, "starts": cfg.starts},
