@@ -10,7 +10,14 @@ Four measurements on phantom datasets written by ``semisupseg phantom`` (``--dat
   states whose greedy move gets closer, per scale;
 - ``walks``: 30-step greedy walks of a locator at each scale from uniform starts around the target;
   median distance at the start, at the end, and of the best point on the walk;
-- ``instrument``: distance from the located point to the nearest instrument voxel and to the centre.
+- ``instrument``: distance from the located point to the nearest instrument voxel and to the centre;
+- ``regress``: can the Q-network's feature extractor tell where the centre is at all? A supervised
+  regressor (the Q-network with 3 outputs, one crop, no history) is trained on ``--train-data`` to
+  predict the offset from a crop's centre to the target, for crops centred uniformly within ±radius
+  (48 / 27 / 9 at scales 9 / 3 / 1) of it; prints the held-out median distance before and after. The
+  ``--inputs`` it compares: ``box`` and ``peak`` (the locator's levels), ``tube`` (SimpleITK's
+  Frangi-type objectness for bright 1-D structures, σ 1.5 grid voxels, then a running max) and
+  ``label`` (the instrument mask itself: recognition given for free, so only the geometry is learnt).
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=SemiSupSeg python benchmarks/locator_diagnostics.py instrument
 --locator L --data catheter/dataset.json --data guidewire/dataset.json [--cases 10]``.
@@ -34,15 +41,18 @@ if str(PACKAGE) not in sys.path:
 from SemiSupSegLib.dataset import load_dataset  # noqa: E402
 from SemiSupSegLib.imageio import read_image  # noqa: E402
 from SemiSupSegLib.locator import load_locator, locate  # noqa: E402
-from SemiSupSegLib.locator.agent import DQNAgent, QNetworkConfig, q_values  # noqa: E402
+from SemiSupSegLib.locator.agent import DQNAgent, QNetwork, QNetworkConfig, q_values  # noqa: E402
 from SemiSupSegLib.locator.environment import (  # noqa: E402
     HISTORY,
     CropSampler,
+    GridVolume,
     grid_geometry,
     move,
     prepare_volume,
+    resample_to_grid,
 )
 from SemiSupSegLib.locator.train import all_action_outcomes  # noqa: E402
+from SemiSupSegLib.preprocessing import Preprocessing  # noqa: E402
 
 GRID = 96
 
@@ -139,24 +149,108 @@ def instrument(args) -> None:
             to_tube.append(distance_mm[tuple(index)] / grid.spacing.mean())
             to_centre.append(np.linalg.norm(grid.to_index(found.point_lps) - grid.to_index(case.center)))
         to_tube = np.array(to_tube)
-        print(f"{path}: to the centre median {np.median(to_centre):.1f} grid voxels; to the instrument "
-              f"median {np.median(to_tube):.1f}, within 3 voxels {100 * np.mean(to_tube <= 3):.0f} %")
+        print(
+            f"{path}: to the centre median {np.median(to_centre):.1f} grid voxels; to the instrument "
+            f"median {np.median(to_tube):.1f}, within 3 voxels {100 * np.mean(to_tube <= 3):.0f} %"
+        )
+
+
+REGRESS_RADIUS = {9: 48, 3: 27, 1: 9}
+
+
+def _regress_level(case, scale: int, inputs: str) -> GridVolume:
+    """One-level volume for ``regress``: the locator's level, a tubularity map or the mask itself."""
+    image = read_image(case.image)
+    if inputs in ("box", "peak"):
+        return prepare_volume(image, GRID, (scale,), inputs)
+    geometry = grid_geometry(image, GRID)
+    if inputs == "label":
+        array = (resample_to_grid(read_image(case.label), geometry) > 0.3).astype(np.float32)
+    else:
+        normalised = Preprocessing().normalize(resample_to_grid(image, geometry))
+        smooth = sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(normalised), 1.5)
+        tube = sitk.GetArrayFromImage(sitk.ObjectnessMeasure(smooth, objectDimension=1, brightObject=True))
+        array = tube / (np.percentile(tube, 99.9) + 1e-6)
+    level = array if scale == 1 else ndimage.maximum_filter(array, size=scale)
+    return GridVolume(geometry, level[None].astype(np.float32))
+
+
+def _regress_batch(sampler, targets, radius, n, rng, augment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ids = rng.integers(0, len(targets), n)
+    target = targets[ids]
+    pos = np.clip(np.rint(target + rng.uniform(-radius, radius, (n, 3))), 0, GRID - 1).astype(np.int64)
+    flips = None
+    if augment:  # mirror in y and x, as the locator's training does
+        flips = np.stack([np.zeros(n, bool), rng.random(n) < 0.5, rng.random(n) < 0.5], axis=1)
+        target = np.where(flips, GRID - 1 - target, target)
+    return sampler.crops(ids, pos, np.zeros(n, np.int64), flips)[:, None], pos, target
+
+
+def _regress_sets(args, scale: int, inputs: str) -> dict[str, tuple[CropSampler, np.ndarray]]:
+    sets = {}
+    for name, paths, section, count in (
+        ("training", args.train_data, "training", 10**6),
+        ("held-out", args.data, args.section, args.cases),
+    ):
+        found = cases(paths, section, count)
+        volumes = [_regress_level(c, scale, inputs) for c in found]
+        targets = np.array([v.geometry.to_index(c.center) for v, c in zip(volumes, found, strict=True)])
+        sets[name] = (CropSampler(volumes, (scale,), 21, dtype=np.float16), targets)
+    return sets
+
+
+def _train_regressor(data: tuple, radius: int, steps: int, rng: np.random.Generator) -> QNetwork:
+    network = QNetwork(QNetworkConfig(crop=21, history=1, n_scales=1, actions=3, dueling=0))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    zeros = torch.zeros(32, dtype=torch.long)
+    for _ in range(steps):
+        crops, pos, target = _regress_batch(*data, radius, 32, rng, augment=True)
+        offset = torch.from_numpy(((target - pos) / radius).astype(np.float32))
+        loss = torch.nn.functional.smooth_l1_loss(network(torch.from_numpy(crops), zeros), offset)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return network
+
+
+def regress(args) -> None:
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    for scale in args.scales:
+        radius = REGRESS_RADIUS[scale]
+        for inputs in args.inputs.split(","):
+            sets = _regress_sets(args, scale, inputs)
+            network = _train_regressor(sets["training"], radius, args.probe_steps, rng)
+            crops, pos, target = _regress_batch(*sets["held-out"], radius, 512, rng, augment=False)
+            with torch.no_grad():
+                guess = network(torch.from_numpy(crops), torch.zeros(512, dtype=torch.long)).numpy()
+            before = np.median(np.linalg.norm(pos - target, axis=1))
+            after = np.median(np.linalg.norm(pos + guess * radius - target, axis=1))
+            print(f"scale {scale}, input {inputs}: held-out median distance {before:.1f} -> {after:.1f} vox")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["visibility", "probe", "walks", "instrument"])
+    p.add_argument("what", choices=["visibility", "probe", "walks", "instrument", "regress"])
     p.add_argument("--data", action="append", required=True, help="dataset.json to evaluate (repeatable)")
     p.add_argument("--train-data", action="append", help="probe: dataset.json to train on (repeatable)")
     p.add_argument("--section", default="test")
     p.add_argument("--cases", type=int, default=4, help="cases per dataset")
     p.add_argument("--locator", help="walks, instrument: locator folder or name")
     p.add_argument("--scales", default="9,3,1", help="visibility, probe: scales")
-    p.add_argument("--probe-steps", type=int, default=3000)
+    p.add_argument("--probe-steps", type=int, default=3000, help="probe, regress: updates of 32")
+    p.add_argument("--inputs", default="box,peak,tube,label", help="regress: inputs to compare")
     args = p.parse_args(argv)
     args.scales = tuple(int(s) for s in args.scales.split(","))
     torch.set_num_threads(1)
-    {"visibility": visibility, "probe": probe, "walks": walks, "instrument": instrument}[args.what](args)
+    commands = {
+        "visibility": visibility,
+        "probe": probe,
+        "walks": walks,
+        "instrument": instrument,
+        "regress": regress,
+    }
+    commands[args.what](args)
     return 0
 
 
