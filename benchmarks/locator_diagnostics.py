@@ -5,6 +5,9 @@ Four measurements on phantom datasets written by ``semisupseg phantom`` (``--dat
 
 - ``visibility``: percentile of each scale level's value at the centre point among the field-of-view
   voxels of that level (is the instrument visible after the box filter of that scale?);
+- ``contrast``: for each ``--levels`` kind and coarse scale, the AUC of a coarse sample's value for
+  samples whose block holds instrument voxels against those that do not (field of view only; 0.5:
+  the instrument is invisible at that scale, 1: every instrument block outshines every other);
 - ``probe``: a supervised probe of the Q-network (gamma 0, the rewards of all 6 actions regressed from
   states sampled uniformly around the target) trained on ``--train-data``; prints the share of held-out
   states whose greedy move gets closer, per scale;
@@ -70,6 +73,31 @@ def visibility(args) -> None:
             fov = level[level != 0]
             row.append(f"scale {scale}: {100 * np.mean(fov < level[target]):.1f}")
         print(case.name, "centre percentile:", "; ".join(row))
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive sample > a negative one), from ranks (Mann-Whitney U)."""
+    ranks = np.concatenate([positive, negative]).argsort().argsort().astype(float)
+    n = len(positive)
+    return float((ranks[:n].sum() - n * (n - 1) / 2) / (n * len(negative)))
+
+
+def contrast(args) -> None:
+    for case in cases(args.data, args.section, args.cases):
+        image = read_image(case.image)
+        geometry = grid_geometry(image, GRID)
+        label = resample_to_grid(read_image(case.label), geometry) > 0.3
+        fov = resample_to_grid(sitk.Cast(image > 0, sitk.sitkUInt8), geometry) > 0.5
+        row = []
+        for kind in args.levels.split(","):
+            coarse = [s for s in args.scales if s > 1]
+            levels = prepare_volume(image, GRID, coarse, kind).levels
+            for scale, level in zip(coarse, levels, strict=True):
+                block = ndimage.maximum_filter(label.astype(np.uint8), size=scale) > 0
+                sample = (slice(scale // 2, None, scale),) * 3
+                value, inside, seen = level[sample], block[sample], fov[sample]
+                row.append(f"{kind} {scale}: {_auc(value[inside & seen], value[~inside & seen]):.3f}")
+        print(case.name, "AUC", "; ".join(row))
 
 
 def _sampler(case_list: list, scale: int) -> tuple[CropSampler, np.ndarray, np.ndarray]:
@@ -231,7 +259,7 @@ def regress(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["visibility", "probe", "walks", "instrument", "regress"])
+    p.add_argument("what", choices=["visibility", "contrast", "probe", "walks", "instrument", "regress"])
     p.add_argument("--data", action="append", required=True, help="dataset.json to evaluate (repeatable)")
     p.add_argument("--train-data", action="append", help="probe: dataset.json to train on (repeatable)")
     p.add_argument("--section", default="test")
@@ -240,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", default="9,3,1", help="visibility, probe: scales")
     p.add_argument("--probe-steps", type=int, default=3000, help="probe, regress: updates of 32")
     p.add_argument("--inputs", default="box,peak,tube,label", help="regress: inputs to compare")
+    p.add_argument("--levels", default="box,peak", help="contrast: level kinds to compare")
     args = p.parse_args(argv)
     args.scales = tuple(int(s) for s in args.scales.split(","))
     torch.set_num_threads(1)
     commands = {
         "visibility": visibility,
+        "contrast": contrast,
         "probe": probe,
         "walks": walks,
         "instrument": instrument,
