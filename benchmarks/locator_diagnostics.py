@@ -7,7 +7,8 @@ Four measurements on phantom datasets written by ``semisupseg phantom`` (``--dat
   voxels of that level (is the instrument visible after the box filter of that scale?);
 - ``contrast``: for each ``--levels`` kind and coarse scale, the AUC of a coarse sample's value for
   samples whose block holds instrument voxels against those that do not (field of view only; 0.5:
-  the instrument is invisible at that scale, 1: every instrument block outshines every other);
+  the instrument is invisible at that scale, 1: every instrument block outshines every other), and the
+  seconds ``prepare_volume`` takes with each kind (resampling, normalising and the coarse levels);
 - ``probe``: a supervised probe of the Q-network (gamma 0, the rewards of all 6 actions regressed from
   states sampled uniformly around the target) trained on ``--train-data``; prints the share of held-out
   states whose greedy move gets closer, per scale;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +93,9 @@ def contrast(args) -> None:
         row = []
         for kind in args.levels.split(","):
             coarse = [s for s in args.scales if s > 1]
+            t0 = time.perf_counter()
             levels = prepare_volume(image, GRID, coarse, kind).levels
+            row.append(f"{kind} prepare {time.perf_counter() - t0:.2f} s")
             for scale, level in zip(coarse, levels, strict=True):
                 block = ndimage.maximum_filter(label.astype(np.uint8), size=scale) > 0
                 sample = (slice(scale // 2, None, scale),) * 3
