@@ -1,0 +1,101 @@
+"""benchmarks/_report.py: a benchmark replaces only its own marked block and never rewrites prose."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "benchmarks/locator.py"
+
+
+def _load_report():
+    spec = importlib.util.spec_from_file_location("_report", REPO / "benchmarks" / "_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load_report()
+
+
+def _document(*block_lines: str) -> str:
+    """Prose, a block of locator.py, more prose with a heading, another script's block, trailing prose."""
+    begin, end = report.markers(SCRIPT, "locator")
+    other_begin, other_end = report.markers("benchmarks/ssl_table.py", "ssl_table_phantom")
+    return "\n".join(
+        [
+            "# Benchmarks",
+            "",
+            "## Locator",
+            "Prose before the block, with a stale figure 17.13 that no script may touch.",
+            begin,
+            *block_lines,
+            end,
+            "",
+            "## Locator prose after the block",
+            "Against the targets: not met (hand-written, kept).",
+            other_begin,
+            "| other | table |",
+            other_end,
+            "Closing prose without a trailing heading.",
+            "",
+        ]
+    )
+
+
+def _outside(text: str, block: str = "locator") -> list[str]:
+    """The lines before the begin marker and from the end marker on."""
+    begin, end = report.markers(SCRIPT, block)
+    lines = text.split("\n")
+    return lines[: lines.index(begin) + 1] + lines[lines.index(end) :]
+
+
+def test_write_block_replaces_the_block_and_keeps_every_other_line(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    old = _document("| old | table |", "| 17.13 | 15.22 |", "*old provenance*")
+    doc.write_text(old, encoding="utf-8")
+    body = ["Machine: test.", "", *report.markdown_table(["a", "b"], [[1, 2], [3, 4]])]
+
+    report.write_block(doc, SCRIPT, "locator", body)
+
+    new = doc.read_text(encoding="utf-8")
+    assert _outside(new) == _outside(old)
+    begin, end = report.markers(SCRIPT, "locator")
+    lines = new.split("\n")
+    assert lines[lines.index(begin) + 1 : lines.index(end)] == body
+    assert new.endswith("Closing prose without a trailing heading.\n")
+
+
+def test_rewriting_a_block_twice_is_stable(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(_document("x"), encoding="utf-8")
+    report.write_block(doc, SCRIPT, "locator", ["y", "z"])
+    once = doc.read_text(encoding="utf-8")
+    report.write_block(doc, SCRIPT, "locator", ["y", "z"])
+    assert doc.read_text(encoding="utf-8") == once
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# Benchmarks\n\n## Locator\nprose only, no markers\n",
+        "\n".join(["prose", *report.markers(SCRIPT, "other-block"), "more prose", ""]),
+        "\n".join(["prose", report.markers(SCRIPT, "locator")[0], "no end marker", ""]),
+        _document("first copy") + "\n".join(report.markers(SCRIPT, "locator")) + "\n",
+        "\n".join(["prose", *reversed(report.markers(SCRIPT, "locator")), ""]),
+    ],
+    ids=["missing", "other-block-only", "end-missing", "duplicated", "end-before-begin"],
+)
+def test_write_block_refuses_and_leaves_the_file_untouched(tmp_path, text):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text(text, encoding="utf-8")
+    before = doc.read_bytes()
+
+    with pytest.raises(report.MarkerError, match=r"\[locator\]"):
+        report.write_block(doc, SCRIPT, "locator", ["new table"])
+
+    assert doc.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md"]  # no temporary file left
