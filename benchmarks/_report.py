@@ -147,7 +147,9 @@ def provenance(sources: Sequence[Path | str], measured_by: str | None, tabulate:
         One italic markdown line.
     """
     jsons = ", ".join(f"`{display_path(s)}`" for s in sources)
-    measured = f"Measured with `{measured_by}`; raw results {jsons}" if measured_by else f"Raw results {jsons}"
+    measured = f"Raw results {jsons}"
+    if measured_by:
+        measured = f"Measured with `{measured_by}`; raw results {jsons}"
     return f"*{measured}. This block is generated: `{tabulate}` rebuilds it from the JSON.*"
 
 
