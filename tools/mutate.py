@@ -1,0 +1,285 @@
+"""Scripted mutation testing: plant realistic one-line bugs in the engine, one at a time, and run the tests.
+
+A mutation is a (file, exact old text, new text) triple; the old text must occur exactly once in the
+file, so a mutation that no longer applies fails loudly instead of silently testing nothing. Every
+mutation runs in a private copy of the working tree (``PYTHONPATH`` points the tests and their child
+processes at the copy's engine), so the checkout itself is never modified.
+
+We script the mutations rather than run ``mutmut``/``cosmic-ray``: their operators (``<`` to ``<=``,
+``+ 1`` to ``+ 2``...) produce mostly equivalent or trivially-crashing mutants in numeric tensor code,
+and a full run over the engine takes hours on 2 cores. These mutations are the bugs an engineer writes:
+a flipped sign, a forgotten ``load_state_dict``, ``x, y, z`` for ``z, y, x``, an unclamped far edge.
+
+Usage::
+
+    python tools/mutate.py                      # every mutation, writes docs/mutation_results.json
+    python tools/mutate.py --only mt-consistency-sign --only ua-mt-uncertainty-from-student
+    python tools/mutate.py --list
+
+A mutation is *caught* when its tests fail (or exceed the time limit); *survived* when they pass.
+The score and the survivors go in docs/TESTING.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LIB = "SemiSupSeg/SemiSupSegLib"
+RESULTS = REPO / "docs" / "mutation_results.json"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One planted bug: ``old`` (exactly once in ``file``) becomes ``new``; ``tests`` are pytest targets."""
+
+    name: str
+    kind: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+T = "Testing/"
+RESUME_TESTS = (T + "test_resume_determinism.py",)
+LOSS_TESTS = (T + "test_loss_composition.py", T + "test_methods_ssl.py")
+GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_inference.py")
+LOCATOR_TESTS = (T + "test_geometry_axes.py", T + "test_locator.py")
+PICKLE_TESTS = (T + "test_unsafe_pickle.py",)
+
+
+def _m(name: str, kind: str, file: str, old: str, new: str, tests: tuple[str, ...]) -> Mutation:
+    return Mutation(name, kind, f"{LIB}/{file}", old, new, tests)
+
+
+MUTATIONS: list[Mutation] = [
+    # --- resume -----------------------------------------------------------------------------------
+    _m("resume-no-weights", "resume", "training.py",
+       'method.load_state_dict(state["method"])', 'state["method"]', RESUME_TESTS),
+    _m("resume-no-optimizer", "resume", "training.py",
+       'optimizer.load_state_dict(state["optimizers"][spec.stage])', 'state["optimizers"][spec.stage]',
+       RESUME_TESTS),
+    _m("resume-no-scheduler", "resume", "training.py",
+       'scheduler.load_state_dict(state["schedulers"][spec.stage])', 'state["schedulers"][spec.stage]',
+       RESUME_TESTS),
+    # --- how the losses combine -------------------------------------------------------------------
+    _m("mt-consistency-sign", "losses", "methods/mean_teacher.py",
+       '"loss": sup + weight * cons', '"loss": sup - weight * cons', LOSS_TESTS),
+    _m("mt-target-from-student", "losses", "methods/mean_teacher.py",
+       "self.teacher(input_noise(x))", "self.student(input_noise(x))", LOSS_TESTS),
+    _m("mt-target-without-noise", "losses", "methods/mean_teacher.py",
+       "self.teacher(input_noise(x))", "self.teacher(x)", LOSS_TESTS),
+    _m("ua-mt-uncertainty-from-student", "losses", "methods/ua_mt.py",
+       "mc_prediction(self.teacher, x_u,", "mc_prediction(self.student, x_u,", LOSS_TESTS),
+    _m("ua-mt-mask-inverted", "losses", "methods/ua_mt.py",
+       "mask = uncertainty < self.threshold(step)", "mask = uncertainty > self.threshold(step)", LOSS_TESTS),
+    _m("du-lcont-sign", "losses", "methods/dual_unet.py",
+       "return -classifier_bce(d_l, d_u)", "return classifier_bce(d_l, d_u)", LOSS_TESTS),
+    _m("du-intra-weight-zero", "losses", "methods/dual_unet.py",
+       'factor = {"sup": 1.0, "intra": w["alpha"], "inter": w["alpha"]}',
+       'factor = {"sup": 1.0, "intra": 0.0, "inter": w["alpha"]}', LOSS_TESTS),
+    _m("du-ncont-weight-beta", "losses", "methods/dual_unet.py",
+       'factor.update(lcont=w["beta"], ncont=w["gamma"])', 'factor.update(lcont=w["beta"], ncont=w["beta"])',
+       LOSS_TESTS),
+    _m("du-intra-mask-inverted", "losses", "methods/dual_unet.py",
+       "masked_mean(squared_distance(y, p_hat.detach()), u_hat < tau1)",
+       "masked_mean(squared_distance(y, p_hat.detach()), u_hat > tau1)", LOSS_TESTS),
+    _m("ema-decay-swapped", "losses", "methods/common.py",
+       "p_t.mul_(decay).add_(p_s.detach(), alpha=1.0 - decay)",
+       "p_t.mul_(1.0 - decay).add_(p_s.detach(), alpha=decay)", LOSS_TESTS),
+    _m("ema-warmup-max", "losses", "methods/common.py",
+       "return min(1.0 - 1.0 / (step + 1.0), float(max_decay))",
+       "return max(1.0 - 1.0 / (step + 1.0), float(max_decay))", LOSS_TESTS),
+    _m("ramp-linear-exponent", "losses", "losses.py",
+       "-5.0 * phase * phase", "-5.0 * phase", LOSS_TESTS + (T + "test_losses_progress.py",)),
+    _m("ua-consistency-without-k", "losses", "losses.py",
+       "(k * mask.sum() + 1e-16)", "(mask.sum() + 1e-16)", LOSS_TESTS),
+    _m("masked-mean-over-all-voxels", "losses", "losses.py",
+       "return (mask * values).sum() / mask.sum().clamp_min(1.0)", "return (mask * values).mean()",
+       LOSS_TESTS),
+    _m("sup-ce-weight", "losses", "losses.py", "lambda_ce=0.5,", "lambda_ce=1.0,", LOSS_TESTS),
+    # --- axis order and borders -----------------------------------------------------------------
+    _m("roi-size-xyz", "axes", "inference.py",
+       "size_xyz = [roi_patches * p for p in reversed(ctx.patch)]",
+       "size_xyz = [roi_patches * p for p in ctx.patch]", GEOMETRY_TESTS),
+    _m("roi-far-edge-unclamped", "axes", "inference.py",
+       "start = np.clip(start, 0, np.maximum(n_target - size, 0))", "start = np.maximum(start, 0)",
+       GEOMETRY_TESTS),
+    _m("patch-centre-xyz", "axes", "patches.py",
+       "center = np.array(xyz[::-1], dtype=float)", "center = np.array(xyz, dtype=float)",
+       (T + "test_geometry_axes.py", T + "test_preprocessing_patches.py")),
+    _m("locator-reward-xyz-spacing", "axes", "locator/environment.py",
+       "return self.spacing[::-1].copy()", "return self.spacing.copy()", LOCATOR_TESTS),
+    _m("locator-far-edge-move", "axes", "locator/environment.py",
+       "refused = np.any((target < 0) | (target >= grid), axis=1)", "refused = np.any(target < 0, axis=1)",
+       LOCATOR_TESTS),
+    _m("locator-index-xyz", "axes", "locator/environment.py",
+       "return (local / self.spacing)[::-1]", "return local / self.spacing", LOCATOR_TESTS),
+    _m("stitch-axis-order", "axes", "inference.py",
+       "permute(3, 0, 4, 1, 5, 2, 6)", "permute(3, 0, 4, 2, 6, 1, 5)", GEOMETRY_TESTS),
+    # --- safety ----------------------------------------------------------------------------------
+    _m("model-weights-unsafe-load", "safety", "model_store.py",
+       'torch.load(path, map_location="cpu", weights_only=True)',
+       'torch.load(path, map_location="cpu", weights_only=False)', PICKLE_TESTS),
+    _m("checkpoint-unsafe-load", "safety", "checkpoints.py",
+       "torch.load(path, map_location=device, weights_only=True)",
+       "torch.load(path, map_location=device, weights_only=False)", PICKLE_TESTS),
+    _m("locator-weights-unsafe-load", "safety", "locator/store.py",
+       'torch.load(path, map_location="cpu", weights_only=True)',
+       'torch.load(path, map_location="cpu", weights_only=False)', PICKLE_TESTS),
+    # --- inference, metrics, input checks ---------------------------------------------------------
+    _m("foreground-is-background", "inference", "inference.py",
+       "return (1.0 - probabilities[:, 0]).clamp_(0.0, 1.0)", "return probabilities[:, 0].clamp_(0.0, 1.0)",
+       (T + "test_inference.py",)),
+    _m("entropy-log2", "inference", "inference.py",
+       "torch.log(p + ENTROPY_EPS)", "torch.log2(p + ENTROPY_EPS)", (T + "test_inference.py",)),
+    _m("mc-noise-unclipped", "inference", "inference.py",
+       "(noise * MC_NOISE_STD).clamp_(-MC_NOISE_CLIP, MC_NOISE_CLIP)", "(noise * MC_NOISE_STD)",
+       (T + "test_inference.py", T + "test_loss_composition.py")),
+    _m("hd95-is-hd100", "metrics", "metrics.py",
+       "torch.quantile(d.double(), 0.95)", "torch.quantile(d.double(), 1.0)", (T + "test_metrics.py",)),
+    _m("both-empty-dice-zero", "metrics", "metrics.py",
+       "result = _empty_case(pred.shape, spacing, both_empty=n_pred == n_ref)",
+       "result = _empty_case(pred.shape, spacing, both_empty=False)", (T + "test_metrics.py",)),
+    _m("zscore-without-std", "preprocessing", "preprocessing.py",
+       "return ((scaled - mean) / (std if std > 1e-8 else 1.0)).astype(np.float32)",
+       "return (scaled - mean).astype(np.float32)", (T + "test_preprocessing_patches.py",)),
+    _m("nan-voxels-accepted", "validation", "imageio.py",
+       "bad = int(array.size - np.count_nonzero(np.isfinite(array)))", "bad = 0",
+       (T + "test_imageio.py", T + "test_cli.py")),
+    _m("ras-lps-z-flipped", "geometry", "slicer_bridge.py",
+       "LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])", "LPS_FROM_RAS = np.diag([-1.0, 1.0, -1.0, 1.0])",
+       (T + "test_slicer_bridge.py",)),
+    _m("stale-lock-never-stale", "reliability", "runlock.py",
+       'return not pid_alive(int(info["pid"]))', "return False", (T + "test_train_process.py",)),
+    _m("label-values-unchecked", "validation", "dataset.py",
+       "values = np.unique(sitk.GetArrayViewFromImage(label))",
+       "values = np.unique(sitk.GetArrayViewFromImage(label)).clip(0, 1)", (T + "test_dataset.py",)),
+    # --- progress ----------------------------------------------------------------------------------
+    _m("eta-counts-done-steps", "progress", "training.py",
+       "eta_seconds=rate * (cfg.steps - done)", "eta_seconds=rate * (cfg.steps - start)",
+       (T + "test_progress_eta.py", T + "test_training.py")),
+    _m("rate-since-step-zero", "progress", "training.py",
+       "rate = (time.monotonic() - t0) / (done - start)", "rate = (time.monotonic() - t0) / done",
+       (T + "test_progress_eta.py", T + "test_training.py")),
+    _m("locator-eta-counts-done-steps", "progress", "locator/train.py",
+       "eta_seconds=rate * (cfg.steps - done)", "eta_seconds=rate * done",
+       (T + "test_progress_eta.py", T + "test_locator.py")),
+]
+
+
+def _copy_tree(dest: Path) -> None:
+    """Copy the tracked and untracked-but-not-ignored files of the checkout (the tests' whole world)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
+    ).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def _run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
+    """Run ``tests`` in ``tree``; return ("passed" | "failed" | "timeout", seconds, last output line)."""
+    env = dict(os.environ, PYTHONPATH=str(tree / "SemiSupSeg"), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - t0, ""
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    status = "passed" if proc.returncode == 0 else "failed"
+    return status, time.monotonic() - t0, (lines[-1] if lines else "")
+
+
+def _apply(tree: Path, mutation: Mutation) -> str:
+    path = tree / mutation.file
+    original = path.read_text()
+    count = original.count(mutation.old)
+    if count != 1:
+        raise SystemExit(f"mutation {mutation.name}: the old text occurs {count} times in {mutation.file}")
+    path.write_text(original.replace(mutation.old, mutation.new))
+    return original
+
+
+def run(mutations: list[Mutation], timeout: float) -> list[dict]:
+    """Baseline (unmutated) run of every test target, then each mutation; returns one row per mutation."""
+    with tempfile.TemporaryDirectory(prefix="semisupseg-mutate-") as tmp:
+        tree = Path(tmp)
+        _copy_tree(tree)
+        for m in mutations:  # check every mutation applies before spending minutes on tests
+            (tree / m.file).write_text(_apply(tree, m))
+        targets = tuple(sorted({t for m in mutations for t in m.tests}))
+        status, seconds, last = _run_tests(tree, targets, timeout * 4)
+        print(f"baseline: {status} in {seconds:.0f} s ({last})", flush=True)
+        if status != "passed":
+            raise SystemExit("the unmutated tests do not pass; fix them before measuring mutations")
+        rows = []
+        for i, m in enumerate(mutations, 1):
+            original = _apply(tree, m)
+            try:
+                status, seconds, last = _run_tests(tree, m.tests, timeout)
+            finally:
+                (tree / m.file).write_text(original)
+            caught = status != "passed"
+            rows.append({**asdict(m), "caught": caught, "status": status, "seconds": round(seconds, 1),
+                         "last_line": last})
+            print(f"[{i}/{len(mutations)}] {'caught  ' if caught else 'SURVIVED'} {m.name} "
+                  f"({status}, {seconds:.0f} s)", flush=True)
+    return rows
+
+
+def _write(rows: list[dict], path: Path) -> None:
+    caught = sum(r["caught"] for r in rows)
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python tools/mutate.py",
+        "mutations": len(rows),
+        "caught": caught,
+        "score": round(caught / max(1, len(rows)), 3),
+        "survivors": [r["name"] for r in rows if not r["caught"]],
+        "rows": rows,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"score: {caught}/{len(rows)} caught ({100 * report['score']:.0f} %); written to {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], help="run only this mutation (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation (default 300)")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    args = parser.parse_args(argv)
+    if args.list:
+        for m in MUTATIONS:
+            print(f"{m.name:34s} {m.kind:12s} {m.file}")
+        return 0
+    known = {m.name for m in MUTATIONS}
+    unknown = sorted(set(args.only) - known)
+    if unknown:
+        print(f"error: unknown mutation(s) {', '.join(unknown)}; see --list", file=sys.stderr)
+        return 2
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    rows = run(chosen, args.timeout)
+    if not args.only:
+        _write(rows, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
