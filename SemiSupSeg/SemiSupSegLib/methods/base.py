@@ -13,6 +13,7 @@ A method with an adversarial classifier thus declares two stages, "segmenters" t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..networks import NetworkConfig
+from .common import OptionParser, check_options
 
 
 @dataclass
@@ -54,14 +56,36 @@ class OptimizerSpec:
 class Method(nn.Module):
     """Base class of training methods.
 
-    Subclasses set ``name``, ``description`` and ``uses_unlabeled``, build their networks in
-    ``__init__`` from a :class:`NetworkConfig` and keyword ``options``, and implement
+    Subclasses set ``name``, ``description`` and ``uses_unlabeled``, declare their options in
+    ``option_parsers``, build their networks in ``__init__`` from a :class:`NetworkConfig` and keyword
+    options (each converted with :meth:`option`, unknown ones refused), and implement
     :meth:`optimizers` and :meth:`compute_losses`.
     """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     uses_unlabeled: ClassVar[bool] = False
+    #: Every option (``--option KEY=VALUE``) the method accepts, with the parser that checks its value.
+    option_parsers: ClassVar[dict[str, OptionParser]] = {}
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, object]) -> dict[str, object]:
+        """``options`` checked and converted without building anything (the CLI calls it before any data
+        is read): :class:`InputError` names an unknown option or a bad value.
+
+        Args:
+            options: option name -> value as given (JSON values or text).
+
+        Returns:
+            The options with their values converted (numbers as int or float).
+        """
+        check_options(cls.name, options, cls.option_parsers)
+        return {name: cls.option(name, value) for name, value in options.items()}
+
+    @classmethod
+    def option(cls, name: str, value: object) -> object:
+        """One option's value through its parser (``__init__`` converts each option with this)."""
+        return cls.option_parsers[name](name, value)
 
     def __init__(self, network: NetworkConfig, total_steps: int, **options) -> None:
         super().__init__()

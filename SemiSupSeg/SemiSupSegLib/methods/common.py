@@ -10,7 +10,8 @@ statistics would mix the ``T`` copies), so the batched forward equals ``T`` sepa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -19,11 +20,16 @@ from ..errors import InputError
 from ..inference import entropy, mc_inputs, mc_probabilities, resolve_precision
 
 __all__ = [
+    "OptionParser",
+    "as_bool",
+    "as_number",
     "check_options",
+    "choice_option",
     "ema_decay",
     "frozen",
     "input_noise",
     "mc_prediction",
+    "number_option",
     "paper_ramp_steps",
     "update_ema",
 ]
@@ -34,9 +40,15 @@ _ONE_FORWARD_BUDGET = 1 << 50
 
 def check_options(method: str, options: dict, allowed: Iterable[str] = ()) -> None:
     """Raise :class:`InputError` for options ``method`` does not know (a typo must not pass silently)."""
+    allowed = sorted(allowed)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InputError(f"method {method!r} has no option(s) {', '.join(unknown)}")
+        known = f"its options are {', '.join(allowed)}" if allowed else "it has no options"
+        raise InputError(f"method {method!r} has no option(s) {', '.join(unknown)}; {known}")
+
+
+OptionParser = Callable[[str, object], object]
+"""Parses one method option: ``parser(name, value)`` returns the converted value or raises InputError."""
 
 
 def as_bool(name: str, value: object) -> bool:
@@ -48,6 +60,86 @@ def as_bool(name: str, value: object) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise InputError(f"method option {name} must be true or false, got {value!r}")
+
+
+def _range_text(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    noun = "an integer" if kind is int else "a number"
+    if low is not None and high is not None:
+        return f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{noun} {'>' if low_open else '>='} {low:g}"
+    return noun
+
+
+def as_number(
+    name: str,
+    value: object,
+    kind: type = float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> int | float:
+    """A numeric method option as ``kind`` (int or float), finite and within ``[low, high]``.
+
+    Every numeric option of every method is parsed here, so each bad value gives one message that names
+    the option (text, NaN, a fraction for an integer, or a value out of range).
+
+    Args:
+        name: the option's name, for the message.
+        value: the value as given (a JSON number, or text such as ``"1e-3"``).
+        kind: ``int`` or ``float``.
+        low, high: inclusive bounds (``None``: unbounded); ``low_open``/``high_open`` make them exclusive.
+
+    Returns:
+        The value converted to ``kind``.
+    """
+    wanted = _range_text(kind, low, high, low_open, high_open)
+    problem = InputError(f"method option {name} must be {wanted}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise problem
+    try:
+        number = float(value)
+    except ValueError:
+        raise problem from None
+    if not math.isfinite(number) or (kind is int and not number.is_integer()):
+        raise problem
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if below or above:
+        raise problem
+    return int(number) if kind is int else number
+
+
+def number_option(
+    kind: type = float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    optional: bool = False,
+) -> OptionParser:
+    """An :data:`OptionParser` for :func:`as_number`; ``optional`` lets ``None`` (the default) pass."""
+
+    def parse(name: str, value: object) -> int | float | None:
+        if optional and value is None:
+            return None
+        return as_number(name, value, kind, low, high, low_open=low_open, high_open=high_open)
+
+    return parse
+
+
+def choice_option(*choices: str) -> OptionParser:
+    """An :data:`OptionParser` accepting one of ``choices`` (text)."""
+
+    def parse(name: str, value: object) -> str:
+        if value not in choices:
+            raise InputError(f"method option {name} must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
 
 
 def paper_ramp_steps(total_steps: int, paper_ramp: int = 4000, paper_total: int = 10000) -> int:

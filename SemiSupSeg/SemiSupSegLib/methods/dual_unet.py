@@ -52,11 +52,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..inference import entropy
+from ..inference import PRECISIONS, entropy
 from ..losses import binary_entropy, masked_mean, ramp, ramped_threshold, squared_distance, supervised_loss
 from ..networks import NetworkConfig, _channels, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import as_bool, check_options, frozen, mc_prediction, paper_ramp_steps
+from .common import (
+    OptionParser,
+    as_bool,
+    check_options,
+    choice_option,
+    frozen,
+    mc_prediction,
+    number_option,
+    paper_ramp_steps,
+)
 
 TERMS = ("intra", "inter", "lcont", "ncont")
 ABLATIONS: dict[str, tuple[str, ...]] = {
@@ -89,6 +98,33 @@ def resolve_ablation(name: str) -> tuple[str, ...]:
         return names[str(name).lower()]
     except KeyError:
         raise InputError(f"unknown ablation {name!r}; known: {', '.join(ABLATIONS)}") from None
+
+
+def _ablation_option(name: str, value: object) -> str:
+    """The ``ablation`` option: a Table III row name (see :func:`resolve_ablation`)."""
+    resolve_ablation(value)
+    return str(value)
+
+
+def _options() -> dict[str, OptionParser]:
+    """Every Dual-UNet option and its parser (see the module docstring)."""
+    weight, rate = number_option(float, 0.0), number_option(float, 0.0, low_open=True)
+    probability = number_option(float, 0.0, 1.0, low_open=True, high_open=True)
+    return {
+        "lr": rate,
+        "classifier_lr": rate,
+        "ablation": _ablation_option,
+        "alpha": weight,
+        "beta": weight,
+        "gamma": weight,
+        "ramp_steps": number_option(int, 0, optional=True),
+        "tau1": probability,
+        "tau2": probability,
+        "mc_samples": number_option(int, 1),
+        "mc_precision": choice_option(*PRECISIONS),
+        "adversarial": choice_option(*ADVERSARIAL),
+        **{term: as_bool for term in TERMS},
+    }
 
 
 # ----------------------------------------------------------------------------------- voxel terms
@@ -204,6 +240,7 @@ class DualUNet(Method):
     name = "dual-unet"
     description = "Dual-UNet hybrid constraint (seed 000): two UNets, uncertainty + contextual constraints"
     uses_unlabeled = True
+    option_parsers = _options()
 
     def __init__(
         self,
@@ -223,20 +260,19 @@ class DualUNet(Method):
         adversarial: str = "saturating",
         **options,
     ) -> None:
-        switches = {t: options.pop(t) for t in TERMS if t in options}
-        check_options(self.name, options)
+        check_options(self.name, options, self.option_parsers)  # left in options: the term switches
+        switches = {t: self.option(t, v) for t, v in options.items()}
         super().__init__(network, total_steps)
-        on = set(resolve_ablation(ablation))
-        self.terms = {t: as_bool(t, switches[t]) if t in switches else t in on for t in TERMS}
-        if adversarial not in ADVERSARIAL:
-            raise InputError(f"adversarial must be one of {', '.join(ADVERSARIAL)}, got {adversarial!r}")
-        self.adversarial = adversarial
-        self.weights = {"alpha": float(alpha), "beta": float(beta), "gamma": float(gamma)}
-        self.ramp_steps = paper_ramp_steps(total_steps) if ramp_steps is None else int(ramp_steps)
-        self.tau = (binary_entropy(tau1), binary_entropy(tau2))
-        self.mc_samples = int(mc_samples)
-        self.mc_precision = str(mc_precision)
-        self.lr, self.classifier_lr = float(lr), float(classifier_lr)
+        on = set(resolve_ablation(self.option("ablation", ablation)))
+        self.terms = {t: switches.get(t, t in on) for t in TERMS}
+        self.adversarial = self.option("adversarial", adversarial)
+        self.weights = {k: self.option(k, v) for k, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma))}
+        ramp_steps = self.option("ramp_steps", ramp_steps)
+        self.ramp_steps = paper_ramp_steps(total_steps) if ramp_steps is None else ramp_steps
+        self.tau = (binary_entropy(self.option("tau1", tau1)), binary_entropy(self.option("tau2", tau2)))
+        self.mc_samples = self.option("mc_samples", mc_samples)
+        self.mc_precision = self.option("mc_precision", mc_precision)
+        self.lr, self.classifier_lr = self.option("lr", lr), self.option("classifier_lr", classifier_lr)
         self.net1, self.net2 = build_network(network), build_network(network)
         k, w = network.num_classes, network.width
         self.classifier = LabelClassifier(k, w) if self.terms["lcont"] else None

@@ -23,7 +23,7 @@ import torch
 from ..losses import ramp, supervised_loss
 from ..networks import NetworkConfig, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, input_noise, update_ema
+from .common import check_options, ema_decay, input_noise, number_option, update_ema
 
 
 class MeanTeacher(Method):
@@ -32,7 +32,12 @@ class MeanTeacher(Method):
     name = "mean-teacher"
     description = "Mean teacher: EMA teacher, softmax MSE consistency on noised unlabelled patches"
     uses_unlabeled = True
-    extra_options: tuple[str, ...] = ()
+    option_parsers = {
+        "lr": number_option(float, 0.0, low_open=True),
+        "consistency": number_option(float, 0.0),
+        "ramp_steps": number_option(int, 0, optional=True),
+        "ema_decay": number_option(float, 0.0, 1.0),
+    }
 
     def __init__(
         self,
@@ -44,15 +49,16 @@ class MeanTeacher(Method):
         ema_decay: float = 0.99,
         **options,
     ) -> None:
-        check_options(self.name, options, self.extra_options)
-        super().__init__(network, total_steps, **options)
+        check_options(self.name, options, self.option_parsers)
+        super().__init__(network, total_steps)
+        self.lr = self.option("lr", lr)
+        self.consistency = self.option("consistency", consistency)
+        ramp_steps = self.option("ramp_steps", ramp_steps)
+        self.ramp_steps = int(total_steps if ramp_steps is None else ramp_steps)
+        self.max_decay = self.option("ema_decay", ema_decay)
         self.student = build_network(network)
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
-        self.lr = float(lr)
-        self.consistency = float(consistency)
-        self.ramp_steps = int(total_steps if ramp_steps is None else ramp_steps)
-        self.max_decay = float(ema_decay)
         self.loss_fn = supervised_loss()
 
     def networks(self) -> dict[str, torch.nn.Module]:

@@ -7,6 +7,7 @@ import torch
 from ..losses import supervised_loss
 from ..networks import NetworkConfig, build_network
 from .base import Batch, Method, OptimizerSpec
+from .common import check_options, number_option
 
 
 class Supervised(Method):
@@ -15,11 +16,13 @@ class Supervised(Method):
     name = "supervised"
     description = "Supervised baseline: one Compact-UNet, CE + Dice on the labelled cases only"
     uses_unlabeled = False
+    option_parsers = {"lr": number_option(float, 0.0, low_open=True)}
 
     def __init__(self, network: NetworkConfig, total_steps: int, lr: float = 1e-4, **options) -> None:
-        super().__init__(network, total_steps, **options)
+        check_options(self.name, options, self.option_parsers)
+        super().__init__(network, total_steps)
+        self.lr = self.option("lr", lr)
         self.net = build_network(network)
-        self.lr = lr
         self.loss_fn = supervised_loss()
 
     def networks(self) -> dict[str, torch.nn.Module]:

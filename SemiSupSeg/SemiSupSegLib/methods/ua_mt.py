@@ -13,9 +13,10 @@ import math
 
 import torch
 
+from ..inference import PRECISIONS
 from ..losses import ramped_threshold, uncertainty_consistency
 from ..networks import NetworkConfig
-from .common import mc_prediction
+from .common import choice_option, mc_prediction, number_option
 from .mean_teacher import MeanTeacher
 
 
@@ -25,6 +26,12 @@ class UAMT(MeanTeacher):
     name = "ua-mt"
     description = "UA-MT: mean teacher whose consistency keeps voxels of low Monte-Carlo teacher uncertainty"
     uses_unlabeled = True
+    option_parsers = {
+        **MeanTeacher.option_parsers,
+        "mc_samples": number_option(int, 1),
+        "mc_precision": choice_option(*PRECISIONS),
+        "threshold_ramp_steps": number_option(int, 0, optional=True),
+    }
 
     def __init__(
         self,
@@ -35,9 +42,12 @@ class UAMT(MeanTeacher):
         threshold_ramp_steps: int | None = None,
         **options,
     ) -> None:
+        mc_samples = self.option("mc_samples", mc_samples)
+        mc_precision = self.option("mc_precision", mc_precision)
+        threshold_ramp_steps = self.option("threshold_ramp_steps", threshold_ramp_steps)
         super().__init__(network, total_steps, **options)
-        self.mc_samples = int(mc_samples)
-        self.mc_precision = str(mc_precision)  # auto (bf16 where native) | fp32 | bf16: the MC passes only
+        self.mc_samples = mc_samples
+        self.mc_precision = mc_precision  # auto (bf16 where native) | fp32 | bf16: the MC passes only
         self.threshold_ramp_steps = int(total_steps if threshold_ramp_steps is None else threshold_ramp_steps)
 
     def threshold(self, step: int) -> float:
