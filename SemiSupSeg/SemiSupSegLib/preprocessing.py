@@ -13,7 +13,46 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["Preprocessing", "resample_to_spacing", "median_spacing"]
+from .errors import InputError
+
+__all__ = ["Preprocessing", "check_resampled_size", "resample_to_spacing", "median_spacing"]
+
+MAX_RESAMPLED_VOXELS = 1 << 30
+"""Largest volume resampling may make: 1.07e9 voxels, 4.3 GB as float32 (a 160^3 phantom has 4.1e6)."""
+
+
+def check_resampled_size(
+    image: sitk.Image, target_spacing: Sequence[float], limit_voxels: int = MAX_RESAMPLED_VOXELS
+) -> tuple[int, int, int]:
+    """The size ``(x, y, z)`` of ``image`` resampled to ``target_spacing``, refused if too big to allocate.
+
+    A wrong spacing in a file header (1e6 mm instead of 1 mm) would otherwise make SimpleITK try to
+    allocate an astronomical volume and fail with an unexplained memory error.
+
+    Args:
+        image: the volume to resample.
+        target_spacing: the new spacing, (x, y, z) mm.
+        limit_voxels: the most voxels the resampled volume may have.
+
+    Returns:
+        The resampled size in voxels, (x, y, z).
+
+    Raises:
+        InputError: naming the size it would need, in voxels and GB (float32).
+    """
+    old_spacing = np.asarray(image.GetSpacing(), dtype=float)
+    extent = np.asarray(image.GetSize(), dtype=float) * old_spacing
+    size = tuple(max(1, int(round(n))) for n in extent / np.asarray(target_spacing, dtype=float))
+    voxels = float(np.prod(np.asarray(size, dtype=float)))
+    if voxels > limit_voxels:
+        mm = lambda values: ",".join(f"{v:.4g}" for v in values)  # noqa: E731
+        raise InputError(
+            f"resampling the image of {'x'.join(map(str, image.GetSize()))} voxels at {mm(old_spacing)} mm "
+            f"to {mm(target_spacing)} mm would need {'x'.join(f'{n:.3g}' for n in size)} = {voxels:.3g} "
+            f"voxels ({voxels * 4 / 1e9:.3g} GB as float32), more than the {limit_voxels:.3g} allowed; "
+            "check the image's spacing"
+        )
+    return size  # type: ignore[return-value]
 
 
 def resample_to_spacing(
@@ -22,14 +61,14 @@ def resample_to_spacing(
     """Resample to a new spacing, keeping origin, direction and physical extent.
 
     Labels are resampled linearly as floats and thresholded at 0.5, which keeps thin structures
-    (a 0.9 mm guide-wire) better than nearest-neighbour does.
+    (a 0.9 mm guide-wire) better than nearest-neighbour does. A result too big for memory is refused
+    first (:func:`check_resampled_size`).
     """
     spacing_xyz = tuple(float(s) for s in spacing_xyz)
     old_spacing = np.array(image.GetSpacing())
     if np.allclose(old_spacing, spacing_xyz, rtol=1e-4):
         return image
-    old_size = np.array(image.GetSize())
-    new_size = [max(1, int(round(n))) for n in old_size * old_spacing / np.array(spacing_xyz)]
+    new_size = check_resampled_size(image, spacing_xyz)
     source = sitk.Cast(image, sitk.sitkFloat32)
     resampled = sitk.Resample(
         source,
