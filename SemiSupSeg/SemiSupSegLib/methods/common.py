@@ -10,19 +10,17 @@ statistics would mix the ``T`` copies), so the batched forward equals ``T`` sepa
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, checked_number
 from ..inference import entropy, mc_inputs, mc_probabilities, resolve_precision
 
 __all__ = [
     "OptionParser",
     "as_bool",
-    "as_number",
     "check_options",
     "choice_option",
     "ema_decay",
@@ -62,56 +60,6 @@ def as_bool(name: str, value: object) -> bool:
     raise InputError(f"method option {name} must be true or false, got {value!r}")
 
 
-def _range_text(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    noun = "an integer" if kind is int else "a number"
-    if low is not None and high is not None:
-        return f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if low is not None:
-        return f"{noun} {'>' if low_open else '>='} {low:g}"
-    return noun
-
-
-def as_number(
-    name: str,
-    value: object,
-    kind: type = float,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> int | float:
-    """A numeric method option as ``kind`` (int or float), finite and within ``[low, high]``.
-
-    Every numeric option of every method is parsed here, so each bad value gives one message that names
-    the option (text, NaN, a fraction for an integer, or a value out of range).
-
-    Args:
-        name: the option's name, for the message.
-        value: the value as given (a JSON number, or text such as ``"1e-3"``).
-        kind: ``int`` or ``float``.
-        low, high: inclusive bounds (``None``: unbounded); ``low_open``/``high_open`` make them exclusive.
-
-    Returns:
-        The value converted to ``kind``.
-    """
-    wanted = _range_text(kind, low, high, low_open, high_open)
-    problem = InputError(f"method option {name} must be {wanted}, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise problem
-    try:
-        number = float(value)
-    except ValueError:
-        raise problem from None
-    if not math.isfinite(number) or (kind is int and not number.is_integer()):
-        raise problem
-    below = low is not None and (number <= low if low_open else number < low)
-    above = high is not None and (number >= high if high_open else number > high)
-    if below or above:
-        raise problem
-    return int(number) if kind is int else number
-
-
 def number_option(
     kind: type = float,
     low: float | None = None,
@@ -121,12 +69,14 @@ def number_option(
     high_open: bool = False,
     optional: bool = False,
 ) -> OptionParser:
-    """An :data:`OptionParser` for :func:`as_number`; ``optional`` lets ``None`` (the default) pass."""
+    """An :data:`OptionParser` of a number (see :func:`~SemiSupSegLib.errors.checked_number` for the
+    arguments); ``optional`` lets ``None`` (the method's default) pass."""
 
     def parse(name: str, value: object) -> int | float | None:
         if optional and value is None:
             return None
-        return as_number(name, value, kind, low, high, low_open=low_open, high_open=high_open)
+        what = f"method option {name}"
+        return checked_number(what, value, kind, low, high, low_open=low_open, high_open=high_open)
 
     return parse
 
