@@ -103,9 +103,9 @@ def test_invalid_json(tmp_path):
         load_dataset(tmp_path / "dataset.json")
 
 
-def test_no_training_list(tmp_path):
+def test_no_section_at_all(tmp_path):
     (tmp_path / "dataset.json").write_text('{"name": "x"}')
-    with pytest.raises(DatasetError, match="'training' list is missing"):
+    with pytest.raises(DatasetError, match="none of the lists 'training', 'unlabeled', 'test' is present"):
         load_dataset(tmp_path / "dataset.json")
 
 

@@ -9,7 +9,10 @@ The file is readable by ``monai.data.load_decathlon_datalist``::
      "test": [{"image": "images/t.nii.gz", "label": "labels/t.nii.gz"}]}
 
 Paths are relative to the folder of the json (absolute paths are accepted too). ``center`` is
-optional, an LPS point in mm. ``test`` entries may also be plain path strings (MSD style).
+optional, an LPS point in mm. ``test`` entries may also be plain path strings (MSD style). Each
+section is optional, but a file needs at least one: a dataset with only ``test`` cases can be
+evaluated; training needs labelled ``training`` cases (:func:`labelled_cases`). Labels are validated
+in every section that has them (``training`` and ``test``).
 Without ``labels`` the classes are ``{"0": "background", "1": "foreground"}``. Keys the engine does
 not know are kept when the file is rewritten.
 """
@@ -160,8 +163,8 @@ def _dataset_path(path: str | os.PathLike) -> Path:
 
 def _parse(path: Path, raw: dict) -> Dataset:
     problems: list[str] = []
-    if not isinstance(raw.get("training"), list):
-        problems.append("'training' list is missing")
+    if not any(section in raw for section in SECTIONS):
+        problems.append(f"none of the lists {', '.join(repr(s) for s in SECTIONS)} is present")
     sections: dict[str, list[Case]] = {}
     for section in SECTIONS:
         entries = raw.get(section, [])
@@ -189,6 +192,23 @@ def load_dataset(path: str | os.PathLike, *, validate: bool = True, check_images
         if problems:
             raise DatasetError(_format_problems(f"dataset '{path}'", problems), problems)
     return dataset
+
+
+def labelled_cases(ds: Dataset, section: str, purpose: str) -> list[Case]:
+    """The cases of ``section`` that have a label, or a :class:`DatasetError` saying there are none.
+
+    Args:
+        ds: the dataset.
+        section: ``"training"`` or ``"test"``.
+        purpose: what they are needed for, for the message (``"to train on"``).
+
+    Returns:
+        The labelled cases, in their order in the file.
+    """
+    cases = [c for c in getattr(ds, section) if c.label is not None]
+    if not cases:
+        raise DatasetError(f"dataset '{ds.path}' has no labelled cases in its '{section}' list {purpose}")
+    return cases
 
 
 # ------------------------------------------------------------------------------------------ validation
