@@ -3,17 +3,24 @@
 A run writes into ``OUT/.training/``: ``checkpoint.pt`` (plain tensors and strings, written
 atomically, read with ``weights_only=True``) and the lock (:mod:`SemiSupSegLib.runlock`). On
 SIGINT/SIGTERM a trainer finishes its step, writes a checkpoint and stops.
+
+A checkpoint may hold the state of every random stream (:func:`capture_random_state`), so that a run
+resumed from it continues exactly where it stopped: tensors for torch's generators, one JSON string
+for the rest (numpy, Python ``random`` and the trainer's own generators).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from .atomic import atomic_path
@@ -46,6 +53,57 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     if not isinstance(state, dict) or "step" not in state or "config" not in state:
         raise ModelError(f"checkpoint {path} is corrupt: not a SemiSupSeg checkpoint")
     return state
+
+
+def legacy_state_to_json(generator: np.random.RandomState | None = None) -> dict:
+    """The state of a numpy ``RandomState`` (default: numpy's global one) as plain JSON values."""
+    state = generator.get_state(legacy=False) if generator is not None else np.random.get_state(legacy=False)
+    return {**state, "state": {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}}
+
+
+def legacy_state_from_json(state: dict, generator: np.random.RandomState | None = None) -> None:
+    """Set a numpy ``RandomState`` (default: numpy's global one) to a :func:`legacy_state_to_json` state."""
+    (generator.set_state if generator is not None else np.random.set_state)(state)
+
+
+def capture_random_state(extra: dict | None = None) -> dict:
+    """Every global random stream (torch CPU and CUDA, numpy, Python) plus ``extra`` JSON-able states.
+
+    Args:
+        extra: the trainer's own generators (e.g. the patch sampler's), as JSON values.
+
+    Returns:
+        ``{"torch": ByteTensor, "cuda": [ByteTensor, ...], "json": str}``, loadable with
+        ``weights_only=True``.
+    """
+    version, internal, gauss = random.getstate()
+    python = [version, list(internal), gauss]
+    plain = {"numpy": legacy_state_to_json(), "python": python, "extra": extra or {}}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "json": json.dumps(plain),
+    }
+
+
+def restore_random_state(state: dict) -> dict:
+    """Put the global random streams back as :func:`capture_random_state` found them.
+
+    Args:
+        state: what :func:`capture_random_state` returned (tensors may have been mapped to a GPU).
+
+    Returns:
+        The ``extra`` states, for the trainer to give back to its own generators.
+    """
+    plain = json.loads(state["json"])
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = [s.cpu() for s in state.get("cuda", [])]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    legacy_state_from_json(plain["numpy"])
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    return plain["extra"]
 
 
 def stored_config(out: str | Path, from_json: Callable[[str], ConfigT]) -> ConfigT:

@@ -19,11 +19,13 @@ from monai.transforms import (
     Compose,
     RandAdjustContrastd,
     RandFlipd,
+    Randomizable,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
 
+from .checkpoints import legacy_state_from_json, legacy_state_to_json
 from .preprocessing import Preprocessing
 
 
@@ -132,10 +134,34 @@ class PatchSampler:
         self.margin = 8 if augment else 0
 
     def reseed(self, seed: int) -> None:
-        """Restart the random streams; a resumed run reseeds with (seed, step) so it is reproducible."""
+        """Restart the random streams from ``seed``; only for resuming a checkpoint without random states."""
         self.rng = np.random.default_rng(seed)
         if self.augment is not None:
             self.augment.set_random_state(seed=seed % (2**32))
+
+    def random_state(self) -> dict:
+        """Where the patch choice and the augmentation streams stand, as JSON values (for checkpoints).
+
+        Returns:
+            ``{"rng": <numpy Generator state>, "augment": [<RandomState state>, ...]}``.
+        """
+        return {
+            "rng": self.rng.bit_generator.state,
+            "augment": [legacy_state_to_json(r) for r in _random_states(self.augment)],
+        }
+
+    def set_random_state(self, state: dict) -> None:
+        """Continue from a :meth:`random_state`, so that the next patches are those an unbroken run draws.
+
+        Args:
+            state: what :meth:`random_state` returned, possibly after a JSON round trip.
+        """
+        generators = _random_states(self.augment)
+        if len(generators) != len(state["augment"]):
+            raise ValueError(f"{len(state['augment'])} augmentation states for {len(generators)} transforms")
+        self.rng.bit_generator.state = state["rng"]
+        for generator, saved in zip(generators, state["augment"], strict=True):
+            legacy_state_from_json(saved, generator)
 
     def _position(self, case: PreparedCase, allow_random: bool) -> np.ndarray:
         if case.center_zyx is None or (allow_random and self.rng.random() < self.random_fraction):
@@ -176,6 +202,28 @@ class PatchSampler:
             case = pool[self.rng.integers(len(pool))]
             images.append(self._cut(case, self._position(case, allow_random=False))[0])
         return _stack(images, torch.float32)
+
+
+def _random_states(transform: object) -> list[np.random.RandomState]:
+    """Every numpy ``RandomState`` a MONAI transform draws from (``.R`` of it and of the transforms inside
+    it, e.g. ``RandRotated.rand_rotate``), in a fixed order."""
+    found: list[np.random.RandomState] = []
+    seen: set[int] = set()
+
+    def visit(obj: object) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item)
+        elif isinstance(obj, Randomizable):  # a Compose is one too; its .transforms are visited below
+            found.append(obj.R)
+            for value in vars(obj).values():
+                visit(value)
+
+    visit(transform)
+    return found
 
 
 def _stack(arrays: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:

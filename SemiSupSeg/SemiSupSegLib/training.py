@@ -214,7 +214,8 @@ class Trainer:
     def _checkpoint_path(self) -> Path:
         return checkpoint_path(self.out)
 
-    def _save_checkpoint(self, method: Method, stages: list, step: int) -> Path:
+    def _save_checkpoint(self, method: Method, stages: list, sampler: PatchSampler, step: int) -> Path:
+        """Everything the next step depends on: networks, optimisers, schedules and every random stream."""
         state = {
             "step": step,
             "config": self.config.to_json(),
@@ -222,24 +223,37 @@ class Trainer:
             "method": method.state_dict(),
             "optimizers": {spec.stage: opt.state_dict() for spec, opt, _ in stages},
             "schedulers": {spec.stage: sch.state_dict() for spec, _, sch in stages},
+            "random": checkpoints.capture_random_state({"sampler": sampler.random_state()}),
         }
         path = self._checkpoint_path()
         write_checkpoint(path, state, self.reporter)
         return path
 
-    def _load_checkpoint(self, method: Method, stages: list) -> int:
-        state = read_checkpoint(self._checkpoint_path(), self.device)
+    def _load_checkpoint(self, method: Method, stages: list, sampler: PatchSampler) -> int:
+        """Restore a checkpoint; return its step. The run then continues bit for bit as if never stopped.
+
+        A checkpoint written before random states were stored (no ``"random"`` key) still resumes: the
+        sampler and torch are then reseeded with ``seed * 1_000_003 + step``, so that run is reproducible
+        but differs from an uninterrupted one.
+        """
+        path = self._checkpoint_path()
+        state = read_checkpoint(path, self.device)
         try:
             method.load_state_dict(state["method"])
             for spec, optimizer, scheduler in stages:
                 optimizer.load_state_dict(state["optimizers"][spec.stage])
                 scheduler.load_state_dict(state["schedulers"][spec.stage])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise ModelError(
-                f"checkpoint {self._checkpoint_path()} is from another configuration: {exc}"
-            ) from None
+            step = int(state["step"])
+            if "random" in state:
+                extra = checkpoints.restore_random_state(state["random"])
+                sampler.set_random_state(extra["sampler"])
+            else:
+                sampler.reseed(self.config.seed * 1_000_003 + step)
+                torch.manual_seed(self.config.seed * 1_000_003 + step)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ModelError(f"checkpoint {path} is from another configuration: {exc}") from None
         self.history = json.loads(state.get("history", "[]"))
-        return int(state["step"])
+        return step
 
     @staticmethod
     def stored_config(out: str | Path) -> TrainConfig:
@@ -324,10 +338,7 @@ class Trainer:
         stages = [
             (spec, opt := self._optimizer(spec), self._scheduler(spec, opt)) for spec in method.optimizers()
         ]
-        start = self._load_checkpoint(method, stages) if resume else 0
-        if resume:
-            sampler.reseed(cfg.seed * 1_000_003 + start)
-            torch.manual_seed(cfg.seed * 1_000_003 + start)
+        start = self._load_checkpoint(method, stages, sampler) if resume else 0
         summary = {
             "method": method.name,
             "labeled": len(labeled),
@@ -363,13 +374,13 @@ class Trainer:
                     self.history.append({"step": done, "metrics": last_val})
                     self.reporter.emit("validation", step=done, total=cfg.steps, metrics=last_val)
                 if self._stop_requested:
-                    self._save_checkpoint(method, stages, done)
+                    self._save_checkpoint(method, stages, sampler, done)
                     self.reporter.emit(
                         "cancelled", step=done, message=f"stopped at step {done}; resume with --resume"
                     )
                     raise TrainingCancelled(f"training stopped at step {done}; the checkpoint is usable")
                 if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                    self._save_checkpoint(method, stages, done)
+                    self._save_checkpoint(method, stages, sampler, done)
         elapsed = time.monotonic() - t0
         extra = {
             "training": {
