@@ -274,9 +274,8 @@ def test_bf16_stays_close_to_fp32():
 
 def test_auto_precision_resolves_to_a_supported_one():
     chosen = inference.resolve_precision("auto", "cpu")
-    assert chosen in ("fp32", "bf16")
-    if not inference.bf16_supported("cpu"):
-        assert chosen == "fp32"
+    assert chosen == ("bf16" if inference.bf16_supported("cpu") else "fp32")
+    assert inference.resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(InputError, match="fp16"):
         inference.resolve_precision("fp16", "cpu")
 

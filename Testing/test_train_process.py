@@ -24,6 +24,7 @@ import pytest
 from SemiSupSegLib import train_process as tp
 from SemiSupSegLib.dataset import load_dataset
 from SemiSupSegLib.errors import InputError
+from SemiSupSegLib.networks import NetworkConfig
 from SemiSupSegLib.runlock import RunLock, is_locked, lock_path, pid_alive, read_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -378,8 +379,13 @@ def test_compare_new_and_current_model_side_by_side(stopped_and_resumed, tiny_ph
     result = tp.compare_models(stopped_and_resumed["out"], current, device="cpu")
     assert result["cases_from"] == "validation" and len(result["rows"]) == 1
     row = result["rows"][0]
-    assert set(row) == {"case", "new", "current"} and 0 <= row["new"]["dice"] <= 1
-    assert result["better"] in (True, False) and result["current"]["path"] == str(current)
+    assert set(row) == {"case", "new", "current"} and result["current"]["path"] == str(current)
+    summary = result["summary"]
+    for key in ("new", "current"):  # one row: the summary is that row, metric by metric
+        assert summary[key] == {m: row[key][m] for m in summary[key]}
+    assert result["better"] is (summary["new"]["dice"] >= summary["current"]["dice"])
+    same = tp.compare_models(current, current, device="cpu")  # a model against itself: identical rows
+    assert same["rows"][0]["new"]["dice"] == same["rows"][0]["current"]["dice"] and same["better"] is True
     table = tp.comparison_table(result)
     assert table[0] == ["case", "dice new", "dice current", "hd95_mm new", "hd95_mm current"]
     assert table[-1][0] == "mean" and len(table) == 3
@@ -439,17 +445,45 @@ def test_run_folders_and_resumable_runs(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the estimate
-def test_estimate_of_seconds_per_step_on_a_dry_run(capsys):
+class _StepClock:
+    """``perf_counter`` that moves only inside ``compute_losses``: a known cost per optimiser stage."""
+
+    def __init__(self, per_call: float) -> None:
+        self.now, self.per_call = 100.0, per_call
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_estimate_of_seconds_per_step_on_a_dry_run(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    from SemiSupSegLib.methods import DualUNet
+
+    clock = _StepClock(0.75)
+    monkeypatch.setattr(tp, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    original = DualUNet.compute_losses
+
+    def timed(self, *args, **kwargs):
+        clock.now += clock.per_call
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DualUNet, "compute_losses", timed)
     result = tp.estimate_seconds_per_step(
-        "dual-unet", (16, 16, 16), batch=1, width=0.125, device="cpu", steps=1
+        "dual-unet", (16, 16, 16), batch=1, width=0.125, device="cpu", steps=2, options={"mc_samples": 2}
     )
-    assert result["seconds_per_step"] > 0 and result["device"] == "cpu" and result["parameters"] > 0
+    # two optimiser stages per step at 0.75 s each; the warm-up step is not counted
+    assert result["seconds_per_step"] == pytest.approx(1.5) and result["warmup_seconds"] == pytest.approx(1.5)
+    assert result["device"] == "cpu" and result["steps_timed"] == 2
+    monkeypatch.undo()
+    built = DualUNet(NetworkConfig(width=0.125), 100)
+    assert result["parameters"] == sum(p.numel() for p in built.parameters())
     with pytest.raises(InputError):
         tp.estimate_seconds_per_step("no-such-method", (16, 16, 16), device="cpu")
     assert tp.main(["estimate", "--method", "supervised", "--patch", "16", "--width", "0.125",
                     "--batch", "1", "--device", "cpu", "--steps", "1"]) == 0  # fmt: skip
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["event"] for e in lines] == ["started", "finished"]
-    assert lines[0]["task"] == "estimate" and lines[-1]["result"]["seconds_per_step"] > 0
+    assert lines[0]["task"] == "estimate" and lines[-1]["result"]["method"] == "supervised"
     assert tp.main(["estimate", "--patch", "15", "--device", "cpu"]) == 2
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["event"] == "error"

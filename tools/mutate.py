@@ -165,6 +165,13 @@ MUTATIONS: list[Mutation] = [
     _m("label-values-unchecked", "validation", "dataset.py",
        "values = np.unique(sitk.GetArrayViewFromImage(label))",
        "values = np.unique(sitk.GetArrayViewFromImage(label)).clip(0, 1)", (T + "test_dataset.py",)),
+    _m("compare-better-inverted", "workflow", "train_process.py",
+       'better = summary["new"]["dice"] >= summary["current"]["dice"]',
+       'better = summary["new"]["dice"] <= summary["current"]["dice"]', (T + "test_train_process.py",)),
+    _m("estimate-includes-warmup", "progress", "train_process.py",
+       "per_step = (time.perf_counter() - t0) / steps",
+       "per_step = (time.perf_counter() - t0 + warmup) / steps",
+       (T + "test_train_process.py",)),
     # --- progress ----------------------------------------------------------------------------------
     _m("eta-counts-done-steps", "progress", "training.py",
        "eta_seconds=rate * (cfg.steps - done)", "eta_seconds=rate * (cfg.steps - start)",
