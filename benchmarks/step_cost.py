@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -135,10 +136,16 @@ def table(columns: list[tuple[str, dict]]) -> list[str]:
     header += ["× supervised (1 net, labelled half)", "× two supervised nets, same batch"]
     rows = []
     for name, ratios in last.items():
-        seconds = [f"{results['steps'][name]['seconds']:.3g}" for _, results in columns]
+        seconds = [_three_digits(results["steps"][name]["seconds"]) for _, results in columns]
         ratio_cells = [f"{ratios['x_supervised']:.2f}", f"{ratios['x_supervised_x2_same_batch']:.2f}"]
         rows.append([name, *seconds, *ratio_cells])
     return markdown_table(header, rows)
+
+
+def _three_digits(seconds: float) -> str:
+    """Seconds to three significant digits, trailing zeros kept (18.0, 2.90, 0.292)."""
+    decimals = max(0, 2 - math.floor(math.log10(seconds))) if seconds > 0 else 2
+    return f"{seconds:.{decimals}f}"
 
 
 def _provenance(sources: list[tuple[str, Path]], columns: list[tuple[str, dict]], doc: Path) -> str:
