@@ -34,6 +34,7 @@ __all__ = [
     "models_dir",
     "save_model",
     "load_model",
+    "refused_load_reason",
     "resolve_model",
     "list_models",
     "read_model_json",
@@ -170,13 +171,28 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
     return LoadedModel(path=folder, meta=meta, networks=networks, device=device)
 
 
+def refused_load_reason(exc: BaseException) -> str:
+    """One line on why ``torch.load(..., weights_only=True)`` refused a file.
+
+    Torch's own message spans many lines (with terminal escapes) and advises ``weights_only=False``,
+    which would run whatever code the file holds; the CLI and the panels show one line instead.
+
+    Args:
+        exc: what ``torch.load`` raised.
+
+    Returns:
+        The reason, naming the exception type, for a message such as "cannot load ... {path}: {reason}".
+    """
+    return f"damaged, or holds more than plain tensors ({type(exc).__name__}); refused without running it"
+
+
 def _load_weights(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"model weights {path} are missing")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or unsafe file
-        raise ModelError(f"cannot load model weights {path}: {type(exc).__name__}: {exc}") from None
+        raise ModelError(f"cannot load model weights {path}: {refused_load_reason(exc)}") from None
     if not isinstance(state, dict):
         raise ModelError(f"model weights {path} are not a mapping of network name to tensors")
     return state

@@ -19,7 +19,7 @@ import torch
 
 from ..atomic import atomic_path, atomic_write_json
 from ..errors import ModelError
-from ..model_store import PRETRAINED_DIR, home_dir, software_versions
+from ..model_store import PRETRAINED_DIR, home_dir, refused_load_reason, software_versions
 from .agent import QNetwork, QNetworkConfig
 from .environment import LEVEL_KINDS
 
@@ -134,7 +134,7 @@ def _load_weights(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt or unsafe file
-        raise ModelError(f"cannot load locator weights {path}: {type(exc).__name__}") from None
+        raise ModelError(f"cannot load locator weights {path}: {refused_load_reason(exc)}") from None
     if not isinstance(state, dict) or not isinstance(state.get("q_network"), dict):
         raise ModelError(f"locator weights {path} hold no 'q_network' state dict")
     return state["q_network"]
