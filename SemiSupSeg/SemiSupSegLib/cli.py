@@ -7,35 +7,86 @@ as one line naming the problem, with exit status 2; a cancelled training exits w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
-from .errors import InputError, SemiSupSegError, TrainingCancelled
+from .errors import InputError, SemiSupSegError, TrainingCancelled, checked_number
 
 DEMO_MODEL = "phantom-catheter"
 DEMO_LOCATOR = "phantom-locator"
 
 
 # --- argument helpers ---------------------------------------------------------------------------
-def _triple(kind: type, what: str):
-    def parse(text: str):
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors reach :func:`main` as one line (exit status 2), not usage text and an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]
+        raise InputError(f"{command + ': ' if command else ''}{message} (see '{self.prog} --help')")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, **open_bounds: bool):
+    """An argparse ``type``: a number checked by :func:`checked_number` (argparse names the flag)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            return checked_number("", text, kind, low, high, **open_bounds)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+_COUNT = _number(int, 1)  # steps, batch, sizes, intervals, samples
+_AMOUNT = _number(int, 0)  # numbers of cases, seeds, voxels of translation
+_POSITIVE = _number(float, 0.0, low_open=True)  # learning rates, widths, spacings
+_PROBABILITY = _number(float, 0.0, 1.0)
+
+
+def _triple(kind: type, order: str, positive: bool = False):
+    """An argparse ``type``: 3 numbers ``a,b,c`` in ``order`` (one integer stands for all 3)."""
+    noun = ("positive " if positive else "") + ("integers" if kind is int else "numbers")
+
+    def parse(text: str) -> tuple:
         parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
         if len(parts) == 1 and kind is int:
             parts = parts * 3
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"needs 3 values ({order}); got {text!r}")
         try:
-            values = tuple(kind(p) for p in parts)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be numbers like 1,2,3; got {text!r}") from None
-        if len(values) != 3:
-            raise argparse.ArgumentTypeError(f"{what} needs 3 values (x,y,z); got {text!r}")
-        return values
+            return tuple(checked_number("", p, kind, 0 if positive else None, low_open=True) for p in parts)
+        except InputError:
+            raise argparse.ArgumentTypeError(f"must be 3 {noun} ({order}); got {text!r}") from None
 
     return parse
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _device(text: str) -> str:
+    """An argparse ``type``: a device :func:`~SemiSupSegLib.training.resolve_device` understands."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N; got {text!r}")
+    return text
+
+
+def _image_output(text: str) -> str:
+    """An argparse ``type``: a path to write an image to, refused before any work if its format is unknown."""
+    from .imageio import SUPPORTED_EXTENSIONS, image_extension
+
+    if not image_extension(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no image file; end it with {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    return text
 
 
 def _method_option(text: str) -> tuple[str, object]:
@@ -46,6 +97,30 @@ def _method_option(text: str) -> tuple[str, object]:
         return key.replace("-", "_"), json.loads(value)
     except json.JSONDecodeError:
         return key.replace("-", "_"), value
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(checked_number("", p, int, 1) for p in text.replace(";", ",").split(",") if p.strip())
+    except InputError:
+        raise argparse.ArgumentTypeError(f"must be positive integers like 9,3,1; got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("needs at least one step size")
+    return values
+
+
+def _shown(value: object) -> str:
+    """A config value as the command line writes it (tuples as ``1,2,3``)."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_shown(v) for v in value)
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _default(config_cls: type, field: str) -> str:
+    """``default X`` for a help text, read from the config dataclass (the one home of the defaults)."""
+    return f"default {_shown(getattr(config_cls, field))}"
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -71,109 +146,177 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
-    from .model_store import models_dir
-    from .training import TrainConfig
+# Config fields whose flag is not ``--`` + the field's name.
+_FLAGS = {
+    "patch_size": "--patch",
+    "augment": "--no-augment",
+    "method_options": "--option",
+    "double": "--no-double",
+    "dueling": "--no-dueling",
+    "keep_best": "--keep-last",
+}
 
-    out = args.out or str(models_dir() / (args.name or f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    return TrainConfig(
-        data=args.data,
-        out=out,
-        method=args.method,
-        steps=args.steps,
-        batch=args.batch,
-        patch_size=args.patch,
-        width=args.width,
-        dropout=args.dropout,
-        lr=args.lr,
-        seed=args.seed,
-        val_cases=args.val_cases,
-        val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
-        target_spacing=args.target_spacing,
-        translation=args.translation,
-        augment=not args.no_augment,
-        device=args.device,
-        precision=args.precision,
-        init=args.init,
-        name=args.name,
-        description=args.description,
-        method_options=dict(args.option or []),
+
+def _given(fields: dict[str, object]) -> dict[str, object]:
+    """The config fields given on the command line: argparse leaves every other one ``None``."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _unless(flag: bool | None) -> bool | None:
+    """The config value of a ``--no-X`` flag: False when given, None (the config's default) when not."""
+    return None if flag is None else not flag
+
+
+def _train_fields(args: argparse.Namespace) -> dict[str, object]:
+    return _given(
+        {
+            "data": args.data,
+            "method": args.method,
+            "steps": args.steps,
+            "batch": args.batch,
+            "patch_size": args.patch,
+            "width": args.width,
+            "dropout": args.dropout,
+            "lr": args.lr,
+            "seed": args.seed,
+            "val_cases": args.val_cases,
+            "val_every": args.val_every,
+            "checkpoint_every": args.checkpoint_every,
+            "target_spacing": args.target_spacing,
+            "translation": args.translation,
+            "augment": _unless(args.no_augment),
+            "device": args.device,
+            "precision": args.precision,
+            "init": args.init,
+            "name": args.name,
+            "description": args.description,
+            "method_options": dict(args.option) if args.option else None,
+        }
     )
 
 
-def _run_trainer(args: argparse.Namespace, trainer_cls, make_config, what: str, data_hint: str) -> int:
-    """Shared by ``train`` and ``train-locator``: new run or ``--resume``, errors as protocol events."""
-    from .progress import make_reporter
+def _same(field: str, given: object, stored: object) -> bool:
+    if field == "data":  # paths: the same file however it is written
+        as_list = lambda v: [v] if isinstance(v, str) else list(v)  # noqa: E731
+        return [Path(p).resolve() for p in as_list(given)] == [Path(p).resolve() for p in as_list(stored)]
+    return json.loads(json.dumps(given)) == json.loads(json.dumps(stored))
 
-    reporter = make_reporter(args.progress)
-    if args.resume:
-        if not args.out:
-            raise InputError("--resume needs --out, the folder of the interrupted run")
-        config = trainer_cls.stored_config(args.out)
-    else:
-        if not args.data:
-            raise InputError(f"{args.command} needs --data {data_hint}")
-        config = make_config(args)
-    try:
-        folder = trainer_cls(config, reporter).run(resume=args.resume)
-    except SemiSupSegError as exc:
-        if not isinstance(exc, TrainingCancelled):
-            reporter.emit("error", message=str(exc))
-        raise
+
+def _resume_folder(args: argparse.Namespace) -> str:
+    if not args.out:
+        raise InputError("--resume needs --out, the folder of the interrupted run")
+    return args.out
+
+
+def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object]):
+    """The stored configuration of the run in ``--out`` with ``--steps`` applied.
+
+    ``--steps`` extends or shortens the run (not below the step the checkpoint reached); any other flag
+    given with a value other than the stored one is refused, naming it.
+    """
+    from .checkpoints import checkpoint_path, read_checkpoint
+
+    differing = [
+        f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {_shown(v)} (stored: {_shown(getattr(stored, k))})"
+        for k, v in fields.items()
+        if k != "steps" and not _same(k, v, getattr(stored, k))
+    ]
+    if differing:
+        raise InputError(
+            f"--resume continues the run in {args.out} as it was configured; only --steps may change, "
+            f"but {', '.join(differing)} differ from it"
+        )
+    steps = fields.get("steps", stored.steps)
+    if steps < stored.steps:
+        done = int(read_checkpoint(checkpoint_path(args.out))["step"])
+        if steps < done:
+            raise InputError(
+                f"--steps {steps} is below step {done}, where the checkpoint in {args.out} stands"
+            )
+    return dataclasses.replace(stored, steps=steps, out=str(args.out))
+
+
+def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
+    """A new run's configuration: the flags given, the dataclass's defaults for the others."""
+    from .dataset import labelled_cases, load_dataset
+    from .model_store import models_dir
+    from .training import TrainConfig
+
+    if "data" not in fields:
+        raise InputError("train needs --data dataset.json")
+    labelled_cases(load_dataset(fields["data"], validate=False), "training", "to train on")
+    method = fields.get("method", TrainConfig.method)
+    out = args.out or str(models_dir() / (args.name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return TrainConfig(out=out, **fields)
+
+
+def _run_trainer(args: argparse.Namespace, trainer_cls, config, what: str) -> int:
+    """Shared by ``train`` and ``train-locator``: run a checked configuration, new or resumed."""
+    folder = trainer_cls(config, args.reporter).run(resume=args.resume)
     if args.progress != "json":
         print(f"{what} written to {folder}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import Trainer
+    from .methods import get_method
+    from .training import TrainConfig, Trainer
 
-    return _run_trainer(args, Trainer, _train_config, "model", "dataset.json")
+    fields = _train_fields(args)
+    stored = Trainer.stored_config(_resume_folder(args)) if args.resume else None
+    method = get_method(fields.get("method") or (stored.method if stored else TrainConfig.method))
+    if "method_options" in fields:
+        fields["method_options"] = method.parse_options(fields["method_options"])
+    config = _resumed_config(args, stored, fields) if stored else _new_train_config(args, fields)
+    return _run_trainer(args, Trainer, config, "model")
 
 
-def _locator_config(args: argparse.Namespace):
-    from .locator.store import locators_dir
-    from .locator.train import LocatorTrainConfig
-
-    out = args.out or str(locators_dir() / (args.name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}"))
-    return LocatorTrainConfig(
-        data=list(args.data),
-        out=out,
-        steps=args.steps,
-        agents=args.agents,
-        batch=args.batch,
-        lr=args.lr,
-        gamma=args.gamma,
-        double=not args.no_double,
-        augment=not args.no_augment,
-        dueling=not args.no_dueling,
-        all_actions=args.all_actions,
-        keep_best=not args.keep_last,
-        grid=args.grid,
-        crop=args.crop,
-        scales=tuple(args.scales),
-        levels=args.levels,
-        context=args.context,
-        width=args.width,
-        memory=args.memory,
-        starts=args.starts,
-        val_cases=args.val_cases,
-        val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        device=args.device,
-        name=args.name,
-        description=args.description,
+def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
+    return _given(
+        {
+            "data": list(args.data) if args.data else None,
+            "steps": args.steps,
+            "agents": args.agents,
+            "batch": args.batch,
+            "lr": args.lr,
+            "gamma": args.gamma,
+            "double": _unless(args.no_double),
+            "augment": _unless(args.no_augment),
+            "dueling": _unless(args.no_dueling),
+            "all_actions": args.all_actions,
+            "keep_best": _unless(args.keep_last),
+            "grid": args.grid,
+            "crop": args.crop,
+            "scales": args.scales,
+            "levels": args.levels,
+            "context": args.context,
+            "width": args.width,
+            "memory": args.memory,
+            "starts": args.starts,
+            "val_cases": args.val_cases,
+            "val_every": args.val_every,
+            "checkpoint_every": args.checkpoint_every,
+            "seed": args.seed,
+            "device": args.device,
+            "name": args.name,
+            "description": args.description,
+        }
     )
 
 
 def cmd_train_locator(args: argparse.Namespace) -> int:
-    from .locator.train import LocatorTrainer
+    from .locator.store import locators_dir
+    from .locator.train import LocatorTrainConfig, LocatorTrainer
 
-    return _run_trainer(
-        args, LocatorTrainer, _locator_config, "locator", "dataset.json (cases with a 'center')"
-    )
+    fields = _locator_fields(args)
+    if args.resume:
+        config = _resumed_config(args, LocatorTrainer.stored_config(_resume_folder(args)), fields)
+    elif "data" not in fields:
+        raise InputError("train-locator needs --data dataset.json (cases with a 'center')")
+    else:
+        name = args.name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = LocatorTrainConfig(out=args.out or str(locators_dir() / name), **fields)
+    return _run_trainer(args, LocatorTrainer, config, "locator")
 
 
 def cmd_locate(args: argparse.Namespace) -> int:
@@ -334,17 +477,14 @@ def _print_summary(summary: dict, keys: Sequence[str]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_json
-    from .dataset import load_dataset
+    from .dataset import labelled_cases, load_dataset
     from .metrics import summarize
     from .model_store import load_model
     from .training import resolve_device
 
-    dataset = load_dataset(args.data)
-    cases = [c for c in getattr(dataset, args.section) if c.label is not None]
-    if not cases:
-        raise InputError(f"{args.data} has no labelled cases in its '{args.section}' section to evaluate")
     if args.locator and args.no_center:
         raise InputError("--no-center (sliding window) and --locator (located centre) exclude each other")
+    cases = labelled_cases(load_dataset(args.data), args.section, "to evaluate")
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     locator = _load_locator(args.locator, device) if args.locator else None
@@ -446,72 +586,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write synthetic 3D-ultrasound instrument volumes and a dataset.json")
     p.add_argument("out", help="output folder")
-    p.add_argument("--cases", type=int, default=4, help="labelled training cases (default 4)")
-    p.add_argument("--unlabeled", type=int, default=0, help="unlabelled cases (default 0)")
-    p.add_argument("--test", type=int, default=0, help="labelled test cases (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=_AMOUNT, default=4, help="labelled training cases (default 4)")
+    p.add_argument("--unlabeled", type=_AMOUNT, default=0, help="unlabelled cases (default 0)")
+    p.add_argument("--test", type=_AMOUNT, default=0, help="labelled test cases (default 0)")
+    p.add_argument("--seed", type=_AMOUNT, default=0)
     p.add_argument("--kind", choices=("catheter", "guidewire"), default="catheter")
-    p.add_argument("--size", type=int, default=160, help="voxels per axis (default 160)")
+    p.add_argument("--size", type=_COUNT, default=160, help="voxels per axis (default 160)")
     p.add_argument(
-        "--spacing", type=float, default=None, help="mm per voxel (default: random 0.4-0.7 per case)"
+        "--spacing", type=_POSITIVE, default=None, help="mm per voxel (default: random 0.4-0.7 per case)"
     )
     p.set_defaults(func=cmd_phantom)
 
 
+TRAIN_HELP = """Train a segmentation model, or continue an interrupted run with --resume.
+
+--resume continues the run in --out exactly as it was configured (read from its checkpoint). --steps
+may change its length: more steps extend it, fewer shorten it, but not below the step its checkpoint
+reached; schedules that scale with the run length (learning-rate decay, ramps without an explicit
+option) follow the new length from there on. Any other flag given with --resume must repeat the stored
+value: a different one is refused and named.
+"""
+
+
 def _add_train(sub) -> None:
     from .methods import METHODS
+    from .training import TrainConfig as C
 
-    p = sub.add_parser("train", help="train or fine-tune a segmentation model")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a segmentation model",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", help="dataset.json (training + unlabeled sections)")
-    p.add_argument("--method", default="supervised", choices=sorted(METHODS))
+    p.add_argument("--method", choices=sorted(METHODS), help=_default(C, "method"))
     p.add_argument("--out", help="model folder to write (default: the models folder / NAME)")
     p.add_argument("--name", help="model name (default: the folder name)")
-    p.add_argument("--description", default="")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=2, help="labelled patches per step (as many unlabelled)")
-    p.add_argument("--patch", type=_triple(int, "--patch"), default=(48, 48, 48), help="patch size z,y,x")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (1.0 = paper)")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-cases", type=int, default=None, help="labelled cases held out (default 20%%)")
-    p.add_argument("--val-every", type=int, default=200)
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--description")
+    p.add_argument("--steps", type=_COUNT, help=f"training steps ({_default(C, 'steps')})")
+    p.add_argument(
+        "--batch", type=_COUNT, help=f"labelled patches per step, as many unlabelled ({_default(C, 'batch')})"
+    )
+    p.add_argument(
+        "--patch",
+        type=_triple(int, "z,y,x", positive=True),
+        help=f"patch size z,y,x ({_default(C, 'patch_size')})",
+    )
+    p.add_argument(
+        "--width", type=_POSITIVE, help=f"channel width multiplier, 1.0 = paper ({_default(C, 'width')})"
+    )
+    p.add_argument("--dropout", type=_number(float, 0.0, 1.0, high_open=True), help=_default(C, "dropout"))
+    p.add_argument("--lr", type=_POSITIVE, help="learning rate (default: the method's)")
+    p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
+    p.add_argument("--val-cases", type=_AMOUNT, help="labelled cases held out (default 20%%)")
+    p.add_argument("--val-every", type=_COUNT, help=_default(C, "val_every"))
+    p.add_argument("--checkpoint-every", type=_COUNT, help=_default(C, "checkpoint_every"))
     p.add_argument(
         "--target-spacing",
-        type=_triple(float, "--target-spacing"),
-        default=None,
+        type=_triple(float, "x,y,z", positive=True),
         help="x,y,z mm (default: median spacing of the training images)",
     )
-    p.add_argument("--translation", type=int, default=32, help="random shift of patches around the centre")
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument(
+        "--translation",
+        type=_AMOUNT,
+        help=f"random shift of patches around the centre, voxels ({_default(C, 'translation')})",
+    )
+    p.add_argument("--no-augment", action="store_true", default=None)
+    p.add_argument("--device", type=_device, help=f"auto, cpu, cuda ({_default(C, 'device')})")
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16", "auto"),
-        default="fp32",
-        help="bf16 autocast halves a CPU step on CPUs with AVX512-BF16/AMX (default fp32)",
+        help=f"bf16 autocast halves a CPU step on CPUs with AVX512-BF16/AMX ({_default(C, 'precision')})",
     )
     p.add_argument("--init", help="fine-tune from this model (folder or name)")
     p.add_argument("--option", type=_method_option, action="append", help="method option KEY=VALUE")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (only --steps may change)",
+    )
     p.add_argument("--progress", choices=("human", "json", "none"), default="human")
     p.set_defaults(func=cmd_train)
 
 
-def _scales(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(p) for p in text.replace(";", ",").split(",") if p.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales must be integers like 9,3,1; got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("--scales needs at least one step size")
-    return values
-
-
 def _add_train_locator(sub) -> None:
+    from .locator.train import LocatorTrainConfig as C
+
     p = sub.add_parser(
-        "train-locator", help="train a DQN locator of the instrument centre from centre points"
+        "train-locator",
+        help="train a DQN locator of the instrument centre from centre points",
+        description="Train a DQN locator. --resume works as for train: only --steps may change.",
     )
     p.add_argument(
         "--data",
@@ -520,44 +684,70 @@ def _add_train_locator(sub) -> None:
     )
     p.add_argument("--out", help="locator folder to write (default: the locators folder / NAME)")
     p.add_argument("--name", help="locator name (default: the folder name)")
-    p.add_argument("--description", default="")
-    p.add_argument("--steps", type=int, default=8000, help="agent steps, one replay update each (8000)")
-    p.add_argument("--agents", type=int, default=8, help="episodes run in parallel (8)")
-    p.add_argument("--batch", type=int, default=32, help="replay batch (32)")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--gamma", type=float, default=0.9)
-    p.add_argument("--no-double", action="store_true", help="plain DQN targets instead of Double DQN")
-    p.add_argument("--no-augment", action="store_true", help="no mirroring of the volumes in x and y")
-    p.add_argument("--no-dueling", action="store_true", help="one Q head instead of value + advantage heads")
+    p.add_argument("--description")
+    p.add_argument(
+        "--steps", type=_COUNT, help=f"agent steps, one replay update each ({_default(C, 'steps')})"
+    )
+    p.add_argument("--agents", type=_COUNT, help=f"episodes run in parallel ({_default(C, 'agents')})")
+    p.add_argument("--batch", type=_COUNT, help=f"replay batch ({_default(C, 'batch')})")
+    p.add_argument("--lr", type=_POSITIVE, help=_default(C, "lr"))
+    p.add_argument("--gamma", type=_PROBABILITY, help=_default(C, "gamma"))
+    p.add_argument(
+        "--no-double", action="store_true", default=None, help="plain DQN targets instead of Double DQN"
+    )
+    p.add_argument(
+        "--no-augment", action="store_true", default=None, help="no mirroring of the volumes in x and y"
+    )
+    p.add_argument(
+        "--no-dueling",
+        action="store_true",
+        default=None,
+        help="one Q head instead of value + advantage heads",
+    )
     p.add_argument(
         "--all-actions",
         action="store_true",
+        default=None,
         help="TD targets for all 6 actions of each replayed state, not only the action taken (2x per step)",
     )
     p.add_argument(
-        "--keep-last", action="store_true", help="write the last network, not the one of the best validation"
+        "--keep-last",
+        action="store_true",
+        default=None,
+        help="write the last network, not the one of the best validation",
     )
-    p.add_argument("--grid", type=int, default=96, help="volumes are resampled to GRID^3 (96)")
-    p.add_argument("--crop", type=int, default=21, help="odd crop size in voxels (21)")
-    p.add_argument("--scales", type=_scales, default=(9, 3, 1), help="search steps, coarse to fine (9,3,1)")
+    p.add_argument("--grid", type=_COUNT, help=f"volumes are resampled to GRID^3 ({_default(C, 'grid')})")
+    p.add_argument("--crop", type=_COUNT, help=f"odd crop size in voxels ({_default(C, 'crop')})")
+    p.add_argument("--scales", type=_scales, help=f"search steps, coarse to fine ({_default(C, 'scales')})")
     p.add_argument(
         "--levels",
         choices=("box", "peak"),
-        default="box",
-        help="what coarse crops sample: box-filtered volume, or running max of a band-pass (box)",
+        help=f"what coarse crops sample: box-filtered volume, or running max of a band-pass "
+        f"({_default(C, 'levels')})",
     )
     p.add_argument(
-        "--context", action="store_true", help="add the crop one scale coarser to the state (1 more channel)"
+        "--context",
+        action="store_true",
+        default=None,
+        help="add the crop one scale coarser to the state (1 more channel)",
     )
-    p.add_argument("--width", type=int, default=16, help="channels of the first convolution (16)")
-    p.add_argument("--memory", type=int, default=100_000, help="replay capacity in transitions")
-    p.add_argument("--starts", type=int, default=9, help="agents per volume at inference, 1-9 (9)")
-    p.add_argument("--val-cases", type=int, default=None, help="cases held out (default 10%%)")
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--checkpoint-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--width", type=_COUNT, help=f"channels of the first convolution ({_default(C, 'width')})")
+    p.add_argument("--memory", type=_COUNT, help=f"replay capacity in transitions ({_default(C, 'memory')})")
+    p.add_argument(
+        "--starts",
+        type=_number(int, 1, 9),
+        help=f"agents per volume at inference, 1-9 ({_default(C, 'starts')})",
+    )
+    p.add_argument("--val-cases", type=_AMOUNT, help="cases held out (default 10%%)")
+    p.add_argument("--val-every", type=_COUNT, help=_default(C, "val_every"))
+    p.add_argument("--checkpoint-every", type=_COUNT, help=_default(C, "checkpoint_every"))
+    p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
+    p.add_argument("--device", type=_device, help=f"auto, cpu, cuda ({_default(C, 'device')})")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (only --steps may change)",
+    )
     p.add_argument("--progress", choices=("human", "json", "none"), default="human")
     p.set_defaults(func=cmd_train_locator)
 
@@ -566,9 +756,11 @@ def _add_locate(sub) -> None:
     p = sub.add_parser("locate", help="find the instrument centre point with a DQN locator")
     p.add_argument("--locator", required=True, help="locator folder or name")
     p.add_argument("--input", required=True)
-    p.add_argument("--starts", type=int, default=None, help="agents (1-9; default: the locator's)")
+    p.add_argument(
+        "--starts", type=_number(int, 1, 9), default=None, help="agents (1-9; default: the locator's)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.set_defaults(func=cmd_locate)
 
 
@@ -576,16 +768,20 @@ def _add_segment(sub) -> None:
     p = sub.add_parser("segment", help="segment the instrument in one volume")
     p.add_argument("--model", required=True, help="model folder or name")
     p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True, help="label file to write (.nrrd, .nii.gz, .mha)")
-    p.add_argument("--center", type=_triple(float, "--center"), help="instrument centre x,y,z in LPS mm")
+    p.add_argument(
+        "--output", required=True, type=_image_output, help="label file to write (.nrrd, .nii.gz, .mha)"
+    )
+    p.add_argument("--center", type=_triple(float, "x,y,z"), help="instrument centre x,y,z in LPS mm")
     p.add_argument("--ras", action="store_true", help="--center is in RAS (Slicer) instead of LPS")
     p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
-    p.add_argument("--probability", help="also write the foreground probability")
-    p.add_argument("--uncertainty", help="also write the Monte-Carlo uncertainty (entropy)")
-    p.add_argument("--mc-samples", type=int, default=8)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--probability", type=_image_output, help="also write the foreground probability")
+    p.add_argument(
+        "--uncertainty", type=_image_output, help="also write the Monte-Carlo uncertainty (entropy)"
+    )
+    p.add_argument("--mc-samples", type=_COUNT, default=8, help="Monte-Carlo passes for --uncertainty (8)")
+    p.add_argument("--threshold", type=_PROBABILITY, default=0.5)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.set_defaults(func=cmd_segment)
 
 
@@ -601,26 +797,28 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", help="write per-case metrics and the summary here")
     p.add_argument("--predictions", help="write the segmentations into this folder")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.set_defaults(func=cmd_evaluate)
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="segment fresh phantom volumes with the shipped model")
     p.add_argument("--out", default="semisupseg-demo")
-    p.add_argument("--cases", type=int, default=4)
-    p.add_argument("--seed", type=int, default=2026, help="phantom seed (the shipped model never saw 2026)")
-    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--cases", type=_COUNT, default=4)
+    p.add_argument(
+        "--seed", type=_AMOUNT, default=2026, help="phantom seed (the shipped model never saw 2026)"
+    )
+    p.add_argument("--size", type=_COUNT, default=160)
     p.add_argument("--model", default=DEMO_MODEL)
     p.add_argument("--locator", help=f"locator finding the centres (default: the shipped '{DEMO_LOCATOR}')")
     p.add_argument("--true-center", action="store_true", help="use the phantoms' true centres, no locator")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.set_defaults(func=cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semisupseg", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="semisupseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (
@@ -662,20 +860,54 @@ def _glue_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _asks_json_progress(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--progress json``: read by hand when parsing it failed."""
+    return any(
+        token == "--progress=json" or (token == "--progress" and following == "json")
+        for token, following in zip(argv, [*argv[1:], ""], strict=True)
+    )
+
+
+def _report_error(message: str, args: argparse.Namespace | None, argv: Sequence[str]) -> None:
+    """One line naming the problem: an ``error`` event on stdout with ``--progress json``, else on stderr."""
+    from .progress import JsonLinesReporter
+
+    if args is not None and getattr(args, "progress", None) == "json":
+        args.reporter.emit("error", message=message)
+    elif args is None and _asks_json_progress(argv):
+        JsonLinesReporter().emit("error", message=message)
+    else:
+        print(f"semisupseg: error: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(_glue_negative_values(argv))
+    """Run one command; returns the exit status (0, 2 on bad input, 130 when cancelled).
+
+    Every bad input, from the command line to the data, is reported once, as one line that names it
+    (with ``--progress json``, as the protocol's ``error`` event on stdout) and gives status 2.
+    """
+    from .progress import make_reporter
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
+        args = build_parser().parse_args(_glue_negative_values(argv))
+        if hasattr(args, "progress"):
+            args.reporter = make_reporter(args.progress)
         return args.func(args)
     except TrainingCancelled as exc:
         print(f"semisupseg: {exc}", file=sys.stderr)
         return 130
     except SemiSupSegError as exc:
-        print(f"semisupseg: error: {exc}", file=sys.stderr)
+        _report_error(str(exc), args, argv)
         return 2
     except KeyboardInterrupt:
         print("semisupseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if getattr(args, "progress", None) == "json":  # a bug: the reader still learns that the run ended
+            args.reporter.emit("error", message=f"internal error, {type(exc).__name__}: {exc}")
+        raise
 
 
 if __name__ == "__main__":
