@@ -354,3 +354,20 @@ def test_resume_of_a_locator_refuses_a_different_crop(tmp_path, capsys):
     write_checkpoint(checkpoint_path(out), {"step": 3, "config": config.to_json()}, Reporter())
     line = one_error_line(*run(["train-locator", "--out", out, "--resume", "--crop", "31"], capsys))
     assert "--crop 31 (stored: 21)" in line
+
+
+# ----------------------------------------------------------------------------------- the README
+
+
+def test_readme_quick_start_centre_is_the_phantom_case_centre():
+    from SemiSupSegLib.phantom import case_seed, generate_phantom
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quick_start = readme.split("## Quick start on the command line", 1)[1].split("## ", 1)[0]
+    phantom = re.search(r"semisupseg phantom \S+ .*--seed (\d+)", quick_start)
+    case = re.search(r"--input \S+/phantom_catheter_t(\d{3})\.nii\.gz", quick_start)
+    center = re.search(r"--center (\S+)", quick_start)
+    assert phantom and case and center, quick_start
+    true = generate_phantom(160, "catheter", case_seed(int(phantom[1]), int(case[1]), "test")).center
+    given = [float(v) for v in center[1].split(",")]
+    np.testing.assert_allclose(given, true, atol=0.05 + 1e-9)  # written to 0.1 mm
