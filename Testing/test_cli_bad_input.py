@@ -236,10 +236,10 @@ def test_huge_spacing_is_refused_with_the_size_it_would_need(random_model, tmp_p
 def test_check_resampled_size_gives_the_size_resampling_makes():
     image = sitk.Image(12, 10, 8, sitk.sitkFloat32)
     image.SetSpacing((1.0, 0.5, 2.0))
-    assert check_resampled_size(image, (0.5, 0.5, 0.5)) == resample_to_spacing(image, (0.5,) * 3).GetSize()
-    assert check_resampled_size(image, (0.5, 0.5, 0.5)) == (24, 10, 32)
-    with pytest.raises(InputError, match=r"24x10x32 = 7\.68e\+03 voxels \(3\.07e-05 GB"):
-        check_resampled_size(image, (0.5, 0.5, 0.5), limit_voxels=7679)
+    target = (0.5, 0.25, 1.0)  # x, y, z
+    assert check_resampled_size(image, target) == resample_to_spacing(image, target).GetSize() == (24, 20, 16)
+    with pytest.raises(InputError, match=r"24x20x16 = 7\.68e\+03 voxels \(3\.07e-05 GB"):
+        check_resampled_size(image, target, limit_voxels=7679)
 
 
 # ----------------------------------------------------------------------------------- datasets
@@ -301,9 +301,10 @@ def test_every_error_is_one_json_event_in_json_mode(tmp_path, capsys):
 
 @pytest.fixture
 def interrupted(tmp_path) -> Path:
-    """A run folder whose checkpoint stands at step 6 of 10 (only the configuration is read from it)."""
+    """A run folder, moved since it was written, whose checkpoint stands at step 6 of 10 (only the
+    configuration is read from it)."""
     out = tmp_path / "run"
-    config = training.TrainConfig(data=str(tmp_path / "dataset.json"), out=str(out), steps=10, batch=2)
+    config = training.TrainConfig(data=str(tmp_path / "dataset.json"), out="moved/run", steps=10, batch=2)
     write_checkpoint(checkpoint_path(out), {"step": 6, "config": config.to_json()}, Reporter())
     return out
 
