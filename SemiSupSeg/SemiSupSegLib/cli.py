@@ -168,6 +168,7 @@ def _unless(flag: bool | None) -> bool | None:
 
 
 def _train_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~SemiSupSegLib.training.TrainConfig` fields given on the command line."""
     return _given(
         {
             "data": args.data,
@@ -196,6 +197,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _same(field: str, given: object, stored: object) -> bool:
+    """Whether a flag's value equals the stored configuration's (tuples and lists alike)."""
     if field == "data":  # paths: the same file however it is written
         as_list = lambda v: [v] if isinstance(v, str) else list(v)  # noqa: E731
         return [Path(p).resolve() for p in as_list(given)] == [Path(p).resolve() for p in as_list(stored)]
@@ -272,6 +274,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~SemiSupSegLib.locator.train.LocatorTrainConfig` fields given on the command line."""
     return _given(
         {
             "data": list(args.data) if args.data else None,
