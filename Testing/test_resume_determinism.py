@@ -1,6 +1,6 @@
 """Resume is bitwise: a run killed or stopped and then resumed ends exactly as the run that never stopped.
 
-Every method runs at tiny size (width 0.0625, non-cubic 16x16x20 patches, batch 1, 6 steps) on the CPU,
+Every method runs at tiny size (width 0.0625, non-cubic 16x16x20 patches, batch 1, 5 steps) on the CPU,
 with MONAI augmentation, dropout, input noise, EMA teachers and MC passes all drawing random numbers.
 A resume that forgets any of them (network weights, optimiser moments, a random stream) changes the
 final weights. The locator's resume is checked against its checkpoint.
@@ -27,7 +27,7 @@ from SemiSupSegLib.patches import PatchSampler, PreparedCase
 from SemiSupSegLib.progress import Reporter
 from SemiSupSegLib.training import TrainConfig, Trainer
 
-STEPS = 6
+STEPS = 5
 OPTIONS = {"supervised": {}, "mean-teacher": {}, "ua-mt": {"mc_samples": 2}, "dual-unet": {"mc_samples": 2}}
 # Where each method's run is killed, and where the supervised run is stopped: seeded random choices.
 KILL_AT = {method: random.Random(f"kill {method}").randrange(1, STEPS) for method in OPTIONS}

@@ -55,14 +55,26 @@ def read_checkpoint(path: Path, device: str | torch.device = "cpu") -> dict:
     return state
 
 
-def legacy_state_to_json(generator: np.random.RandomState | None = None) -> dict:
-    """The state of a numpy ``RandomState`` (default: numpy's global one) as plain JSON values."""
+def numpy_state_to_json(generator: np.random.RandomState | None = None) -> dict:
+    """The state of a numpy ``RandomState`` as plain JSON values (the 624-word key as a list).
+
+    Args:
+        generator: the ``RandomState`` (MONAI's transforms keep one in ``.R``); None: numpy's global one.
+
+    Returns:
+        ``RandomState.get_state(legacy=False)`` with the key array as a list of ints.
+    """
     state = generator.get_state(legacy=False) if generator is not None else np.random.get_state(legacy=False)
     return {**state, "state": {"key": state["state"]["key"].tolist(), "pos": int(state["state"]["pos"])}}
 
 
-def legacy_state_from_json(state: dict, generator: np.random.RandomState | None = None) -> None:
-    """Set a numpy ``RandomState`` (default: numpy's global one) to a :func:`legacy_state_to_json` state."""
+def numpy_state_from_json(state: dict, generator: np.random.RandomState | None = None) -> None:
+    """Set a numpy ``RandomState`` to a state from :func:`numpy_state_to_json`.
+
+    Args:
+        state: the JSON values.
+        generator: the ``RandomState`` to set; None: numpy's global one.
+    """
     (generator.set_state if generator is not None else np.random.set_state)(state)
 
 
@@ -78,10 +90,11 @@ def capture_random_state(extra: dict | None = None) -> dict:
     """
     version, internal, gauss = random.getstate()
     python = [version, list(internal), gauss]
-    plain = {"numpy": legacy_state_to_json(), "python": python, "extra": extra or {}}
+    plain = {"numpy": numpy_state_to_json(), "python": python, "extra": extra or {}}
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # CUDA's generators are only touched once CUDA is in use; before that they still hold their seed.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "json": json.dumps(plain),
     }
 
@@ -100,7 +113,7 @@ def restore_random_state(state: dict) -> dict:
     cuda = [s.cpu() for s in state.get("cuda", [])]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-    legacy_state_from_json(plain["numpy"])
+    numpy_state_from_json(plain["numpy"])
     version, internal, gauss = plain["python"]
     random.setstate((version, tuple(internal), gauss))
     return plain["extra"]

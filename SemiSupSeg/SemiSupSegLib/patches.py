@@ -25,7 +25,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from .checkpoints import legacy_state_from_json, legacy_state_to_json
+from .checkpoints import numpy_state_from_json, numpy_state_to_json
 from .preprocessing import Preprocessing
 
 
@@ -147,7 +147,7 @@ class PatchSampler:
         """
         return {
             "rng": self.rng.bit_generator.state,
-            "augment": [legacy_state_to_json(r) for r in _random_states(self.augment)],
+            "augment": [numpy_state_to_json(r) for r in _random_states(self.augment)],
         }
 
     def set_random_state(self, state: dict) -> None:
@@ -161,7 +161,7 @@ class PatchSampler:
             raise ValueError(f"{len(state['augment'])} augmentation states for {len(generators)} transforms")
         self.rng.bit_generator.state = state["rng"]
         for generator, saved in zip(generators, state["augment"], strict=True):
-            legacy_state_from_json(saved, generator)
+            numpy_state_from_json(saved, generator)
 
     def _position(self, case: PreparedCase, allow_random: bool) -> np.ndarray:
         if case.center_zyx is None or (allow_random and self.rng.random() < self.random_fraction):
