@@ -287,6 +287,7 @@ def test_every_error_is_one_json_event_in_json_mode(tmp_path, capsys):
         "is corrupt": ["train", "--out", tmp_path / "corrupt", "--resume"],
         "argument --steps": ["train", "--steps", "0"],
         "method option lr": ["train", "--data", "d.json", "--option", "lr=abc"],
+        "model 'nothing' not found": ["train", "--data", "d.json", "--init", "nothing"],
         "no checkpoint ": ["train-locator", "--out", tmp_path / "none", "--resume"],
     }
     for expected, argv in cases.items():

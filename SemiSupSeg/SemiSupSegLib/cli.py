@@ -241,11 +241,13 @@ def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object])
 def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
     """A new run's configuration: the flags given, the dataclass's defaults for the others."""
     from .dataset import labelled_cases, load_dataset
-    from .model_store import models_dir
+    from .model_store import models_dir, resolve_model
     from .training import TrainConfig
 
     if "data" not in fields:
         raise InputError("train needs --data dataset.json")
+    if "init" in fields:
+        resolve_model(fields["init"])
     labelled_cases(load_dataset(fields["data"], validate=False), "training", "to train on")
     method = fields.get("method", TrainConfig.method)
     out = args.out or str(models_dir() / (args.name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"))
