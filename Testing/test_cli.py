@@ -142,15 +142,25 @@ def test_segment_bad_input_gives_one_clear_line(
 
 def test_evaluate_prints_mean_std_and_writes_json(tiny_model, tiny_phantom, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert (
-        main(["evaluate", "--model", str(tiny_model), "--data", str(tiny_phantom), "--json", str(out)]) == 0
-    )
+    preds = tmp_path / "preds"
+    args = ["evaluate", "--model", str(tiny_model), "--data", str(tiny_phantom), "--json", str(out)]
+    assert main([*args, "--predictions", str(preds)]) == 0
     printed = capsys.readouterr().out
     assert "dice" in printed and "±" in printed
     result = json.loads(out.read_text())
     assert len(result["cases"]) == 2
-    assert set(result["summary"]["dice"]) == {"mean", "std", "n"}
-    assert all(np.isfinite(c["hd95_mm"]) for c in result["cases"])
+    dice = [c["dice"] for c in result["cases"]]
+    assert result["summary"]["dice"] == pytest.approx({"mean": np.mean(dice), "std": np.std(dice), "n": 2})
+    # each row is the metrics of the written prediction against the case's label, on its own grid
+    from SemiSupSegLib.dataset import load_dataset
+    from SemiSupSegLib.metrics import segmentation_metrics
+
+    for row, case in zip(result["cases"], load_dataset(tiny_phantom).test, strict=True):
+        label = sitk.ReadImage(str(case.label))
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(preds / f"{case.name}.nii.gz"))) > 0
+        expected = segmentation_metrics(pred, sitk.GetArrayFromImage(label) > 0, label.GetSpacing()[::-1])
+        assert row["case"] == case.name
+        assert {k: row[k] for k in expected} == pytest.approx(expected)
 
 
 def test_models_list_shows_models_in_the_home_folder(tiny_model, capsys):

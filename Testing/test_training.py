@@ -198,3 +198,20 @@ def test_a_loss_that_becomes_nan_stops_with_a_clear_error(tiny_phantom, tmp_path
     )
     with pytest.raises(TrainingDiverged, match="loss became nan at step 0"):
         Trainer(_config(tiny_phantom, tmp_path / "m", val_cases=0)).run()
+
+
+def test_an_unknown_device_string_is_a_named_input_error():
+    from SemiSupSegLib.training import resolve_device
+
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_a_dataset_without_labelled_cases_is_refused_by_name(tiny_phantom, tmp_path):
+    raw = json.loads(tiny_phantom.read_text())
+    only_unlabelled = tiny_phantom.parent / "only_unlabelled.json"
+    only_unlabelled.write_text(json.dumps({"name": "u", "unlabeled": raw["unlabeled"]}))
+    with pytest.raises(InputError, match="no labelled"):
+        Trainer(_config(only_unlabelled, tmp_path / "m", val_cases=None)).run()
+    assert not (tmp_path / "m" / "weights.pt").exists()

@@ -78,7 +78,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -109,6 +112,8 @@ class Trainer:
 
     # --- setup ------------------------------------------------------------------------------
     def _split(self, cases: list[Case]) -> tuple[list[Case], list[Case]]:
+        if not cases:
+            raise InputError("no labelled training cases to train on")
         n_val = self.config.val_cases
         if n_val is None:
             n_val = max(1, round(0.2 * len(cases))) if len(cases) >= 3 else 0
