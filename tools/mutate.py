@@ -172,6 +172,19 @@ MUTATIONS: list[Mutation] = [
        "per_step = (time.perf_counter() - t0) / steps",
        "per_step = (time.perf_counter() - t0 + warmup) / steps",
        (T + "test_train_process.py",)),
+    _m("test-labels-unvalidated", "validation", "dataset.py",
+       'if case.label is None or case.section == "unlabeled" or not case.label.is_file():',
+       'if case.label is None or case.section != "training" or not case.label.is_file():',
+       (T + "test_dataset.py", T + "test_cli_bad_input.py")),
+    _m("label-geometry-unchecked", "validation", "dataset.py",
+       "mismatch = imageio.same_geometry(label, image)", "mismatch = None", (T + "test_dataset.py",)),
+    _m("number-range-unchecked", "validation", "errors.py",
+       "    if below or above:\n        raise problem\n", "    if False:\n        raise problem\n",
+       (T + "test_cli_bad_input.py",)),
+    _m("unknown-options-accepted", "validation", "methods/common.py",
+       "unknown = sorted(set(options) - set(allowed))", "unknown = []", (T + "test_cli_bad_input.py",)),
+    _m("resume-no-random-state", "resume", "training.py",
+       'if "random" in state:', 'if False:', RESUME_TESTS),
     # --- progress ----------------------------------------------------------------------------------
     _m("eta-counts-done-steps", "progress", "training.py",
        "eta_seconds=rate * (cfg.steps - done)", "eta_seconds=rate * (cfg.steps - start)",
@@ -269,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="run only this mutation (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--check", action="store_true", help="only check that every mutation still applies")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation (default 300)")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -276,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in MUTATIONS:
             print(f"{m.name:34s} {m.kind:12s} {m.file}")
         return 0
+    if args.check:
+        stale = [m.name for m in MUTATIONS if (REPO / m.file).read_text().count(m.old) != 1]
+        stale += [f"{m.name} (test {t} missing)" for m in MUTATIONS for t in m.tests if not (REPO / t).exists()]
+        print("\n".join(stale) or f"all {len(MUTATIONS)} mutations apply")
+        return 1 if stale else 0
     known = {m.name for m in MUTATIONS}
     unknown = sorted(set(args.only) - known)
     if unknown:
