@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check:
         stale = [m.name for m in MUTATIONS if (REPO / m.file).read_text().count(m.old) != 1]
-        stale += [f"{m.name} (test {t} missing)" for m in MUTATIONS for t in m.tests if not (REPO / t).exists()]
+        missing = [(m.name, t) for m in MUTATIONS for t in m.tests if not (REPO / t).exists()]
+        stale += [f"{name} (test {t} missing)" for name, t in missing]
         print("\n".join(stale) or f"all {len(MUTATIONS)} mutations apply")
         return 1 if stale else 0
     known = {m.name for m in MUTATIONS}
