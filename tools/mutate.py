@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--check", action="store_true", help="only check that every mutation still applies")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation (default 300)")
-    parser.add_argument("--json", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
+    where = f"results file (default {RESULTS}; a partial run writes only with --json)"
+    parser.add_argument("--json", type=Path, default=None, help=where)
     args = parser.parse_args(argv)
     if args.list:
         for m in MUTATIONS:
@@ -303,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
     rows = run(chosen, args.timeout)
-    if not args.only:
-        _write(rows, args.json)
+    if args.json or not args.only:
+        _write(rows, args.json or RESULTS)
     return 0
 
 
