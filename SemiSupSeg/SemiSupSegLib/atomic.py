@@ -1,6 +1,8 @@
 """Atomic file writes: write a temporary file next to the target, then rename it over.
 
-A crash or a full disk therefore never leaves a half-written file in place of a good one.
+A crash or a full disk therefore never leaves a half-written file in place of a good one. A write that
+fails (full disk, no permission, read-only folder) raises :class:`WriteError` naming the file; the
+previous version of the file, if any, is left as it was.
 """
 
 from __future__ import annotations
@@ -9,8 +11,29 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .errors import SemiSupSegError
+
+
+class WriteError(SemiSupSegError):
+    """A file could not be written (full disk, no permission...); its previous version is intact."""
+
+
+def write_failed(target: str | os.PathLike, err: BaseException) -> WriteError:
+    """The :class:`WriteError` for a failed write of ``target``, with the system's one-line reason.
+
+    Args:
+        target: the file that was being written.
+        err: what the writer raised (an ``OSError``, or torch's ``RuntimeError`` on a full disk).
+
+    Returns:
+        The error to raise, e.g. ``cannot write 'm/weights.pt': No space left on device; ...``.
+    """
+    reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[-1:] or [type(err).__name__]
+    reason = reason if isinstance(reason, str) else reason[0]
+    return WriteError(f"cannot write '{target}': {reason[:200]}; its previous version, if any, is unchanged")
 
 
 @contextlib.contextmanager
@@ -18,20 +41,26 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder with the same suffixes; rename it on success.
 
     The suffixes are kept (``.nii.gz``, ``.nrrd``...) so that writers that pick a format from the
-    file name, such as SimpleITK, still do the right thing.
+    file name, such as SimpleITK, still do the right thing. An ``OSError`` while creating, writing or
+    renaming the file becomes a :class:`WriteError`; the target is then untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes) if target.suffixes else ""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{suffix}", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        raise write_failed(target, err) from None
+    tmp = Path(tmp_name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         yield tmp
         os.replace(tmp, target)
+    except OSError as err:
+        raise write_failed(target, err) from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
@@ -48,3 +77,27 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(target: str | os.PathLike, data: object) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(
+    target: str | os.PathLike, state: object, before_rename: Callable[[], None] | None = None
+) -> None:
+    """``torch.save(state)`` to ``target`` atomically; a failed write is a :class:`WriteError`.
+
+    Torch reports a full disk as a ``RuntimeError`` ("file write failed"), not an ``OSError``.
+
+    Args:
+        target: the file to write (``weights.pt``, ``checkpoint.pt``).
+        state: tensors, numbers and strings only, so that it loads with ``weights_only=True``.
+        before_rename: called once the file is written but before it replaces ``target`` (a model
+            writes its ``model.json`` here), so that a failure there leaves the old ``target`` too.
+    """
+    import torch
+
+    with atomic_path(target) as tmp:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as err:
+            raise write_failed(target, err) from None
+        if before_rename is not None:
+            before_rename()

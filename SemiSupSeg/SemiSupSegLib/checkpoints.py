@@ -23,7 +23,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from .atomic import atomic_torch_save
 from .errors import InputError, ModelError
 from .progress import Reporter
 
@@ -36,9 +36,12 @@ def checkpoint_path(out: str | Path) -> Path:
 
 
 def write_checkpoint(path: Path, state: dict, reporter: Reporter) -> None:
-    """Save atomically (a crash never leaves half a checkpoint) and emit a ``checkpoint`` event."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Save atomically (a crash never leaves half a checkpoint) and emit a ``checkpoint`` event.
+
+    A failed write (full disk, no permission) raises :class:`~SemiSupSegLib.atomic.WriteError` and
+    leaves the previous checkpoint as it was.
+    """
+    atomic_torch_save(path, state)
     reporter.emit("checkpoint", step=state["step"], path=str(path))
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .atomic import atomic_path, atomic_write_json
+from .atomic import atomic_torch_save, atomic_write_json
 from .errors import ModelError
 from .model_index import MODEL_JSON, PRETRAINED_DIR, home_dir, list_models, models_dir, read_model_json
 from .networks import NetworkConfig, build_network
@@ -98,19 +98,18 @@ def save_model(
     meta: dict,
     inference_networks: list[str] | None = None,
 ) -> Path:
-    """Write ``weights.pt`` then ``model.json`` atomically; return the folder.
+    """Write ``weights.pt`` and ``model.json`` atomically; return the folder.
 
     ``meta`` must hold at least ``name``, ``method``, ``classes``, ``patch_size`` and
     ``preprocessing``; network configurations, software versions and the creation date are added.
+    The weights are written first under a temporary name and renamed only after ``model.json``, so a
+    failed write (a :class:`~SemiSupSegLib.atomic.WriteError`) leaves an existing model whole.
     """
     for key in ("name", "method", "classes", "patch_size", "preprocessing"):
         if key not in meta:
             raise ModelError(f"model description lacks {key!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {name: _plain_state_dict(net) for name, net in networks.items()}
-    with atomic_path(out / WEIGHTS) as tmp:
-        torch.save(state, tmp)
     full = {
         "format": FORMAT_VERSION,
         **meta,
@@ -119,7 +118,7 @@ def save_model(
         "software": software_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(out / MODEL_JSON, full)
+    atomic_torch_save(out / WEIGHTS, state, before_rename=lambda: atomic_write_json(out / MODEL_JSON, full))
     return out
 
 
