@@ -23,6 +23,8 @@ import torch
 from SemiSupSegLib.checkpoints import checkpoint_path, read_checkpoint
 from SemiSupSegLib.errors import TrainingCancelled
 from SemiSupSegLib.locator.train import LocatorTrainer
+from SemiSupSegLib.methods import METHODS, Method, OptimizerSpec
+from SemiSupSegLib.networks import build_network
 from SemiSupSegLib.patches import PatchSampler, PreparedCase
 from SemiSupSegLib.progress import Reporter
 from SemiSupSegLib.training import TrainConfig, Trainer
@@ -210,3 +212,37 @@ def test_a_resumed_locator_holds_the_checkpointed_networks_and_optimiser(tmp_pat
     assert saved["optimizer"]["state"], "the optimiser had taken steps before the stop"
     expected = {"online": saved["online"], "target": saved["target"]}
     _assert_bitwise_equal(resumed, {**expected, "optimizer": saved["optimizer"]["state"]})
+
+
+class _PolySGD(Method):
+    """A one-network method on SGD with the poly schedule: its learning rate depends on the restored step."""
+
+    name = "poly-probe"
+    uses_unlabeled = False
+
+    def __init__(self, network, total_steps, **options):
+        super().__init__(network, total_steps, **options)
+        self.net = build_network(network)
+
+    def networks(self):
+        return {"net": self.net}
+
+    def optimizers(self):
+        return [OptimizerSpec("main", list(self.net.parameters()), kind="sgd", lr=0.5, schedule="poly")]
+
+    def compute_losses(self, stage, batch, step):
+        loss = self.net(batch.labeled_image).float().pow(2).mean()
+        return {"loss": loss}
+
+
+def test_a_stopped_run_resumes_its_learning_rate_schedule_bit_for_bit(tiny_phantom, tmp_path, monkeypatch):
+    """Every shipped method uses a constant schedule; a poly schedule catches a scheduler left unrestored."""
+    monkeypatch.setitem(METHODS, _PolySGD.name, _PolySGD)
+    monkeypatch.setitem(OPTIONS, _PolySGD.name, {})
+    expected = _weights(Trainer(_config(tiny_phantom, tmp_path / "a", _PolySGD.name)).run())
+    config = _config(tiny_phantom, tmp_path / "b", _PolySGD.name)
+    reporter = _StopAt(2)
+    reporter.trainer = Trainer(config, reporter)
+    with pytest.raises(TrainingCancelled):
+        reporter.trainer.run()
+    _assert_bitwise_equal(_weights(Trainer(config).run(resume=True)), expected)
