@@ -8,13 +8,15 @@ The file is readable by ``monai.data.load_decathlon_datalist``::
      "unlabeled": [{"image": "images/u.nii.gz", "center": [x, y, z]}],
      "test": [{"image": "images/t.nii.gz", "label": "labels/t.nii.gz"}]}
 
-Paths are relative to the folder of the json (absolute paths are accepted too). ``center`` is
+Paths are relative to the folder of the json and stay inside it (``../`` leaving the folder is refused;
+an absolute path names a file elsewhere on purpose and is accepted). ``center`` is
 optional, an LPS point in mm. ``test`` entries may also be plain path strings (MSD style). Each
 section is optional, but a file needs at least one: a dataset with only ``test`` cases can be
 evaluated; training needs labelled ``training`` cases (:func:`labelled_cases`). Labels are validated
 in every section that has them (``training`` and ``test``).
 Without ``labels`` the classes are ``{"0": "background", "1": "foreground"}``. Keys the engine does
-not know are kept when the file is rewritten.
+not know are kept when the file is rewritten. The file is rewritten under a lock
+(:func:`dataset_lock`), so two processes adding cases at once lose none.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import SimpleITK as sitk
 from . import imageio
 from .atomic import atomic_write_json
 from .errors import DatasetError, InputError
+from .runlock import file_lock
 
 SECTIONS = ("training", "unlabeled", "test")
 DEFAULT_LABELS = {"0": "background", "1": "foreground"}
@@ -90,13 +93,21 @@ def _resolve(base: Path, value: str) -> Path:
     return Path(os.path.normpath(base / os.path.expanduser(value)))
 
 
+def _leaves_folder(value: str) -> bool:
+    """Whether a relative path climbs out of the dataset's folder (``../x``, ``a/../../x``)."""
+    if os.path.isabs(os.path.expanduser(value)):
+        return False
+    normal = os.path.normpath(value.replace("\\", "/")).replace("\\", "/")
+    return normal == ".." or normal.startswith("../")
+
+
 def _parse_center(value: Any) -> tuple[float, float, float] | None:
     """The center as 3 floats, or ``None`` if absent or invalid (validation reports it)."""
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
         values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond a float
         return None
     if len(values) != 3 or not all(math.isfinite(v) for v in values):
         return None
@@ -117,6 +128,13 @@ def _parse_entry(entry: Any, section: str, index: int, base: Path, problems: lis
     if label is not None and not isinstance(label, str):
         problems.append(f"{section}[{index}] 'label' is not a path string")
         return None
+    for what, value in (("image", image), ("label", label)):
+        if value and _leaves_folder(value):
+            problems.append(
+                f"{section}[{index}] {what} path {value!r} leaves the dataset folder; "
+                "give an absolute path for a file elsewhere"
+            )
+            return None
     return Case(
         name=imageio.strip_image_extension(image),
         image=_resolve(base, image),
@@ -353,7 +371,22 @@ def save_dataset(ds_or_raw_dict: Dataset | dict, path: str | os.PathLike) -> Non
         raw = _dataset_to_raw(ds_or_raw_dict, path.parent.absolute())
     else:
         raw = ds_or_raw_dict
-    atomic_write_json(path, raw)
+    with dataset_lock(path):
+        atomic_write_json(path, raw)
+
+
+def dataset_lock(path: str | os.PathLike, timeout: float = 10.0):
+    """The lock every rewrite of a ``dataset.json`` holds: ``.dataset.json.lock`` next to it.
+
+    Args:
+        path: the ``dataset.json``.
+        timeout: seconds to wait for another writer (:func:`SemiSupSegLib.runlock.file_lock`).
+
+    Returns:
+        A context manager holding the lock.
+    """
+    path = Path(path)
+    return file_lock(path.with_name(f".{path.name}.lock"), timeout)
 
 
 # ------------------------------------------------------------------------------------------ upsert
@@ -409,24 +442,32 @@ def upsert_case(
     """
     path = _dataset_path(dataset_json_path).absolute()
     image_path, label_path = _checked_inputs(section, image, label, center)
-    raw = _read_json(path) if path.exists() else _new_raw(path)
+    with dataset_lock(path):  # read, change and write as one step: a concurrent writer waits
+        raw = _read_json(path) if path.exists() else _new_raw(path)
+        return _upsert_raw(path, raw, section, image_path, label_path, center, name)
+
+
+def _upsert_raw(
+    path: Path, raw: dict, section: str, image: Path, label: Path | None, center: Any, name: str | None
+) -> Case:
+    """The body of :func:`upsert_case` on the file's current content ``raw``, written back to ``path``."""
     _parse(path, raw)  # refuse to edit a malformed file
     base = path.parent
-    name = name or imageio.strip_image_extension(image_path)
-    moved = _pop_matches(raw, "unlabeled", image_path, name, base) if section == "training" else []
+    name = name or imageio.strip_image_extension(image)
+    moved = _pop_matches(raw, "unlabeled", image, name, base) if section == "training" else []
     entries = _section_entries(raw, section)
-    position = next((i for i, e in enumerate(entries) if _matches(e, image_path, name, base)), None)
+    position = next((i for i, e in enumerate(entries) if _matches(e, image, name, base)), None)
     previous = _entry_dict(entries[position]) if position is not None else (moved[0] if moved else {})
-    entry = _updated_entry(previous, section, image_path, label_path, center, base)
+    entry = _updated_entry(previous, section, image, label, center, base)
     if position is None:
         entries.append(entry)
     else:
         entries[position] = entry
         entries[:] = [
-            e for i, e in enumerate(entries) if i == position or not _matches(e, image_path, name, base)
+            e for i, e in enumerate(entries) if i == position or not _matches(e, image, name, base)
         ]
     atomic_write_json(path, raw)
-    return _find_case(path, raw, section, image_path)
+    return _find_case(path, raw, section, image)
 
 
 def _section_entries(raw: dict, section: str) -> list:

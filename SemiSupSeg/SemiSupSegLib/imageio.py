@@ -15,6 +15,7 @@ Conventions used throughout the engine:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -59,10 +60,11 @@ def _itk_reason(err: RuntimeError) -> str:
     text = str(err)
     if "Unable to determine ImageIO reader" in text:
         return "not a readable image file (corrupt, truncated or of another format)"
+    if "ERROR:" in text:  # ITK's message follows "ITK ERROR: Image(0x...): " and may span lines
+        text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text.split("ERROR:", 1)[1].strip())
+        return " ".join(text.split())[:200] or "unknown error"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = lines[-1] if lines else "unknown error"
-    last = re.sub(r"^.*?ERROR:\s*", "", last)
-    return last[:200]
+    return (lines[-1] if lines else "unknown error")[:200]
 
 
 def _check_file(path: Path, what: str) -> None:
@@ -97,6 +99,19 @@ def _check_shape(image: sitk.Image, path: Path, what: str) -> None:
             )
 
 
+def _check_geometry(image: sitk.Image, path: Path, what: str) -> None:
+    """Positive finite spacing and an orthonormal direction (a rotation, maybe with a reflection)."""
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing) & (spacing > 0)):
+        raise InputError(f"{what} file '{path}' has spacing {_fmt(spacing)}; every spacing must be > 0 mm")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        raise InputError(
+            f"{what} file '{path}' has a direction matrix {_fmt(direction.ravel())} that is not orthonormal "
+            "(its axes are not unit length and perpendicular); the header is damaged"
+        )
+
+
 def _check_finite(image: sitk.Image, path: Path, what: str) -> None:
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.floating):
@@ -114,8 +129,9 @@ def read_image(path: str | os.PathLike, *, what: str = "image") -> sitk.Image:
     """Read a scalar 3D volume, or raise :class:`InputError` with a message naming the file.
 
     Rejected: a missing file, an unsupported extension, a corrupt file, a 2D or 4D image, a
-    vector image (more than one component per voxel), a 3D image with a size-1 axis (really 2D)
-    and images with NaN or infinite values. ``what`` ("image", "label"...) starts the messages.
+    vector image (more than one component per voxel), a 3D image with a size-1 axis (really 2D),
+    a spacing that is not positive, a direction matrix that is not orthonormal, and images with
+    NaN or infinite values. ``what`` ("image", "label"...) starts the messages.
     """
     path = Path(path)
     _check_file(path, what)
@@ -124,6 +140,7 @@ def read_image(path: str | os.PathLike, *, what: str = "image") -> sitk.Image:
     except RuntimeError as err:
         raise InputError(f"{what} file '{path}' cannot be read: {_itk_reason(err)}") from None
     _check_shape(image, path, what)
+    _check_geometry(image, path, what)
     _check_finite(image, path, what)
     return image
 
@@ -158,6 +175,33 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             sitk.WriteImage(image, str(tmp), compress)
     except RuntimeError as err:
         raise InputError(f"cannot write '{path}': {_itk_reason(err)}") from None
+
+
+def write_images(items: Sequence[tuple[sitk.Image, str | os.PathLike]], *, compress: bool = True) -> None:
+    """Write several images (a case's image and label) so that either every file is replaced or none.
+
+    Each is first written under a temporary name next to its target; the renames follow only once every
+    write has succeeded, so a full disk or a refused write (an :class:`InputError` or a
+    :class:`~SemiSupSegLib.atomic.WriteError`) leaves all the previous files as they were. Formats
+    with a separate data file (``.mhd``, ``.nhdr``) are written one after the other instead.
+
+    Args:
+        items: ``(image, path)`` pairs.
+        compress: compress the data where the format allows it.
+    """
+    staged = [(image, Path(path)) for image, path in items if image_extension(path) not in _DETACHED_HEADER]
+    detached = [(image, Path(path)) for image, path in items if image_extension(path) in _DETACHED_HEADER]
+    with contextlib.ExitStack() as renames:
+        for image, path in staged:
+            if not image_extension(path):
+                write_image(image, path)  # raises the unsupported-extension error
+            tmp = renames.enter_context(atomic_path(path))
+            try:
+                sitk.WriteImage(image, str(tmp), compress)
+            except RuntimeError as err:
+                raise InputError(f"cannot write '{path}': {_itk_reason(err)}") from None
+    for image, path in detached:
+        write_image(image, path, compress=compress)
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> str | None:

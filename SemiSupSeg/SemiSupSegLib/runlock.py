@@ -11,6 +11,11 @@ must not corrupt a run. A run holds ``OUT/.training/lock`` for its whole life:
 * without ``flock`` (Windows, or a file system that refuses it) a file is stale when it names
   this host and a pid that is no longer running.
 
+For short updates of a shared file (a pool's ``dataset.json``, read, changed and written back by two
+panels at once) :func:`file_lock` holds an exclusive lock on a side file for the few milliseconds the
+update takes: ``flock`` on POSIX, ``msvcrt.locking`` on its first byte on Windows; the kernel drops it
+when the holder dies, so it is never stale.
+
 A stale file is removed (only after checking, under its ``flock``, that the path still names that
 very file, so two processes cleaning up at once cannot remove each other's fresh lock) and the
 lock is taken again. A live lock raises :class:`InputError` naming the holder:
@@ -25,6 +30,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import InputError
@@ -33,6 +39,10 @@ try:  # POSIX only
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+try:  # Windows only
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 LOCK_NAME = "lock"
 # A lock file without readable content is the few microseconds between its creation and the
@@ -40,7 +50,7 @@ LOCK_NAME = "lock"
 _UNREADABLE_GRACE_SECONDS = 10.0
 _ATTEMPTS = 5
 
-__all__ = ["RunLock", "lock_path", "read_lock", "pid_alive", "is_locked", "break_lock"]
+__all__ = ["RunLock", "lock_path", "read_lock", "pid_alive", "is_locked", "break_lock", "file_lock"]
 
 
 def lock_path(out: str | os.PathLike) -> Path:
@@ -272,3 +282,72 @@ def break_lock(out: str | os.PathLike) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def _lock_fd(fd: int) -> bool:
+    """Try once to lock ``fd`` exclusively: True when taken (or when no locking exists), False if held."""
+    if fcntl is not None:
+        return bool(_try_flock(fd) is not False)
+    if msvcrt is not None:  # pragma: no cover - Windows
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    return True  # pragma: no cover - no locking primitive: updates are not serialised
+
+
+def _unlock_fd(fd: int) -> None:
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    elif msvcrt is not None:  # pragma: no cover - Windows
+        with contextlib.suppress(OSError):
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout: float = 10.0) -> Iterator[None]:
+    """Hold an exclusive lock on the side file ``path`` while updating a shared file.
+
+    The lock file exists only while held: the holder removes it before unlocking, and a waiter that
+    then gets the lock on the removed file sees that the path no longer names it and starts again. A
+    file system without locks (some network shares) is not serialised: the update happens unlocked.
+
+    Args:
+        path: the lock file, e.g. ``POOL/.dataset.json.lock``.
+        timeout: seconds to wait for another holder before giving up.
+
+    Raises:
+        InputError: the lock stayed held for ``timeout`` seconds, or the lock file cannot be created.
+    """
+    path = Path(path)
+    deadline = time.monotonic() + timeout
+    fd = _open_locked(path, deadline, timeout)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding it: a waiter on this file will look again
+        _unlock_fd(fd)
+        os.close(fd)
+
+
+def _open_locked(path: Path, deadline: float, timeout: float) -> int:
+    """A descriptor of ``path`` (created if absent) holding its lock, the path still naming that file."""
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as err:
+            raise InputError(f"cannot create the lock file {path}: {err.strerror or err}") from None
+        while not _lock_fd(fd):
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise InputError(f"{path} stayed locked by another process for {timeout:g} s; try again")
+            time.sleep(0.005)
+        if _same_file(fd, path):
+            return fd
+        _unlock_fd(fd)  # the holder removed it meanwhile: lock the new file instead
+        os.close(fd)

@@ -550,7 +550,10 @@ def add_to_pool(
     Labelled (default): ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` (0/1, uint8, on exactly
     the image's grid) in the ``training`` section, replacing an unlabelled entry of the same case.
     ``unlabeled=True``: the image (and the centre point, if any) in ``unlabeled``. Every file is written
-    atomically; adding the same name again updates the entry and its files instead of duplicating them.
+    atomically, the image and label together, then ``dataset.json`` under its lock (two panels adding at
+    once lose no entry); adding the same name again updates the entry and its files instead of
+    duplicating them. A failed write raises a named error: a new case leaves the pool unchanged; an
+    updated case whose ``dataset.json`` could not be written keeps its old entry with the new files.
     """
     name = case_name(name)
     folder = Path(pool_folder).expanduser()
@@ -590,9 +593,9 @@ def add_to_pool(
             )
     image_path = folder / "images" / f"{name}.nii.gz"
     label_path = folder / "labels" / f"{name}.nii.gz"
-    imageio.write_image(image, image_path)
-    if label_image is not None:
-        imageio.write_image(label_image, label_path)
+    # image and label replace their files together or not at all (a full disk leaves the old pair)
+    files = [(image, image_path)] + ([(label_image, label_path)] if label_image is not None else [])
+    imageio.write_images(files)
     section = "unlabeled" if unlabeled else "training"
     case = dataset.upsert_case(
         dataset_json, section, image_path, label_path if label_image is not None else None, center
