@@ -31,6 +31,7 @@ import SimpleITK as sitk
 
 from . import dataset, imageio, model_index
 from .errors import InputError, ModelError, SemiSupSegError
+from .train_process import PROTOCOL_MAJOR, protocol_major
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -471,7 +472,8 @@ def segment_worker_command(
 
 def parse_worker_line(line: str | bytes) -> dict | None:
     """One progress event from the worker's stdout (``{"protocol": 1, "event": ...}``), or ``None``
-    for any other line (warnings, blank lines). :class:`InputError` for a newer protocol."""
+    for any other line (warnings, blank lines). :class:`InputError` for another protocol version
+    (newer, or a value that names none)."""
     if isinstance(line, bytes):
         line = line.decode("utf-8", errors="replace")
     text = line.strip()
@@ -483,9 +485,11 @@ def parse_worker_line(line: str | bytes) -> dict | None:
         return None
     if not isinstance(record, dict) or "event" not in record:
         return None
-    if int(record.get("protocol", 1)) > 1:
+    major = protocol_major(record.get("protocol", 1))
+    if major != PROTOCOL_MAJOR:
         raise InputError(
-            f"the segmentation worker speaks progress protocol {record['protocol']}; update the panel"
+            f"the segmentation worker speaks progress protocol {record['protocol']!r}; "
+            f"this panel reads protocol {PROTOCOL_MAJOR}: update the SemiSupSeg extension so both match"
         )
     return record
 

@@ -243,7 +243,7 @@ class ProtocolParser:
         if not (isinstance(record, dict) and "protocol" in record and isinstance(record.get("event"), str)):
             self.noise.append(text)
             return None
-        if _major(record["protocol"]) != PROTOCOL_MAJOR:
+        if protocol_major(record["protocol"]) != PROTOCOL_MAJOR:
             raise ProtocolError(
                 f"the engine reports with progress protocol {record['protocol']!r}; this panel reads "
                 f"protocol {PROTOCOL_MAJOR}: update the SemiSupSeg extension so both match"
@@ -251,7 +251,15 @@ class ProtocolParser:
         return record
 
 
-def _major(version) -> int | None:
+def protocol_major(version: object) -> int | None:
+    """The major version of a protocol value (``1``, ``1.2``, ``"1.2"``), or None when it is none.
+
+    Args:
+        version: the ``protocol`` value of an event, any JSON value.
+
+    Returns:
+        The major version, or None for a value that names none (text, NaN, a list...).
+    """
     if isinstance(version, bool):
         return None
     if isinstance(version, int):
