@@ -158,7 +158,7 @@ MUTATIONS: list[Mutation] = [
        "bad = int(array.size - np.count_nonzero(np.isfinite(array)))", "bad = 0",
        (T + "test_imageio.py", T + "test_cli.py")),
     _m("ras-lps-z-flipped", "geometry", "slicer_bridge.py",
-       "LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])", "LPS_FROM_RAS = np.diag([-1.0, 1.0, -1.0, 1.0])",
+       "_FLIP3 = np.diag([-1.0, -1.0, 1.0])", "_FLIP3 = np.diag([-1.0, 1.0, -1.0])",
        (T + "test_slicer_bridge.py",)),
     _m("stale-lock-never-stale", "reliability", "runlock.py",
        'return not pid_alive(int(info["pid"]))', "return False", (T + "test_train_process.py",)),
