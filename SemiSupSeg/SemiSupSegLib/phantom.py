@@ -27,7 +27,8 @@ from __future__ import annotations
 import math
 import pathlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,8 +41,6 @@ from SemiSupSegLib.errors import InputError
 KINDS = ("catheter", "guidewire")
 MIN_SIZE = 32
 MAX_CASES_PER_SPLIT = 25000
-DIAMETER_MM = {"catheter": (2.3, 3.3), "guidewire": (0.8, 1.0)}
-DEFAULT_SPACING_MM = (0.4, 0.7)
 SEED_STRIDE = 100003
 SPLIT_SEED_OFFSET = {"training": 0, "unlabeled": 50000, "test": 75000}
 
@@ -54,6 +53,7 @@ class PhantomCase:
     label: sitk.Image
     center: tuple[float, float, float]
     kind: str
+    profile: PhantomProfile | None = None
 
 
 @dataclass
@@ -79,6 +79,263 @@ class _Curve:
     points: np.ndarray
     arc: np.ndarray
     visibility: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scanner profiles
+# ----------------------------------------------------------------------------------------------------------
+
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class PhantomProfile:
+    """Every physical parameter of the phantom: one "scanner". Ranges ``(low, high)`` are drawn per case.
+
+    Amplitudes are in dB relative to a unit reflector; the B-mode grey value is
+    ``255 * (20 log10(echo) + tgc + fan edge + dynamic_range_db - white_level_db) / dynamic_range_db``.
+    Integer ranges (``fibre_count``) include both ends.
+    """
+
+    name: str
+    description: str
+    # geometry: spacing, probe and sector
+    spacing_mm: Range = field(metadata={"doc": "isotropic voxel spacing (mm), unless --spacing is given"})
+    apex_standoff: Range = field(metadata={"doc": "probe apex above the first slice (fraction of the depth)"})
+    sector_half_angle_deg: Range = field(metadata={"doc": "half opening angle of the fan, each direction"})
+    sector_depth: Range = field(metadata={"doc": "sector radius / distance from the apex to the last slice"})
+    # point-spread function and noise
+    speckle_axial_mm: float = field(metadata={"doc": "speckle correlation (Gaussian sigma) along the beam"})
+    speckle_lateral_mm: float = field(metadata={"doc": "the same across the beam"})
+    instrument_speckle: float = field(metadata={"doc": "fraction of the speckle contrast on the instrument"})
+    noise_floor_db: float = field(metadata={"doc": "electronic noise floor (SNR: tissue level minus this)"})
+    # display: gain, time-gain compensation, log compression
+    dynamic_range_db: Range = field(metadata={"doc": "log-compression dynamic range mapped onto 1..255"})
+    white_level_db: Range = field(metadata={"doc": "echo level shown as 255: the overall gain is minus this"})
+    tgc_db: Range = field(metadata={"doc": "residual depth gain at the sector bottom (quadratic in range)"})
+    fan_edge_db: float = field(metadata={"doc": "gain at the lateral fan edges (quartic fall-off)"})
+    # tissue texture, blood pools and bright sheets
+    chamber_corr_mm: Range = field(metadata={"doc": "correlation length of the blood-pool (chamber) field"})
+    texture_corr_mm: Range = field(metadata={"doc": "correlation length of the tissue texture and sheets"})
+    texture_db: float = field(metadata={"doc": "std of the fine tissue texture"})
+    envelope_db: float = field(metadata={"doc": "std of the coarse tissue brightness envelope"})
+    blood_fraction: Range = field(metadata={"doc": "fraction of the volume that is blood pool"})
+    tissue_db: Range = field(metadata={"doc": "mean tissue echogenicity"})
+    blood_db: Range = field(metadata={"doc": "blood echogenicity"})
+    wall_width: Range = field(metadata={"doc": "width of the specular chamber walls (field units)"})
+    wall_db: Range = field(metadata={"doc": "brightness of the chamber walls"})
+    sheet_width: Range = field(metadata={"doc": "width of the leaflet-like bright sheets (field units)"})
+    sheet_cut: Range = field(metadata={"doc": "envelope threshold removing sheets (higher: fewer sheets)"})
+    sheet_db: Range = field(metadata={"doc": "brightness of the bright sheets"})
+    fibre_count: tuple[int, int] = field(metadata={"doc": "number of bright tubular tissue fibres"})
+    fibre_db: Range = field(metadata={"doc": "brightness of the fibres"})
+    # instrument
+    catheter_diameter_mm: Range = field(metadata={"doc": "catheter outer diameter"})
+    guidewire_diameter_mm: Range = field(metadata={"doc": "guide-wire diameter"})
+    catheter_rim_db: Range = field(metadata={"doc": "echo of the catheter wall facing the probe"})
+    catheter_core_db: Range = field(metadata={"doc": "echo of the catheter lumen"})
+    guidewire_db: Range = field(metadata={"doc": "echo of the guide-wire"})
+    shadow: Range = field(metadata={"doc": "acoustic shadow depth behind the instrument (0: none, 1: black)"})
+    reverb_below_rim_db: Range = field(metadata={"doc": "first reverberation copy, dB below the instrument"})
+    reverb_decay: float = field(metadata={"doc": "amplitude ratio of successive reverberation copies"})
+
+    def parameters(self) -> dict[str, Any]:
+        """The physical parameters as JSON-ready values (tuples as lists), without name and description."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+            for f in fields(self)
+            if f.name not in ("name", "description")
+        }
+
+
+DEFAULT_PROFILE = PhantomProfile(
+    name="default",
+    description="the original phantom: mid-frequency 3D TEE-like probe, moderate clutter",
+    spacing_mm=(0.4, 0.7),
+    apex_standoff=(0.06, 0.1),
+    sector_half_angle_deg=(33.0, 39.0),
+    sector_depth=(1.06, 1.12),
+    speckle_axial_mm=0.45,
+    speckle_lateral_mm=0.7,
+    instrument_speckle=0.5,
+    noise_floor_db=-54.0,
+    dynamic_range_db=(48.0, 55.0),
+    white_level_db=(-1.0, 1.0),
+    tgc_db=(-5.0, -1.0),
+    fan_edge_db=-5.0,
+    chamber_corr_mm=(11.0, 15.0),
+    texture_corr_mm=(4.0, 6.0),
+    texture_db=3.0,
+    envelope_db=2.0,
+    blood_fraction=(0.3, 0.45),
+    tissue_db=(-31.0, -27.0),
+    blood_db=(-52.0, -47.0),
+    wall_width=(0.5, 0.9),
+    wall_db=(-7.0, -3.0),
+    sheet_width=(0.35, 0.6),
+    sheet_cut=(0.0, 0.6),
+    sheet_db=(-6.0, -2.0),
+    fibre_count=(4, 7),
+    fibre_db=(-8.0, -3.0),
+    catheter_diameter_mm=(2.3, 3.3),
+    guidewire_diameter_mm=(0.8, 1.0),
+    catheter_rim_db=(-5.0, -1.5),
+    catheter_core_db=(-16.0, -12.0),
+    guidewire_db=(-3.0, 0.0),
+    shadow=(0.6, 0.8),
+    reverb_below_rim_db=(9.0, 13.0),
+    reverb_decay=0.55,
+)
+
+PROFILES: dict[str, PhantomProfile] = {
+    p.name: p
+    for p in (
+        DEFAULT_PROFILE,
+        replace(
+            DEFAULT_PROFILE,
+            name="fine",
+            description="high-frequency matrix probe: fine speckle, high SNR, narrow shallow sector, "
+            "fine voxels, bright instrument with a dark shadow, weak reverberation",
+            spacing_mm=(0.3, 0.42),
+            sector_half_angle_deg=(27.0, 31.0),
+            sector_depth=(1.02, 1.06),
+            speckle_axial_mm=0.25,
+            speckle_lateral_mm=0.4,
+            noise_floor_db=-62.0,
+            dynamic_range_db=(56.0, 62.0),
+            tgc_db=(-2.0, 0.0),
+            texture_corr_mm=(3.0, 4.0),
+            catheter_rim_db=(-3.0, 0.0),
+            shadow=(0.85, 0.95),
+            reverb_below_rim_db=(15.0, 19.0),
+        ),
+        replace(
+            DEFAULT_PROFILE,
+            name="coarse",
+            description="low-frequency deep adult probe: coarse speckle, low SNR, strong depth fall-off, "
+            "wide deep sector, coarse voxels, dim instrument with a weak shadow and strong reverberation",
+            spacing_mm=(0.7, 0.9),
+            apex_standoff=(0.03, 0.06),
+            sector_half_angle_deg=(40.0, 44.0),
+            sector_depth=(1.12, 1.18),
+            speckle_axial_mm=0.9,
+            speckle_lateral_mm=1.6,
+            instrument_speckle=0.8,
+            noise_floor_db=-44.0,
+            dynamic_range_db=(40.0, 45.0),
+            white_level_db=(-4.0, -2.0),
+            tgc_db=(-10.0, -7.0),
+            texture_corr_mm=(6.0, 8.0),
+            catheter_rim_db=(-13.0, -10.0),
+            catheter_core_db=(-22.0, -19.0),
+            guidewire_db=(-9.0, -6.0),
+            shadow=(0.3, 0.45),
+            reverb_below_rim_db=(4.0, 7.0),
+            reverb_decay=0.7,
+        ),
+        replace(
+            DEFAULT_PROFILE,
+            name="cluttered",
+            description="high gain on bright, busy tissue: strong fine texture, bright thick walls, "
+            "many sheets and fibres as bright as the instrument, blood pools less dark",
+            white_level_db=(-6.0, -4.0),
+            texture_corr_mm=(2.0, 3.0),
+            texture_db=6.0,
+            envelope_db=3.0,
+            tissue_db=(-27.0, -24.0),
+            blood_db=(-44.0, -40.0),
+            wall_width=(0.9, 1.2),
+            wall_db=(-3.0, 0.0),
+            sheet_width=(0.6, 0.9),
+            sheet_cut=(0.0, 0.15),
+            sheet_db=(-2.0, 0.0),
+            fibre_count=(9, 12),
+            fibre_db=(-4.0, 0.0),
+            catheter_rim_db=(-8.0, -5.0),
+        ),
+    )
+}
+RANDOM = "random"
+
+# Wide bounds of ``--profile random``: each case draws every parameter uniformly within them.
+RANDOM_BOUNDS: dict[str, Range] = {
+    "spacing_mm": (0.3, 0.9),
+    "apex_standoff": (0.03, 0.15),
+    "sector_half_angle_deg": (25.0, 45.0),
+    "sector_depth": (0.98, 1.2),
+    "speckle_axial_mm": (0.25, 0.9),
+    "speckle_lateral_mm": (0.4, 1.4),
+    "instrument_speckle": (0.3, 1.0),
+    "noise_floor_db": (-62.0, -40.0),
+    "dynamic_range_db": (38.0, 62.0),
+    "white_level_db": (-7.0, 4.0),
+    "tgc_db": (-11.0, 2.0),
+    "fan_edge_db": (-10.0, -1.0),
+    "chamber_corr_mm": (8.0, 18.0),
+    "texture_corr_mm": (2.0, 8.0),
+    "texture_db": (1.0, 7.0),
+    "envelope_db": (1.0, 4.0),
+    "blood_fraction": (0.15, 0.5),
+    "tissue_db": (-34.0, -23.0),
+    "blood_db": (-58.0, -40.0),
+    "wall_width": (0.3, 1.2),
+    "wall_db": (-12.0, 0.0),
+    "sheet_width": (0.25, 0.9),
+    "sheet_cut": (0.0, 0.8),
+    "sheet_db": (-10.0, 0.0),
+    "fibre_count": (2, 12),
+    "fibre_db": (-12.0, 0.0),
+    "catheter_diameter_mm": (1.8, 4.0),
+    "guidewire_diameter_mm": (0.6, 1.2),
+    "catheter_rim_db": (-12.0, 0.0),
+    "catheter_core_db": (-24.0, -8.0),
+    "guidewire_db": (-9.0, 2.0),
+    "shadow": (0.2, 0.95),
+    "reverb_below_rim_db": (4.0, 20.0),
+    "reverb_decay": (0.3, 0.75),
+}
+RANDOM_PROFILE_STREAM = 0x50F11E  # second SeedSequence word: the profile draw never touches the case stream
+
+
+def profile_names() -> tuple[str, ...]:
+    """Names accepted by ``--profile``: the named profiles, then ``random``."""
+    return (*PROFILES, RANDOM)
+
+
+def check_profile(profile: str | PhantomProfile) -> str | PhantomProfile:
+    """Return ``profile`` if it is a PhantomProfile or a known name, else raise InputError listing them."""
+    if isinstance(profile, PhantomProfile) or profile in profile_names():
+        return profile
+    raise InputError(f"Unknown phantom profile {profile!r}: expected one of {', '.join(profile_names())}.")
+
+
+def draw_random_profile(seed: int) -> PhantomProfile:
+    """A profile drawn uniformly within ``RANDOM_BOUNDS`` for case seed ``seed`` (domain randomisation).
+
+    Each parameter becomes a single value (a range ``(v, v)``), so the profile fully describes the case.
+    The draw uses its own stream ``default_rng([seed, RANDOM_PROFILE_STREAM])``: deterministic per case.
+    """
+    rng = np.random.default_rng([int(seed), RANDOM_PROFILE_STREAM])
+    drawn: dict[str, Any] = {}
+    for f in fields(PhantomProfile):
+        if f.name not in RANDOM_BOUNDS:
+            continue
+        low, high = RANDOM_BOUNDS[f.name]
+        default = getattr(DEFAULT_PROFILE, f.name)
+        if isinstance(low, int) and isinstance(high, int):
+            value = int(rng.integers(low, high + 1))
+        else:
+            value = round(float(rng.uniform(low, high)), 4)
+        drawn[f.name] = (value, value) if isinstance(default, tuple) else value
+    return replace(DEFAULT_PROFILE, name=RANDOM, description="drawn per case (domain randomisation)", **drawn)
+
+
+def resolve_profile(profile: str | PhantomProfile, seed: int) -> PhantomProfile:
+    """The concrete profile of case ``seed``: a named one, the given instance, or a random draw."""
+    check_profile(profile)
+    if isinstance(profile, PhantomProfile):
+        return profile
+    return draw_random_profile(seed) if profile == RANDOM else PROFILES[profile]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,15 +399,17 @@ def _check_count(name: str, value: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _make_geometry(rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray) -> _Geometry:
+def _make_geometry(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: np.ndarray, profile: PhantomProfile
+) -> _Geometry:
     """Place the probe apex above the centre of the first slice and choose the sector angles."""
     extent = (np.array(shape) - 1) * spacing
-    apex = np.array([-rng.uniform(0.06, 0.1) * extent[0], extent[1] / 2, extent[2] / 2])
+    apex = np.array([-rng.uniform(*profile.apex_standoff) * extent[0], extent[1] / 2, extent[2] / 2])
     depth = extent[0] - apex[0]
-    tan_u = math.tan(math.radians(rng.uniform(33.0, 39.0)))
-    tan_v = math.tan(math.radians(rng.uniform(33.0, 39.0)))
+    tan_u = math.tan(math.radians(rng.uniform(*profile.sector_half_angle_deg)))
+    tan_v = math.tan(math.radians(rng.uniform(*profile.sector_half_angle_deg)))
     corner = float(np.linalg.norm([depth, extent[1] / 2, extent[2] / 2]))
-    r_max = min(rng.uniform(1.06, 1.12) * depth, 0.97 * corner)
+    r_max = min(rng.uniform(*profile.sector_depth) * depth, 0.97 * corner)
     return _Geometry(shape, spacing, apex, tan_u, tan_v, r_max=r_max)
 
 
@@ -333,14 +592,14 @@ def _db(value: float) -> float:
     return 10.0 ** (value / 20.0)
 
 
-def _tissue(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
+def _tissue(rng: np.random.Generator, geom: _Geometry, profile: PhantomProfile) -> np.ndarray:
     """Echogenicity (linear amplitude) of tissue, blood pools, specular walls and leaflet-like sheets.
 
     Computed in place on full-size float32 arrays to keep the number of temporaries small.
     """
-    chamber, envelope = _smooth_fields(rng, geom, corr=rng.uniform(11.0, 15.0), channels=2)
-    texture, sheet = _smooth_fields(rng, geom, corr=rng.uniform(4.0, 6.0), channels=2)
-    level = float(np.quantile(chamber[::4, ::4, ::4], 1.0 - rng.uniform(0.3, 0.45)))
+    chamber, envelope = _smooth_fields(rng, geom, corr=rng.uniform(*profile.chamber_corr_mm), channels=2)
+    texture, sheet = _smooth_fields(rng, geom, corr=rng.uniform(*profile.texture_corr_mm), channels=2)
+    level = float(np.quantile(chamber[::4, ::4, ::4], 1.0 - rng.uniform(*profile.blood_fraction)))
     grad = _level_gradient(chamber, level, geom.spacing)
     chamber -= level
     blood = np.tanh(chamber * (1.0 / (0.8 * grad)))
@@ -348,21 +607,22 @@ def _tissue(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
     blood += 0.5
     to_amp = math.log(10.0) / 20.0
     echo = texture
-    echo *= 3.0 * to_amp
-    echo += envelope * (2.0 * to_amp)
-    echo += rng.uniform(-31.0, -27.0) * to_amp
+    echo *= profile.texture_db * to_amp
+    echo += envelope * (profile.envelope_db * to_amp)
+    echo += rng.uniform(*profile.tissue_db) * to_amp
     np.exp(echo, out=echo)
     solid = 1.0 - blood
     echo *= solid
-    blood *= _db(rng.uniform(-52.0, -47.0))
+    blood *= _db(rng.uniform(*profile.blood_db))
     echo += blood
     brightness = np.clip(envelope * 0.35 + 0.8, 0.3, 1.3)
-    echo += _thin_level_set(chamber, rng.uniform(0.5, 0.9) * grad, brightness * _db(rng.uniform(-7.0, -3.0)))
-    sheet_w = rng.uniform(0.35, 0.6) * _level_gradient(sheet, 0.0, geom.spacing)
-    envelope -= rng.uniform(0.0, 0.6)
+    wall_width = rng.uniform(*profile.wall_width) * grad
+    echo += _thin_level_set(chamber, wall_width, brightness * _db(rng.uniform(*profile.wall_db)))
+    sheet_w = rng.uniform(*profile.sheet_width) * _level_gradient(sheet, 0.0, geom.spacing)
+    envelope -= rng.uniform(*profile.sheet_cut)
     np.clip(envelope, 0.0, 1.0, out=envelope)
     envelope *= np.sqrt(solid, out=solid)
-    envelope *= _db(rng.uniform(-6.0, -2.0))
+    envelope *= _db(rng.uniform(*profile.sheet_db))
     echo += _thin_level_set(sheet, sheet_w, envelope)
     return echo
 
@@ -377,10 +637,13 @@ def _thin_level_set(field: np.ndarray, width: float, amplitude: np.ndarray) -> n
     return out
 
 
-def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, step: float) -> None:
+def _add_fibres(
+    rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, step: float, profile: PhantomProfile
+) -> None:
     """Bright short tubular tissue structures (no shadow, no rim): tube-shaped distractors."""
     all_points, radius, amp = [], [], []
-    for _ in range(rng.integers(4, 8)):
+    low, high = profile.fibre_count
+    for _ in range(rng.integers(low, high + 1)):
         start = _pyramid_point(geom, rng.uniform(-0.8, 0.8), rng.uniform(-0.8, 0.8), rng.uniform(0.15, 0.9))
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
@@ -392,9 +655,8 @@ def _add_fibres(rng: np.random.Generator, geom: _Geometry, echo: np.ndarray, ste
         taper = np.sin(np.pi * np.clip(arc / arc[-1], 0.0, 1.0)) ** 0.5
         all_points.append(points)
         radius.append(np.full(len(points), rng.uniform(0.4, 1.7)))
-        amp.append(
-            _db(rng.uniform(-8.0, -3.0)) * taper * np.clip(1 + 0.2 * _smooth_profile(rng, arc, 5.0), 0.5, 1.5)
-        )
+        brightness = _db(rng.uniform(*profile.fibre_db))
+        amp.append(brightness * taper * np.clip(1 + 0.2 * _smooth_profile(rng, arc, 5.0), 0.5, 1.5))
     points, radius, amp = np.concatenate(all_points), np.concatenate(radius), np.concatenate(amp)
     flat, dist, near = _tube_band(points, float(radius.max()) + 0.8, geom)
     value = amp[near] * np.exp(-((np.maximum(dist - radius[near], 0.0) / 0.35) ** 2))
@@ -446,6 +708,7 @@ def _shadow_and_reverb(
     geom: _Geometry,
     beam: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     levels: dict[str, float],
+    reverb_decay: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxels behind the instrument along the beam: flat indices, shadow factor and reverberation echo."""
     u, v, r, fov = beam
@@ -474,18 +737,20 @@ def _shadow_and_reverb(
     gap = rng.uniform(1.0, 1.3) * 2 * radius if kind == "catheter" else rng.uniform(0.9, 1.4)
     rev = np.zeros(flat.size, np.float32)
     for k in range(1, 5):
-        rev += 0.55**k * np.exp(-(((behind + half - k * gap) / 0.3) ** 2))
+        rev += reverb_decay**k * np.exp(-(((behind + half - k * gap) / 0.3) ** 2))
     rev *= (behind > half) * levels["reverb"] * lateral * vis[p]
     return flat, factor.astype(np.float32), rev
 
 
-def _speckle(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
+def _speckle(rng: np.random.Generator, geom: _Geometry, profile: PhantomProfile) -> np.ndarray:
     """Rayleigh-like speckle amplitude (mean about 1): envelope of smoothed complex Gaussian noise.
 
-    The correlation is about 0.45 mm along the beam and 0.7 mm across. A small constant is added to the
+    The correlation (Gaussian sigma of the point-spread function) is ``profile.speckle_axial_mm`` along
+    the beam (z) and ``profile.speckle_lateral_mm`` across (y, x). A small constant is added to the
     intensity so that the zeros of the complex field do not become black threads after log compression.
     """
-    sigma = tuple(float(s) for s in np.array([0.45, 0.7, 0.7]) / geom.spacing)
+    psf_mm = np.array([profile.speckle_axial_mm, profile.speckle_lateral_mm, profile.speckle_lateral_mm])
+    sigma = tuple(float(s) for s in psf_mm / geom.spacing)
     re = ndimage.gaussian_filter(rng.standard_normal(geom.shape, dtype=np.float32), sigma, truncate=3.0)
     im = ndimage.gaussian_filter(rng.standard_normal(geom.shape, dtype=np.float32), sigma, truncate=3.0)
     re *= re
@@ -498,24 +763,29 @@ def _speckle(rng: np.random.Generator, geom: _Geometry) -> np.ndarray:
 
 
 def _compress(
-    rng: np.random.Generator, echo: np.ndarray, geom: _Geometry, beam: tuple[np.ndarray, ...]
+    rng: np.random.Generator,
+    echo: np.ndarray,
+    geom: _Geometry,
+    beam: tuple[np.ndarray, ...],
+    profile: PhantomProfile,
 ) -> np.ndarray:
     """Log compression with depth gain and fan-edge fall-off; exact 0 outside the FOV, 1..255 inside.
 
     ``echo`` is overwritten.
     """
     u, v, r, fov = beam
-    dyn = rng.uniform(48.0, 55.0)
-    top = rng.uniform(-1.0, 1.0)
+    dyn = rng.uniform(*profile.dynamic_range_db)
+    top = rng.uniform(*profile.white_level_db)
     db = echo
     db += 1e-6
     np.log10(db, out=db)
     db *= 20.0
     gain = r * (1.0 / geom.r_max)
     gain *= gain
-    gain *= rng.uniform(-5.0, -1.0)
+    gain *= rng.uniform(*profile.tgc_db)
     db += gain
-    db += np.minimum(-5.0 * (np.abs(u) / geom.tan_u) ** 4, -5.0 * (np.abs(v) / geom.tan_v) ** 4)
+    edge = profile.fan_edge_db
+    db += np.minimum(edge * (np.abs(u) / geom.tan_u) ** 4, edge * (np.abs(v) / geom.tan_v) ** 4)
     db -= top - dyn
     db *= 255.0 / dyn
     np.clip(db, 1.0, 255.0, out=db)
@@ -523,17 +793,17 @@ def _compress(
     return np.rint(db, out=db).astype(np.uint8)
 
 
-def _levels(rng: np.random.Generator, kind: str) -> dict[str, float]:
+def _levels(rng: np.random.Generator, kind: str, profile: PhantomProfile) -> dict[str, float]:
     """Instrument echo amplitudes (rim, core, reverberation) and shadow depth, drawn per case."""
     if kind == "catheter":
-        rim, core = rng.uniform(-5.0, -1.5), rng.uniform(-16.0, -12.0)
+        rim, core = rng.uniform(*profile.catheter_rim_db), rng.uniform(*profile.catheter_core_db)
     else:
-        rim, core = rng.uniform(-3.0, 0.0), -60.0
+        rim, core = rng.uniform(*profile.guidewire_db), -60.0
     return {
         "rim": _db(rim),
         "core": _db(core),
-        "shadow": rng.uniform(0.6, 0.8),
-        "reverb": _db(rim - rng.uniform(9.0, 13.0)),
+        "shadow": rng.uniform(*profile.shadow),
+        "reverb": _db(rim - rng.uniform(*profile.reverb_below_rim_db)),
     }
 
 
@@ -584,29 +854,40 @@ def generate_phantom(
     kind: str = "catheter",
     seed: int = 0,
     spacing: float | tuple[float, float, float] | None = None,
+    profile: str | PhantomProfile = "default",
 ) -> PhantomCase:
     """Generate one synthetic 3D ultrasound case with a catheter or a guide-wire.
 
-    ``size`` and ``spacing`` are in SimpleITK order (x, y, z); by default the spacing is isotropic and drawn
-    uniformly in [0.4, 0.7] mm per case. The probe is at the top of the z axis. The image is uint8 (0 outside
-    the FOV), the label uint8 {0, 1}, the origin centres the volume on (0, 0, 0) and the direction is
-    identity. ``center`` is a point of the instrument centre line in physical (LPS) millimetres.
+    Args:
+        size: voxels, one integer or 3 in SimpleITK order (x, y, z), at least ``MIN_SIZE``.
+        kind: ``"catheter"`` or ``"guidewire"``.
+        seed: the case seed; the same seed and profile always give identical arrays.
+        spacing: mm per voxel (x, y, z); by default isotropic, drawn per case from ``profile.spacing_mm``.
+        profile: a name of ``PROFILES``, ``"random"`` (parameters drawn per seed, see
+            ``draw_random_profile``) or a ``PhantomProfile``.
+
+    Returns:
+        The case: uint8 image (0 outside the FOV, probe at the top of the z axis), uint8 {0, 1} label,
+        origin centring the volume on (0, 0, 0), identity direction; ``center`` is a point of the
+        instrument centre line in physical (LPS) mm; ``profile`` the concrete profile used.
     """
     _check_kind(kind)
     size_xyz = _check_size(size)
     spacing_xyz = _check_spacing(spacing)
     _check_seed(seed)
+    used = resolve_profile(profile, int(seed))
     rng = np.random.default_rng(int(seed))
     if spacing_xyz is None:
-        spacing_xyz = (float(rng.uniform(*DEFAULT_SPACING_MM)),) * 3
-    geom = _make_geometry(rng, size_xyz[::-1], np.array(spacing_xyz[::-1], dtype=float))
-    radius = rng.uniform(*DIAMETER_MM[kind]) / 2
+        spacing_xyz = (float(rng.uniform(*used.spacing_mm)),) * 3
+    geom = _make_geometry(rng, size_xyz[::-1], np.array(spacing_xyz[::-1], dtype=float), used)
+    diameter = used.catheter_diameter_mm if kind == "catheter" else used.guidewire_diameter_mm
+    radius = rng.uniform(*diameter) / 2
     curve = _place_instrument(rng, geom)
     beam = _beam_coordinates(geom)
-    image = _render(rng, kind, curve, radius, geom, beam)
+    image = _render(rng, kind, curve, radius, geom, beam, used)
     label = _rasterize_label(curve, radius, geom, beam[3])
     center_index = _pick_center(curve, label, geom)
-    return _make_case(image, label, center_index, spacing_xyz, kind)
+    return _make_case(image, label, center_index, spacing_xyz, kind, used)
 
 
 def _place_instrument(rng: np.random.Generator, geom: _Geometry) -> _Curve:
@@ -630,27 +911,34 @@ def _render(
     radius: float,
     geom: _Geometry,
     beam: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    profile: PhantomProfile,
 ) -> np.ndarray:
     """B-mode image (uint8): tissue and distractors, shadow, instrument, reverberation, speckle, log."""
-    levels = _levels(rng, kind)
-    echo = _tissue(rng, geom)
-    _add_fibres(rng, geom, echo, _curve_step(geom))
+    levels = _levels(rng, kind, profile)
+    echo = _tissue(rng, geom, profile)
+    _add_fibres(rng, geom, echo, _curve_step(geom), profile)
     view = echo.reshape(-1)
-    flat_s, factor, reverb = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels)
+    shadow = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels, profile.reverb_decay)
+    flat_s, factor, reverb = shadow
     view[flat_s] *= factor
-    flat_i, replace, inst = _instrument_echo(kind, curve, radius, geom, levels)
-    view[flat_i] = view[flat_i] * (1.0 - replace) + inst
+    flat_i, weight, inst = _instrument_echo(kind, curve, radius, geom, levels)
+    view[flat_i] = view[flat_i] * (1.0 - weight) + inst
     view[flat_s] += reverb
-    echo += _db(-54.0)  # electronic noise floor, so shadows in blood do not turn pure black
-    speckle = _speckle(rng, geom)
+    echo += _db(profile.noise_floor_db)  # electronic noise floor: shadows in blood do not turn pure black
+    speckle = _speckle(rng, geom, profile)
     flat_speckle = speckle.reshape(-1)
-    flat_speckle[flat_i] = 1.0 + 0.5 * (flat_speckle[flat_i] - 1.0)
+    flat_speckle[flat_i] = 1.0 + profile.instrument_speckle * (flat_speckle[flat_i] - 1.0)
     echo *= speckle
-    return _compress(rng, echo, geom, beam)
+    return _compress(rng, echo, geom, beam, profile)
 
 
 def _make_case(
-    image: np.ndarray, label: np.ndarray, center_index: np.ndarray, spacing_xyz: tuple[float, ...], kind: str
+    image: np.ndarray,
+    label: np.ndarray,
+    center_index: np.ndarray,
+    spacing_xyz: tuple[float, ...],
+    kind: str,
+    profile: PhantomProfile,
 ) -> PhantomCase:
     """Wrap arrays into SimpleITK images centred on the origin; convert the centre to physical mm."""
     img = sitk.GetImageFromArray(image)
@@ -660,7 +948,8 @@ def _make_case(
     lab = sitk.GetImageFromArray(label)
     lab.CopyInformation(img)
     center = img.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in center_index[::-1]))
-    return PhantomCase(image=img, label=lab, center=tuple(float(c) for c in center), kind=kind)
+    center_lps = tuple(float(c) for c in center)
+    return PhantomCase(image=img, label=lab, center=center_lps, kind=kind, profile=profile)
 
 
 def case_seed(seed: int, index: int, split: str = "training") -> int:
@@ -683,6 +972,7 @@ def write_phantom_dataset(
     test: int = 0,
     spacing: float | tuple[float, float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    profile: str | PhantomProfile = "default",
 ) -> pathlib.Path:
     """Write images/ labels/ and dataset.json; return the dataset.json path.
 
@@ -691,8 +981,12 @@ def write_phantom_dataset(
     never changes the others. Names are ``phantom_<kind>_000`` (training), ``..._u000`` (unlabeled, no label
     file) and ``..._t000`` (test, with a label so it can be evaluated). Every file is written atomically.
     ``progress(done, total)`` is called after each case.
+
+    ``profile`` (see ``generate_phantom``) is recorded for traceability: its name and parameters under
+    ``generator.profile``; with ``"random"`` each entry also has ``profile`` with its drawn parameters.
     """
     _check_kind(kind)
+    check_profile(profile)
     size_xyz = _check_size(size)
     spacing_xyz = _check_spacing(spacing)
     counts = {
@@ -708,13 +1002,15 @@ def write_phantom_dataset(
     for split, count in counts.items():
         for i in range(count):
             name = f"phantom_{kind}_{prefix[split]}{i:03d}"
-            case = generate_phantom(size_xyz, kind, case_seed(int(seed), i, split), spacing)
+            case = generate_phantom(size_xyz, kind, case_seed(int(seed), i, split), spacing, profile)
             entry: dict = {"image": f"images/{name}.nii.gz"}
             _write_image(case.image, out / entry["image"])
             if split != "unlabeled":
                 entry["label"] = f"labels/{name}.nii.gz"
                 _write_image(case.label, out / entry["label"])
             entry["center"] = [float(c) for c in case.center]
+            if profile == RANDOM:
+                entry["profile"] = _profile_record(case.profile)
             lists[split].append(entry)
             done += 1
             if progress is not None:
@@ -725,8 +1021,25 @@ def write_phantom_dataset(
         "size": list(size_xyz),
         "spacing": None if spacing_xyz is None else list(spacing_xyz),
         "caseSeeds": "seed * 100003 + i (training), + 50000 + i (unlabeled), + 75000 + i (test)",
+        "profile": _profile_summary(profile),
     }
     return _write_datalist(out, kind, generator, counts, lists)
+
+
+def _profile_record(profile: PhantomProfile) -> dict[str, Any]:
+    """The profile as dataset.json keeps it: name and every parameter."""
+    return {"name": profile.name, **profile.parameters()}
+
+
+def _profile_summary(profile: str | PhantomProfile) -> dict[str, Any]:
+    """``generator.profile``: the full record of a fixed profile, or the random bounds and the stream."""
+    if profile != RANDOM:
+        return _profile_record(resolve_profile(profile, 0))
+    return {
+        "name": RANDOM,
+        "bounds": {key: list(bounds) for key, bounds in RANDOM_BOUNDS.items()},
+        "draw": f"per case: default_rng([case seed, {RANDOM_PROFILE_STREAM}]), see entries' 'profile'",
+    }
 
 
 def _write_datalist(
