@@ -89,6 +89,16 @@ def _image_output(text: str) -> str:
     return text
 
 
+def _profile_name(text: str) -> str:
+    """An argparse ``type``: a phantom profile name (the list is read from the phantom module on use)."""
+    from .phantom import check_profile
+
+    try:
+        return check_profile(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _method_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"method option must be KEY=VALUE; got {text!r}")
@@ -140,6 +150,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         test=args.test,
         spacing=args.spacing,
         progress=progress,
+        profile=args.profile,
     )
     print(file=sys.stderr)
     print(f"wrote {path}")
@@ -598,9 +609,20 @@ def _add_phantom(sub) -> None:
     p.add_argument("--kind", choices=("catheter", "guidewire"), default="catheter")
     p.add_argument("--size", type=_COUNT, default=160, help="voxels per axis (default 160)")
     p.add_argument(
-        "--spacing", type=_POSITIVE, default=None, help="mm per voxel (default: random 0.4-0.7 per case)"
+        "--spacing", type=_POSITIVE, default=None, help="mm per voxel (default: drawn per case by --profile)"
     )
+    _add_profile_flag(p)
     p.set_defaults(func=cmd_phantom)
+
+
+def _add_profile_flag(p) -> None:
+    p.add_argument(
+        "--profile",
+        type=_profile_name,
+        default="default",
+        help="scanner profile (default 'default'; 'random' draws every parameter per case); "
+        "the names and their parameters are in docs/PHANTOM_PROFILES.md",
+    )
 
 
 TRAIN_HELP = """Train a segmentation model, or continue an interrupted run with --resume.
