@@ -82,6 +82,9 @@ class Dataset:
 
 
 def _format_problems(what: str, problems: list[str]) -> str:
+    """One line for one problem (``dataset 'd.json' has 1 problem: ...``), else one line per problem."""
+    if len(problems) == 1:
+        return f"{what} has 1 problem: {problems[0]}"
     lines = [f"{what} has {len(problems)} problem(s):"]
     lines += [f"  - {p}" for p in problems[:_MAX_LISTED]]
     if len(problems) > _MAX_LISTED:

@@ -162,12 +162,21 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
             net = build_network(config)
             net.load_state_dict(state[name])
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise ModelError(f"network {name!r} of {folder} does not match its weights: {exc}") from None
+            reason = _first_reason(exc)
+            raise ModelError(f"network {name!r} of {folder} does not match its weights: {reason}") from None
         networks[name] = net.to(device).eval()
     missing = [n for n in meta.get("inference_networks", []) if n not in networks]
     if missing:
         raise ModelError(f"{folder / MODEL_JSON} names unknown inference networks {missing}")
     return LoadedModel(path=folder, meta=meta, networks=networks, device=device)
+
+
+def _first_reason(exc: BaseException) -> str:
+    """One line from torch's many-line ``load_state_dict`` error: the first mismatch and how many more."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    details = [ln for ln in lines[1:] if not ln.endswith(":")] or lines or [type(exc).__name__]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{details[0][:300]}{more}"
 
 
 def refused_load_reason(exc: BaseException) -> str:
