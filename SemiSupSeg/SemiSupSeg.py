@@ -5,31 +5,27 @@ the catheter or guide-wire with a trained model on GPU or CPU, correct the resul
 Editor, and save the corrected case into the labelled pool that the training panel and
 ``semisupseg train`` read.
 
-The module is kept thin: geometry, model listing, device choice, pool writing and error messages live in
-the engine's ``SemiSupSegLib.slicer_bridge`` (tested with pytest outside Slicer). torch, MONAI and SciPy
-are imported only when first needed, after one confirmation to install them.
+The module is kept thin: widgets, the parameter node, dialogs and wiring. Everything done with the scene
+(volume <-> image, point, segment, pool, background process) lives in the Qt-free ``SemiSupSegMRML``
+package, tested on the real MRML core by ``Testing/mrml``; geometry, model listing and messages in the
+engine's ``SemiSupSegLib.slicer_bridge``. torch, MONAI and SciPy are imported only when first needed,
+after one confirmation to install them.
 
 Long runs: a segmentation with a centre point (bounded work: one batch of patches around the point) and
 any small volume run inside Slicer, with the progress bar updated between stages, so that the loaded
 model is reused by the next click. Full-volume mode and Monte-Carlo uncertainty on larger volumes run in
-a background ``PythonSlicer -m SemiSupSegLib.segment_worker`` process that reports JSON-lines progress;
-the Segment button turns into Cancel, which kills the whole process tree.
+a background ``PythonSlicer -m SemiSupSegLib.segment_worker`` process that reports JSON-lines progress
+(polled by a ``QTimer``); the Segment button turns into Cancel, which kills the whole process tree.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
-import os
 import pathlib
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from typing import Annotated
 
 import ctk
@@ -37,6 +33,10 @@ import numpy as np
 import qt
 import slicer
 import vtk
+from SemiSupSegMRML import dependencies, markups, models, segments
+from SemiSupSegMRML.pool import add_to_pool
+from SemiSupSegMRML.segmentation import Cancelled, SegmentationLogic
+from SemiSupSegMRML.volumes import volume_from_image
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -48,13 +48,10 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SemiSupSegLib import slicer_bridge as bridge
-from SemiSupSegLib.errors import InputError, SemiSupSegError
+from SemiSupSegLib.errors import SemiSupSegError
 
-SEGMENT_NAME = "instrument"
-SEGMENT_COLOR = (1.0, 0.85, 0.1)
 SEGMENT_EDITOR_TAG = "SemiSupSegSegmentEditor"
-MC_SAMPLES = 8
-TORCH_REQUIREMENT = ">=2.1"
+POLL_MS = 100
 
 
 #
@@ -148,6 +145,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedPointNode = None
         self._listedModelsFolder = None
         self._job = None
+        self._jobTimer = None
         self.segmentEditorWidget = None
 
     def setup(self) -> None:
@@ -186,7 +184,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.findButton.connect("clicked(bool)", self.onFindButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
-        self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self._refreshModels(force=True))
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self.refreshModels())
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.addLabelledButton.connect("clicked(bool)", lambda: self.onAddToPool(unlabeled=False))
@@ -232,7 +230,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
                 p.inputVolume = first
         if not p.centerPoint:
-            p.centerPoint = self.logic.createPointNode()
+            p.centerPoint = markups.create_point_node()
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -282,7 +280,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         busy = self._job is not None
         hasVolume = p.inputVolume is not None
         hasModel = bool(p.modelPath)
-        hasPoint = self.logic.hasPoint(p.centerPoint)
+        hasPoint = markups.has_point(p.centerPoint)
         self.ui.findButton.enabled = hasVolume and p.centerPoint is not None and not busy
         self.ui.segmentButton.enabled = busy or (hasVolume and hasModel)
         self.ui.segmentButton.toolTip = (
@@ -310,7 +308,13 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             editor.setSourceVolumeNode(p.inputVolume)
 
     # --- models -----------------------------------------------------------------------------------
-    def _refreshModels(self, force=False) -> None:
+    def refreshModels(self, preferDefault=False) -> None:
+        """Re-read the models folder (public: the training panel calls it after a new model or a new
+        default). ``preferDefault`` selects the default model even when another one is chosen."""
+        if self._parameterNode is not None:
+            self._refreshModels(force=True, preferDefault=preferDefault)
+
+    def _refreshModels(self, force=False, preferDefault=False) -> None:
         p = self._parameterNode
         folder = str(p.modelsFolder)
         if not force and folder == self._listedModelsFolder:
@@ -320,15 +324,14 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            entries = bridge.scan_models(folder)
+            entries = models.list_models(folder)
             for index, entry in enumerate(entries):
                 combo.addItem(bridge.model_label(entry), entry["path"])
                 combo.setItemData(index, bridge.model_tooltip(entry), qt.Qt.ToolTipRole)
             paths = [e["path"] for e in entries]
-            if p.modelPath in paths:
-                combo.currentIndex = paths.index(p.modelPath)
-            elif entries:
-                combo.currentIndex = 0
+            chosen = models.choose_model(paths, p.modelPath, models.default_model(), preferDefault)
+            if chosen:
+                combo.currentIndex = paths.index(chosen)
         finally:
             combo.blockSignals(wasBlocked)
         self.onModelChanged(combo.currentIndex)
@@ -388,26 +391,30 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         with userAction("Segmentation failed."):
             self.logic.ensureDependencies()
-            request = self.logic.prepareSegmentation(
+            request = self.logic.prepare(
                 p.inputVolume,
                 p.centerPoint,
                 p.modelPath,
                 p.device,
                 probability=p.probabilityOutput,
                 uncertainty=p.uncertaintyOutput,
-                forceBackground=p.forceBackground,
+                force_background=p.forceBackground,
             )
             if request.execution == "background":
-                self._job = self.logic.startBackgroundSegmentation(
-                    request, onProgress=self._onProgress, onDone=self._onBackgroundDone
+                self._job = self.logic.start_background(
+                    request, on_progress=self._onProgress, on_done=self._onBackgroundDone
                 )
+                self._jobTimer = qt.QTimer()
+                self._jobTimer.setInterval(POLL_MS)
+                self._jobTimer.connect("timeout()", self._job.poll)
+                self._jobTimer.start()
                 self.ui.segmentButton.text = "Cancel"
                 self._onProgress("starting the background process", None)
                 self._updateGui()
                 return
             self._setRunning(True)
             try:
-                outcome = self.logic.runSegmentation(request, progress=self._onProgress)
+                outcome = self.logic.run(request, progress=self._onProgress)
             finally:
                 self._setRunning(False)
                 self._updateGui()
@@ -426,12 +433,15 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onBackgroundDone(self, request, outcome, error) -> None:
         self._job = None
+        if self._jobTimer is not None:
+            self._jobTimer.stop()
+            self._jobTimer = None
         self.ui.segmentButton.text = "Segment"
         self.ui.progressBar.setVisible(False)
         self._updateGui()
         if error is not None:
-            self.ui.statusLabel.text = "Segmentation stopped." if isinstance(error, _Cancelled) else ""
-            if not isinstance(error, _Cancelled):
+            self.ui.statusLabel.text = "Segmentation stopped." if isinstance(error, Cancelled) else ""
+            if not isinstance(error, Cancelled):
                 slicer.util.errorDisplay(
                     f"Segmentation failed.\n\n{bridge.user_message(error, request.device)}",
                     windowTitle="SemiSupSeg",
@@ -444,7 +454,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p.segmentation is not None and self.segmentEditorWidget.segmentationNode() == p.segmentation:
             self.segmentEditorWidget.saveStateForUndo()  # Ctrl+Z brings back the previous segment
-        nodes = self.logic.importResults(
+        nodes = self.logic.import_results(
             request, outcome, p.segmentation, p.probabilityVolume, p.uncertaintyVolume
         )
         p.segmentation = nodes["segmentation"]
@@ -453,12 +463,12 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if nodes.get("uncertainty") is not None:
             p.uncertaintyVolume = nodes["uncertainty"]
         self.ui.statusLabel.text = outcome["summary"]
-        slicer.util.setSliceViewerLayers(background=request.volumeNode)
+        slicer.util.setSliceViewerLayers(background=request.volume_node)
 
     def onAddToPool(self, unlabeled) -> None:
         p = self._parameterNode
         with userAction("Saving into the pool failed."):
-            result = self.logic.addToPool(
+            result = add_to_pool(
                 p.inputVolume,
                 p.segmentation,
                 p.centerPoint,
@@ -474,590 +484,32 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class _Cancelled(Exception):
-    pass
-
-
-class SegmentationRequest:
-    """One segmentation as prepared from the scene: the image (LPS, the volume's local frame), the
-    centre point, the model, the device and where to run it."""
-
-    def __init__(self, **fields) -> None:
-        self.volumeNode = None
-        self.image = None
-        self.centerLps = None
-        self.modelPath = ""
-        self.device = "cpu"
-        self.probability = False
-        self.uncertainty = False
-        self.execution = "in-process"
-        self.__dict__.update(fields)
-
-
-class BackgroundSegmentation:
-    """A segmentation running in ``PythonSlicer -m SemiSupSegLib.segment_worker``.
-
-    A reader thread puts the worker's stdout lines into a queue; a ``QTimer`` in the GUI thread reads
-    them, reports progress, and when the process ends reads the result files and calls ``onDone``.
-    """
-
-    POLL_MS = 100
-
-    def __init__(self, logic, request, args, env, tempDir, onProgress, onDone) -> None:
-        self.logic, self.request, self.tempDir = logic, request, tempDir
-        self.onProgress, self.onDone = onProgress, onDone
-        self.lines = queue.Queue()
-        self.finished = None
-        self.error = None
-        self.cancelled = False
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            **bridge.process_group_kwargs(),
-        )
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        self.timer = qt.QTimer()
-        self.timer.setInterval(self.POLL_MS)
-        self.timer.connect("timeout()", self._poll)
-        self.timer.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.process.wait()
-        self.lines.put(None)
-
-    def _poll(self) -> None:
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return
-            if line is None:
-                self._finish()
-                return
-            self._handle(line)
-
-    def _handle(self, line) -> None:
-        try:
-            event = bridge.parse_worker_line(line)
-        except SemiSupSegError as exc:
-            self.error = exc
-            return
-        if event is None:
-            if line.strip():
-                logging.info("SemiSupSeg worker: %s", line.rstrip())
-            return
-        kind = event["event"]
-        if kind == "progress" and self.onProgress:
-            self.onProgress(event.get("stage", ""), event.get("fraction"))
-        elif kind == "finished":
-            self.finished = event
-        elif kind == "error":
-            self.error = InputError(event.get("message", "the segmentation process failed"))
-
-    def _finish(self) -> None:
-        self.timer.stop()
-        outcome, error = None, self.error
-        try:
-            if self.cancelled:
-                error = _Cancelled()
-            elif error is None and self.finished is None:
-                error = RuntimeError(
-                    f"the segmentation process ended without a result (exit status {self.process.returncode})"
-                )
-            elif error is None:
-                outcome = self.logic.readWorkerOutputs(self.request, self.finished)
-        except Exception as exc:  # noqa: BLE001 - handed to onDone, which shows it
-            error = exc
-        finally:
-            shutil.rmtree(self.tempDir, ignore_errors=True)
-        self.logic._job = None
-        if self.onDone:
-            self.onDone(self.request, outcome, error)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        bridge.kill_process_tree(self.process)
-
-    def isRunning(self) -> bool:
-        return self.timer.isActive()
-
-
-class SemiSupSegLogic(ScriptedLoadableModuleLogic):
-    """Converts between MRML nodes and the engine's SimpleITK images and calls the engine.
-
-    No widget code: usable from the Python console, from a script or from the self-test.
-    ``logCallback(text)`` receives status messages.
-    """
+class SemiSupSegLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
+    """The module's logic for Slicer: the parameter node, plus :class:`SemiSupSegMRML.segmentation.
+    SegmentationLogic` (locate, segment, import), which holds all the scene work and has no Qt."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        SegmentationLogic.__init__(self, log=self._log)
         self.logCallback = None
-        self._models = {}
-        self._job = None
 
     def getParameterNode(self):
         return SemiSupSegParameterNode(super().getParameterNode())
 
-    def log(self, text) -> None:
+    def _log(self, text) -> None:
         logging.info(text)
         if self.logCallback:
             self.logCallback(text)
 
-    # --- dependencies -------------------------------------------------------------------------------
-    def _requirements(self):
-        path = pathlib.Path(__file__).resolve().parent / "Resources" / "requirements.txt"
-        lines = (
-            path.read_text(encoding="utf-8").splitlines() if path.is_file() else ["monai>=1.3", "scipy>=1.10"]
-        )
-        return bridge.requirement_names(lines)
-
-    def missingDependencies(self):
-        missing = [] if importlib.util.find_spec("torch") else ["torch"]
-        missing += [req for req, module in self._requirements() if importlib.util.find_spec(module) is None]
-        return missing
-
-    def ensureDependencies(self, askConfirmation=True) -> None:
-        """Install torch (through the PyTorch extension) and MONAI/SciPy (pip) after one confirmation.
-        numpy and SimpleITK are pinned to Slicer's own versions so they are never replaced."""
-        missing = self.missingDependencies()
-        if not missing:
-            return
-        if slicer.app.testingEnabled():
-            raise InputError(f"missing Python packages {', '.join(missing)}; install them before testing")
-        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-            "SemiSupSeg needs these Python packages, which are not installed yet: "
-            f"{', '.join(missing)}.\n\nInstall them now? This downloads several hundred MB and may take "
-            "minutes. Slicer's own numpy and SimpleITK are kept.",
-            windowTitle="SemiSupSeg: install dependencies",
-        ):
-            raise InputError(f"SemiSupSeg cannot run without {', '.join(missing)} (installation declined)")
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise InputError(
-                    "SemiSupSeg needs the PyTorch extension to install torch: install 'PyTorch' from the "
-                    "Extensions Manager, restart Slicer and try again"
-                ) from None
-            self.log("Installing PyTorch (this may take several minutes)...")
-            if (
-                PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT
-                )
-                is None
-            ):
-                raise InputError("PyTorch was not installed; SemiSupSeg cannot segment without it")
-        others = [req for req in missing if req != "torch"]
-        if others:
-            self.log(f"Installing {', '.join(others)}...")
-            with tempfile.TemporaryDirectory() as folder:
-                constraints = pathlib.Path(folder) / "constraints.txt"
-                constraints.write_text(
-                    bridge.dependency_constraints(self._slicerPackages()), encoding="utf-8"
-                )
-                try:
-                    import slicer.packaging as packaging
-                except ImportError:
-                    packaging = None
-                if packaging is not None and hasattr(packaging, "pip_ensure"):
-                    packaging.pip_ensure(
-                        others, constraints=str(constraints), prompt_install=False, requester="SemiSupSeg"
-                    )
-                else:
-                    slicer.util.pip_install([*others, "-c", str(constraints)])
-        importlib.invalidate_caches()  # let find_spec see the packages pip just installed
-        still = self.missingDependencies()
-        if still:
-            raise InputError(
-                f"installing {', '.join(still)} failed; see the Python console for pip's messages"
-            )
-
-    @staticmethod
-    def _slicerPackages():
-        import importlib.metadata
-
-        versions = {}
-        for name in ("numpy", "SimpleITK"):
-            try:
-                versions[name] = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                versions[name] = None  # built into Slicer, not a pip package: nothing to pin
-        return versions
-
-    # --- scene <-> engine -----------------------------------------------------------------------------
-    def createPointNode(self, name="Instrument centre"):
-        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-        node.SetMaximumNumberOfControlPoints(1)
-        node.CreateDefaultDisplayNodes()
-        node.GetDisplayNode().SetSelectedColor(1.0, 0.3, 0.1)
-        return node
-
-    @staticmethod
-    def _checkVolume(volumeNode):
-        if volumeNode is None:
-            raise InputError("choose an input volume first")
-        if volumeNode.GetImageData() is None:
-            raise InputError(f"volume '{volumeNode.GetName()}' has no voxels")
-
-    @staticmethod
-    def volumeToWorld(volumeNode):
-        """The 4x4 local RAS -> world RAS matrix of the volume's parent transform, or None."""
-        transformNode = volumeNode.GetParentTransformNode()
-        if transformNode is None:
-            return None
-        if not transformNode.IsTransformToWorldLinear():
-            raise InputError(
-                f"volume '{volumeNode.GetName()}' is under a non-linear transform; harden the transform "
-                "(Data module, right-click the volume, 'Harden transform') before segmenting"
-            )
-        matrix = vtk.vtkMatrix4x4()
-        transformNode.GetMatrixTransformToWorld(matrix)
-        return slicer.util.arrayFromVTKMatrix(matrix)
-
-    def volumeToImage(self, volumeNode):
-        """The volume as a SimpleITK image in its local frame (LPS), voxels copied."""
-        self._checkVolume(volumeNode)
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return bridge.image_from_array(
-            slicer.util.arrayFromVolume(volumeNode),
-            slicer.util.arrayFromVTKMatrix(matrix),
-            name=f"volume '{volumeNode.GetName()}'",
-        )
-
-    @staticmethod
-    def _definedPointIndex(pointNode):
-        if pointNode is None:
-            return -1
-        for i in range(pointNode.GetNumberOfControlPoints()):
-            if pointNode.GetNthControlPointPositionStatus(i) == slicer.vtkMRMLMarkupsNode.PositionDefined:
-                return i
-        return -1
-
-    def hasPoint(self, pointNode) -> bool:
-        return self._definedPointIndex(pointNode) >= 0
-
-    def centerLps(self, pointNode, volumeNode):
-        """The point list's first defined point in the volume's local LPS frame, or None."""
-        index = self._definedPointIndex(pointNode)
-        if index < 0:
-            return None
-        world = [0.0, 0.0, 0.0]
-        pointNode.GetNthControlPointPositionWorld(index, world)
-        return bridge.world_ras_to_volume_lps(world, self.volumeToWorld(volumeNode))
-
-    def setCenterLps(self, pointNode, volumeNode, pointLps, label="instrument") -> None:
-        """Put an engine point (the volume's local LPS) into the point list as its only point."""
-        x, y, z = bridge.volume_lps_to_world_ras(pointLps, self.volumeToWorld(volumeNode))
-        index = self._definedPointIndex(pointNode)
-        if index < 0:
-            pointNode.RemoveAllControlPoints()
-            pointNode.AddControlPointWorld(x, y, z, label)
-        else:
-            pointNode.SetNthControlPointPositionWorld(index, x, y, z)
-
-    def imageToVolume(self, image, volumeNode, outputNode=None, name="output"):
-        """A scalar volume node with the image's voxels and grid, under the input volume's transform."""
-        array, ijkToRas = bridge.array_from_image(image)
-        if outputNode is None:
-            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        outputNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRas))
-        slicer.util.updateVolumeFromArray(outputNode, array.astype(np.float32))
-        outputNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-        outputNode.CreateDefaultDisplayNodes()
-        return outputNode
-
-    def labelToSegmentation(self, label, volumeNode, segmentationNode=None):
-        """Create or update the segmentation's "instrument" segment from a label on the volume's grid."""
-        import SimpleITK as sitk
-
-        if segmentationNode is None:
-            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} instrument"
-            )
-            segmentationNode.CreateDefaultDisplayNodes()
-        segmentation = segmentationNode.GetSegmentation()
-        segmentId = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
-        if not segmentId:
-            segmentId = segmentation.AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, list(SEGMENT_COLOR))
-        # The label is on the volume's grid. With the segmentation under the same parent transform as the
-        # volume (and so as the temporary labelmap Slicer makes from it), the import does not resample.
-        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        array = sitk.GetArrayFromImage(label).astype(np.uint8)
-        expected = tuple(slicer.util.arrayFromVolume(volumeNode).shape)
-        if array.shape != expected:
-            raise InputError(
-                f"the segmentation's size {array.shape[::-1]} differs from the volume's {expected[::-1]}"
-            )
-        slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentationNode, segmentId, volumeNode)
-        return segmentationNode
-
-    def segmentToLabel(self, segmentationNode, volumeNode, image):
-        """The "instrument" segment (or the only segment) as a 0/1 SimpleITK label on the image's grid."""
-        import SimpleITK as sitk
-
-        if segmentationNode is None:
-            raise InputError("there is no segmentation yet; click Segment or draw the instrument first")
-        segmentation = segmentationNode.GetSegmentation()
-        segmentId = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
-        if not segmentId and segmentation.GetNumberOfSegments() == 1:
-            segmentId = segmentation.GetNthSegmentID(0)
-        if not segmentId:
-            raise InputError(
-                f"segmentation '{segmentationNode.GetName()}' has no '{SEGMENT_NAME}' segment; rename the "
-                "instrument's segment to 'instrument'"
-            )
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-        expected = sitk.GetArrayViewFromImage(image).shape
-        if tuple(array.shape) != tuple(expected):
-            raise InputError(
-                f"the segment's grid {array.shape[::-1]} differs from the volume's {expected[::-1]}"
-            )
-        label = sitk.GetImageFromArray((np.asarray(array) > 0).astype(np.uint8))
-        label.CopyInformation(image)
-        return label
-
-    # --- locate -------------------------------------------------------------------------------------
-    def resolveDevice(self, choice):
-        import torch
-
-        return bridge.choose_device(choice, torch.cuda.is_available())
-
-    def locate(self, volumeNode, pointNode, locatorFolder, deviceChoice="Auto"):
-        """Run the DQN locator and put its point into ``pointNode``; return the engine's LocateResult."""
-        from SemiSupSegLib.locator import load_locator, locate
-
-        if pointNode is None:
-            raise InputError("choose or create a point list for the centre point first")
-        image = self.volumeToImage(volumeNode)
-        folder = bridge.resolve_locator_folder(locatorFolder)
-        device = self.resolveDevice(deviceChoice)
-        self.log(f"Finding the instrument with locator '{folder.name}' on {device}...")
-        found = locate(load_locator(folder, device), image)
-        self.setCenterLps(pointNode, volumeNode, found.point_lps)
-        self.log(f"Instrument found in {found.seconds:.1f} s")
-        return found
-
-    # --- segment ------------------------------------------------------------------------------------
-    def prepareSegmentation(
-        self,
-        volumeNode,
-        pointNode,
-        modelPath,
-        deviceChoice="Auto",
-        *,
-        probability=False,
-        uncertainty=False,
-        forceBackground=False,
-    ):
-        """Everything a segmentation needs from the scene, checked (point inside, 3D volume, model)."""
-        from SemiSupSegLib.imageio import check_point_inside
-        from SemiSupSegLib.model_store import resolve_model
-
-        image = self.volumeToImage(volumeNode)
-        if not modelPath:
-            raise InputError("no model is chosen; pick one in the Model section (or choose its folder)")
-        modelFolder = resolve_model(modelPath)
-        center = self.centerLps(pointNode, volumeNode)
-        if center is not None:
-            check_point_inside(image, center, what="the centre point")
-        device = self.resolveDevice(deviceChoice)
-        voxels = int(np.prod(image.GetSize()))
-        execution = bridge.choose_execution(
-            voxels, center is not None, MC_SAMPLES if uncertainty else 0, forceBackground
-        )
-        return SegmentationRequest(
-            volumeNode=volumeNode,
-            image=image,
-            centerLps=center,
-            modelPath=str(modelFolder),
-            device=device,
-            probability=probability,
-            uncertainty=uncertainty,
-            execution=execution,
-        )
-
-    def _loadModel(self, modelPath, device):
-        from SemiSupSegLib.model_store import load_model
-
-        weights = pathlib.Path(modelPath) / "weights.pt"
-        key = (str(modelPath), device, weights.stat().st_mtime if weights.exists() else 0)
-        if key not in self._models:
-            self._models.clear()  # keep one model in memory
-            self._models[key] = load_model(modelPath, device)
-        return self._models[key]
-
-    def runSegmentation(self, request, progress=None):
-        """Segment in this process; returns the outcome dict for :meth:`importResults`."""
-        from SemiSupSegLib.inference import segment
-
-        self.log(f"Segmenting with '{pathlib.Path(request.modelPath).name}' on {request.device}...")
-        model = self._loadModel(request.modelPath, request.device)
-        result = segment(
-            model,
-            request.image,
-            request.centerLps,
-            mc_samples=MC_SAMPLES if request.uncertainty else 0,
-            progress=progress,
-        )
-        return {
-            "label": result.label,
-            "probability": result.probability if request.probability else None,
-            "uncertainty": result.uncertainty,
-            "summary": bridge.result_summary(result.seconds, result.mode, request.device, result.precision),
-        }
-
-    def startBackgroundSegmentation(self, request, onProgress=None, onDone=None):
-        """Start the worker process; ``onDone(request, outcome, error)`` is called in the GUI thread."""
-        import SimpleITK as sitk
-
-        if self._job is not None and self._job.isRunning():
-            raise InputError("a segmentation is already running; wait for it or cancel it")
-        python = shutil.which("PythonSlicer") or shutil.which("PythonSlicer.exe")
-        if not python:
-            raise InputError(
-                "PythonSlicer was not found; untick 'Always in a background process' and place a point"
-            )
-        tempDir = tempfile.mkdtemp(prefix="SemiSupSeg-")
-        inputPath = os.path.join(tempDir, "input.nrrd")
-        sitk.WriteImage(request.image, inputPath, False)
-        request.outputs = {"label": os.path.join(tempDir, "label.nrrd")}
-        if request.probability:
-            request.outputs["probability"] = os.path.join(tempDir, "probability.nrrd")
-        if request.uncertainty:
-            request.outputs["uncertainty"] = os.path.join(tempDir, "uncertainty.nrrd")
-        args = bridge.segment_worker_command(
-            python,
-            model=request.modelPath,
-            input_path=inputPath,
-            output_path=request.outputs["label"],
-            center_lps=request.centerLps,
-            probability_path=request.outputs.get("probability"),
-            uncertainty_path=request.outputs.get("uncertainty"),
-            mc_samples=MC_SAMPLES,
-            device=request.device,
-        )
-        env = os.environ.copy()
-        moduleDir = str(pathlib.Path(__file__).resolve().parent)
-        env["PYTHONPATH"] = os.pathsep.join(x for x in (moduleDir, env.get("PYTHONPATH", "")) if x)
-        if request.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = "-1"
-        self.log(f"Segmenting in a background process with '{pathlib.Path(request.modelPath).name}'...")
-        logging.info("SemiSupSeg worker command: %s", args)
-        self._job = BackgroundSegmentation(self, request, args, env, tempDir, onProgress, onDone)
-        return self._job
-
-    def readWorkerOutputs(self, request, finished):
-        from SemiSupSegLib.imageio import read_image
-
-        outcome = {
-            "label": read_image(request.outputs["label"], what="segmentation"),
-            "probability": None,
-            "uncertainty": None,
-            "summary": bridge.result_summary(
-                finished.get("seconds", 0.0),
-                finished.get("mode", ""),
-                request.device,
-                finished.get("precision", ""),
+    def ensureDependencies(self) -> None:
+        """Install torch/MONAI/SciPy after one confirmation (the one installer of both panels)."""
+        dependencies.ensure_dependencies(
+            lambda question: slicer.util.confirmOkCancelDisplay(
+                question, windowTitle="SemiSupSeg: install dependencies"
             ),
-        }
-        for key in ("probability", "uncertainty"):
-            if key in request.outputs and os.path.exists(request.outputs[key]):
-                outcome[key] = read_image(request.outputs[key], what=key)
-        return outcome
-
-    def waitForBackgroundSegmentation(self, job, timeoutSeconds=600):
-        """Process events until ``job`` ends (for scripts and tests); False on timeout (then cancelled)."""
-        deadline = time.monotonic() + timeoutSeconds
-        while job.isRunning():
-            if time.monotonic() > deadline:
-                job.cancel()
-                return False
-            slicer.app.processEvents()
-            time.sleep(0.02)
-        return True
-
-    def importResults(
-        self, request, outcome, segmentationNode=None, probabilityNode=None, uncertaintyNode=None
-    ):
-        """Put an outcome into the scene; returns the nodes (segmentation, probability, uncertainty)."""
-        volumeNode = request.volumeNode
-        nodes = {"segmentation": self.labelToSegmentation(outcome["label"], volumeNode, segmentationNode)}
-        name = volumeNode.GetName()
-        if outcome.get("probability") is not None:
-            nodes["probability"] = self.imageToVolume(
-                outcome["probability"], volumeNode, probabilityNode, f"{name} instrument probability"
-            )
-        if outcome.get("uncertainty") is not None:
-            nodes["uncertainty"] = self.imageToVolume(
-                outcome["uncertainty"], volumeNode, uncertaintyNode, f"{name} instrument uncertainty"
-            )
-        self.log(outcome["summary"])
-        return nodes
-
-    def segment(
-        self,
-        volumeNode,
-        pointNode,
-        modelPath,
-        deviceChoice="Auto",
-        *,
-        probability=False,
-        uncertainty=False,
-        segmentationNode=None,
-        background=False,
-        timeoutSeconds=600,
-    ):
-        """Segment and import in one call (blocking; for scripts and the self-test). Returns the nodes."""
-        request = self.prepareSegmentation(
-            volumeNode,
-            pointNode,
-            modelPath,
-            deviceChoice,
-            probability=probability,
-            uncertainty=uncertainty,
-            forceBackground=background,
+            testing=slicer.app.testingEnabled(),
+            log=self._log,
         )
-        if request.execution == "in-process":
-            outcome = self.runSegmentation(request)
-        else:
-            done = {}
-            job = self.startBackgroundSegmentation(
-                request, onDone=lambda req, out, err: done.update(outcome=out, error=err)
-            )
-            if not self.waitForBackgroundSegmentation(job, timeoutSeconds):
-                raise InputError(
-                    f"the background segmentation took more than {timeoutSeconds} s and was stopped"
-                )
-            if done.get("error") is not None:
-                raise done["error"]
-            outcome = done["outcome"]
-        nodes = self.importResults(request, outcome, segmentationNode)
-        nodes["execution"] = request.execution
-        nodes["summary"] = outcome["summary"]
-        return nodes
-
-    # --- pool -----------------------------------------------------------------------------------------
-    def addToPool(self, volumeNode, segmentationNode, pointNode, poolFolder, name=None, unlabeled=False):
-        """Save the volume (+ the corrected segment, + the centre point) into the pool's dataset.json."""
-        image = self.volumeToImage(volumeNode)
-        center = self.centerLps(pointNode, volumeNode)
-        label = None if unlabeled else self.segmentToLabel(segmentationNode, volumeNode, image)
-        result = bridge.add_to_pool(
-            poolFolder, name or volumeNode.GetName(), image, label, center, unlabeled=unlabeled
-        )
-        self.log(result.message)
-        return result
 
 
 #
@@ -1097,8 +549,7 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         from SemiSupSegLib.phantom import generate_phantom
 
         case = generate_phantom(size=64, seed=seed)
-        array, ijkToRas = bridge.array_from_image(case.image)
-        volumeNode = slicer.util.addVolumeFromArray(array, ijkToRas, name=name)
+        volumeNode = volume_from_image(case.image, name)
         if transformed:  # a rigid parent transform: rotation about z plus a shift
             angle = np.deg2rad(20.0)
             matrix = np.eye(4)
@@ -1194,101 +645,40 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Panel test passed")
 
     def test_locate_segment_add_to_pool(self):
-        import SimpleITK as sitk
-
+        """The clinician's flow through the module's own logic; ``Testing/mrml`` checks each step in
+        detail on the Qt-free core, this runs it once inside a real Slicer."""
         from SemiSupSegLib.dataset import load_dataset
 
         logic = SemiSupSegLogic()
-        missing = logic.missingDependencies()
+        missing = dependencies.missing_dependencies()
         self.assertEqual(missing, [], f"install {missing} in Slicer's Python first (the module offers it)")
 
         self.delayDisplay("Training a tiny model and a tiny locator")
         modelFolder, locatorFolder = self._tinyModelAndLocator()
         case, volumeNode = self._phantomVolume(seed=3, name="phantom_a", transformed=True)
-        pointNode = logic.createPointNode()
-
-        # The image the engine sees is the phantom itself (local frame, LPS), whatever the transform.
-        image = logic.volumeToImage(volumeNode)
-        np.testing.assert_allclose(image.GetOrigin(), case.image.GetOrigin(), atol=1e-5)
-        np.testing.assert_allclose(image.GetDirection(), case.image.GetDirection(), atol=1e-6)
-        np.testing.assert_array_equal(
-            sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(case.image)
-        )
-
-        # Point round trip through the parent transform.
-        logic.setCenterLps(pointNode, volumeNode, case.center)
-        np.testing.assert_allclose(logic.centerLps(pointNode, volumeNode), case.center, atol=1e-4)
+        pointNode = markups.create_point_node()
 
         self.delayDisplay("Locate")
         found = logic.locate(volumeNode, pointNode, locatorFolder.parent, "CPU")
-        self.assertEqual(pointNode.GetNumberOfControlPoints(), 1)
-        center = logic.centerLps(pointNode, volumeNode)
-        np.testing.assert_allclose(center, found.point_lps, atol=1e-4)
-        from SemiSupSegLib.imageio import point_inside
-
-        self.assertTrue(point_inside(image, center))
+        np.testing.assert_allclose(markups.center_lps(pointNode, volumeNode), found.point_lps, atol=1e-4)
 
         self.delayDisplay("Segment in Slicer")
         nodes = logic.segment(volumeNode, pointNode, str(modelFolder), "CPU", probability=True)
         self.assertEqual(nodes["execution"], "in-process")
         segmentationNode = nodes["segmentation"]
-        self.assertEqual(segmentationNode.GetTransformNodeID(), volumeNode.GetTransformNodeID())
-        segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
-        self.assertTrue(segmentId)
-        labelArray = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
-        self.assertEqual(labelArray.shape, slicer.util.arrayFromVolume(volumeNode).shape)
         self._assertSameGrid(nodes["probability"], volumeNode)
-
-        # The same as the engine gives on the same image and point (geometry and voxels).
-        from SemiSupSegLib.inference import segment
-        from SemiSupSegLib.model_store import load_model
-
-        reference = sitk.GetArrayFromImage(segment(load_model(modelFolder), image, center).label)
-        np.testing.assert_array_equal(labelArray > 0, reference > 0)
-
         if shutil.which("PythonSlicer"):
             self.delayDisplay("Segment in a background process")
-            background = logic.segment(
-                volumeNode, None, str(modelFolder), "CPU", background=True, timeoutSeconds=600
-            )
+            background = logic.segment(volumeNode, None, str(modelFolder), "CPU", background=True)
             self.assertEqual(background["execution"], "background")
-            seg2 = background["segmentation"]
-            id2 = seg2.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
-            array2 = slicer.util.arrayFromSegmentBinaryLabelmap(seg2, id2, volumeNode)
-            reference2 = sitk.GetArrayFromImage(segment(load_model(modelFolder), image, None).label)
-            np.testing.assert_array_equal(array2 > 0, reference2 > 0)
-
-        self.delayDisplay("Errors are clear")
-        outside = logic.createPointNode("outside")
-        logic.setCenterLps(outside, volumeNode, (500.0, 500.0, 500.0))
-        with self.assertRaises(SemiSupSegError) as raised:
-            logic.prepareSegmentation(volumeNode, outside, str(modelFolder), "CPU")
-        self.assertIn("outside", str(raised.exception))
 
         self.delayDisplay("Add to pool")
-        if not labelArray.any():  # an untrained tiny model may find nothing: draw the instrument instead
-            logic.labelToSegmentation(case.label, volumeNode, segmentationNode)
+        segments.label_to_segmentation(case.label, volumeNode, segmentationNode)  # the "corrected" segment
         pool = self.tmp / "pool"
-        first = logic.addToPool(volumeNode, segmentationNode, pointNode, pool)
-        again = logic.addToPool(volumeNode, segmentationNode, pointNode, pool)
-        self.assertFalse(first.updated)
-        self.assertTrue(again.updated)
-        _, otherVolume = self._phantomVolume(seed=4, name="phantom b", transformed=False)
-        otherPoint = logic.createPointNode("b")
-        logic.setCenterLps(otherPoint, otherVolume, (0.0, 0.0, 0.0))
-        logic.addToPool(otherVolume, None, otherPoint, pool, unlabeled=True)
-
+        self.assertFalse(add_to_pool(volumeNode, segmentationNode, pointNode, pool).updated)
+        self.assertTrue(add_to_pool(volumeNode, segmentationNode, pointNode, pool).updated)
         data = load_dataset(pool / "dataset.json")  # validates images, labels, geometry and centres
         self.assertEqual([c.name for c in data.training], ["phantom_a"])
-        self.assertEqual([c.name for c in data.unlabeled], ["phantom_b"])
-        np.testing.assert_allclose(data.training[0].center, center, atol=1e-4)
-        np.testing.assert_allclose(data.unlabeled[0].center, (0.0, 0.0, 0.0), atol=1e-4)
-        saved = sitk.ReadImage(str(data.training[0].label))
-        np.testing.assert_allclose(saved.GetOrigin(), image.GetOrigin(), atol=1e-4)
-        np.testing.assert_allclose(saved.GetSpacing(), image.GetSpacing(), atol=1e-6)
-        np.testing.assert_allclose(saved.GetDirection(), image.GetDirection(), atol=1e-6)
-        expected = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(saved) > 0, expected)
         self.delayDisplay("Test passed")
 
 

@@ -21,6 +21,16 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from SemiSupSegMRML import dependencies
+from SemiSupSegMRML.plots import TrainingPlot, plot_view_node
+from SemiSupSegMRML.training import (
+    DEFAULT_METHOD,
+    FALLBACK_METHODS,
+    TrainingLogic,
+    default_process_factory,
+    methods,
+)
+from SemiSupSegMRML.training import path_or_empty as _pathOrEmpty
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -31,18 +41,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-DEFAULT_METHOD = "dual-unet"
 POLL_MS = 250
-TORCH_REQUIREMENT = ">=2.1"  # the same minimum as the segmentation panel asks for
-# Methods listed when torch is not installed yet (the real list comes from the engine's registry).
-FALLBACK_METHODS = [
-    {"name": "dual-unet", "description": "(install the dependencies to see the descriptions)"},
-    {"name": "mean-teacher", "description": ""},
-    {"name": "supervised", "description": ""},
-    {"name": "ua-mt", "description": ""},
-]
-# Method names the segmentation panel's widget may offer to re-read the models folder.
-SEGMENTATION_PANEL_REFRESH = ("refreshModels", "refreshModelList", "updateModelList")
 
 
 def _engine():
@@ -113,11 +112,6 @@ class SemiSupSegTrainingParameterNode:
     plotChart: vtkMRMLPlotChartNode
 
 
-def _pathOrEmpty(path) -> str:
-    text = str(path) if path is not None else ""
-    return "" if text in ("", ".") else text
-
-
 #
 # Widget
 #
@@ -132,6 +126,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNodeGuiTag = None
         self._updatingGui = False
         self._methods = []
+        self._methodsFromRegistry = False
         self.comparison = None
 
     # --- set up ---------------------------------------------------------------------------------
@@ -143,7 +138,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SemiSupSegTrainingLogic()
-        self.logic.logCallback = logging.info
+        self.logic.log = logging.info
 
         self.plotWidget = slicer.qMRMLPlotWidget()
         self.plotWidget.setMRMLScene(slicer.mrmlScene)
@@ -183,7 +178,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def cleanup(self) -> None:
         """Slicer closes: ask a running training to stop (it writes a checkpoint; Resume later)."""
         if self.logic is not None:
-            self.logic.stopAll()
+            self.logic.stop_all()
         if hasattr(self, "timer"):
             self.timer.stop()
         self.removeObservers()
@@ -270,8 +265,11 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             combo.currentIndex = index
             combo.blockSignals(False)
 
-    def populateMethods(self) -> None:
-        self._methods = self.logic.methods()
+    def populateMethods(self, fromRegistry=False) -> None:
+        """Fill the method list: the known names when the panel opens (no torch import, which takes
+        seconds), the engine's registry with descriptions once torch is needed anyway."""
+        self._methods = methods() if fromRegistry else list(FALLBACK_METHODS)
+        self._methodsFromRegistry = fromRegistry
         combo = self.ui.methodComboBox
         combo.blockSignals(True)
         combo.clear()
@@ -348,7 +346,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onPoolChanged(self, path=None) -> None:
         """List the pool's labelled cases for the validation choice (errors go to the summary box)."""
         try:
-            names = self.logic.labelledCaseNames(self.ui.poolPathLineEdit.currentPath)
+            names = self.logic.labelled_case_names(self.ui.poolPathLineEdit.currentPath)
         except Exception as exc:
             names = []
             self.ui.dataSummaryText.setPlainText(f"Cannot read the labelled pool: {exc}")
@@ -387,7 +385,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def checkData(self):
         p = self._parameterNode
-        summary = self.logic.dataSummary(
+        summary = self.logic.data_summary(
             _pathOrEmpty(p.poolPath), list(p.unlabeledFolders), self._validation()
         )
         self.ui.dataSummaryText.setPlainText(summary.text())
@@ -407,7 +405,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay("Failed to start the time estimate.", waitCursor=True):
             p = self._parameterNode
             self.logic.ensureDependencies()
-            self.logic.startEstimate(p.method, p.patch, p.batch, p.width, p.device)
+            self.logic.start_estimate(p.method, p.patch, p.batch, p.width, p.device)
             self.ui.estimateLabel.text = "measuring a few steps in the background..."
             self.startPolling()
 
@@ -416,24 +414,24 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay("Failed to start the training.", waitCursor=True):
             p = self._parameterNode
             self.logic.ensureDependencies()
-            if self.ui.methodComboBox.count <= len(FALLBACK_METHODS):
-                self.populateMethods()  # the real registry, now that torch is there
+            if not self._methodsFromRegistry:
+                self.populateMethods(fromRegistry=True)  # the real registry, now that torch is there
             summary = self.checkData()
             if not summary.ok:
                 raise ValueError("The data has problems; nothing was started.\n\n" + summary.text())
-            out = self.logic.startTraining(
+            out = self.logic.start_training(
                 pool=_pathOrEmpty(p.poolPath),
-                unlabeledFolders=list(p.unlabeledFolders),
+                unlabeled_folders=list(p.unlabeledFolders),
                 validation=self._validation(),
                 method=p.method,
-                initModel=p.initModel or None,
+                init_model=p.initModel or None,
                 steps=p.steps,
                 patch=p.patch,
                 batch=p.batch,
                 width=p.width,
                 device=p.device,
                 name=p.modelName or None,
-                checkImages=False,  # checkData() just read every image
+                check_images=False,  # checkData() just read every image
             )
             p.runFolder, p.runTask, p.newModel = out, "training", ""
             self.resetPlot()
@@ -451,7 +449,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.logic.ensureDependencies()
             out, task = p.runFolder, p.runTask or "training"
             if not out or not _engine().checkpoint_path(out).is_file():
-                out, task = self.logic.latestResumableRun()
+                out, task = self.logic.latest_resumable_run()
             self.logic.resume(out, locator=task == "locator training")
             p.runFolder, p.runTask = out, task
             self.startPolling()
@@ -460,7 +458,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay("Failed to start the locator training.", waitCursor=True):
             p = self._parameterNode
             self.logic.ensureDependencies()
-            out = self.logic.startLocatorTraining(_pathOrEmpty(p.poolPath), p.locatorSteps, p.device)
+            out = self.logic.start_locator_training(_pathOrEmpty(p.poolPath), p.locatorSteps, p.device)
             p.runFolder, p.runTask = out, "locator training"
             self.resetPlot()
             self.ui.resultLabel.text = f"Training the locator into {out}"
@@ -495,7 +493,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.statusLabel.text = f"{state.task or 'training'}: {state.status_text()}"
             self.ui.lossesLabel.text = state.losses_text()
             if self._parameterNode is not None:
-                self.logic.updatePlot(self._parameterNode, state)
+                self.logic.plot(self._parameterNode).update(state)
                 if self._parameterNode.plotChart:
                     self._showChart(self._parameterNode.plotChart)
         tool = self.logic.jobs.get("tool")
@@ -512,13 +510,13 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 f"{k} {v:.3f}" for k, v in state.metrics.items() if isinstance(v, (int, float))
             )
             self.ui.resultLabel.text = f"New model: {state.model}\nvalidation: {metrics or 'none'}"
-            self.logic.notifyModelsChanged()
+            self.logic.notify_models_changed()
             self.populateModels()
             if state.model:
                 self.startComparison()
         elif job.kind == "locator training" and state.status == "finished":
             self.ui.resultLabel.text = f"New locator: {state.model}"
-            self.logic.notifyModelsChanged()
+            self.logic.notify_models_changed()
         elif job.kind == "estimate":
             self.showEstimate(state)
         elif job.kind == "comparison":
@@ -547,10 +545,10 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # --- plot -------------------------------------------------------------------------------------
     def resetPlot(self) -> None:
-        self.logic.resetPlot(self._parameterNode)
+        self.logic.plot(self._parameterNode).reset()
 
     def _showChart(self, chart) -> None:
-        viewNode = self.logic.plotViewNode()
+        viewNode = plot_view_node()
         if viewNode.GetPlotChartNodeID() != chart.GetID():
             viewNode.SetPlotChartNodeID(chart.GetID())
         if self.plotWidget.mrmlPlotViewNode() != viewNode:
@@ -558,7 +556,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onShowPlotInLayout(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to show the plot.", waitCursor=False):
-            chart = self.logic.ensurePlotNodes(self._parameterNode)
+            chart = self.logic.plot(self._parameterNode).ensure_nodes()
             slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     # --- compare and adopt ------------------------------------------------------------------------
@@ -574,7 +572,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         current = self.ui.currentModelComboBox.currentData or None
         if current and os.path.normcase(os.path.abspath(current)) == os.path.normcase(os.path.abspath(new)):
             current = None
-        self.logic.startComparison(new, current, self._parameterNode.device)
+        self.logic.start_comparison(new, current, self._parameterNode.device)
         self.ui.resultLabel.text = "comparing the new and the current model on the validation cases..."
         self.startPolling()
 
@@ -610,7 +608,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onMakeDefault(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to make the model the default.", waitCursor=True):
-            folder = self.logic.setDefaultModel(self._parameterNode.newModel)
+            folder = self.logic.set_default_model(self._parameterNode.newModel)
             self.populateModels()
             self.ui.resultLabel.text = f"{folder} is now the default model of the SemiSupSeg panel."
 
@@ -625,13 +623,13 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if self.logic is None or not hasattr(self, "ui"):
             return
         p = self._parameterNode
-        training = self.logic.isActive("train")
-        tool = self.logic.isActive("tool")
+        training = self.logic.is_active("train")
+        tool = self.logic.is_active("tool")
         hasPool = bool(p and _pathOrEmpty(p.poolPath))
         self.ui.trainButton.enabled = hasPool and not training
         self.ui.trainLocatorButton.enabled = hasPool and not training
         self.ui.stopButton.enabled = training
-        self.ui.resumeButton.enabled = not training and self.logic.canResume(p.runFolder if p else "")
+        self.ui.resumeButton.enabled = not training and self.logic.can_resume(p.runFolder if p else "")
         self.ui.checkDataButton.enabled = hasPool
         self.ui.estimateButton.enabled = not tool
         hasNew = bool(p and p.newModel)
@@ -644,424 +642,44 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 #
 
 
-class _Job:
-    """One child process (training, locator training, estimate or comparison) and its run state."""
+class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic, TrainingLogic):
+    """The module's logic for Slicer: the parameter node and the plot, plus :class:`SemiSupSegMRML.
+    training.TrainingLogic` (child processes, default model), which has no Qt.
 
-    def __init__(self, kind: str, process, state) -> None:
-        self.kind = kind
-        self.process = process
-        self.state = state
-        self.ended = False
-        self.reported = False  # the widget has shown how it ended
-
-
-def defaultProcessFactory(args, env):
-    """The real child process: the engine's ``TrainingProcess`` (a new session/process group,
-    reader threads; stopped as a whole tree)."""
-    return _engine().TrainingProcess(args, env=env, log=lambda line: logging.info(f"[training] {line}"))
-
-
-class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
-    """Starts, polls and stops the training processes; no widget code (usable from scripts).
-
-    ``processFactory(args, env)`` returns an object with ``start()``, ``poll()`` (new protocol
-    events), ``running``, ``returncode``, ``stderr_tail`` and ``request_stop(grace)``; the
-    self-test replaces it with a fake that replays events.
+    ``processFactory(args, env)`` replaces the real child process (tests inject a fake one).
     """
 
     def __init__(self, processFactory=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.processFactory = processFactory or defaultProcessFactory
-        self.jobs = {}  # "train" -> _Job, "tool" -> _Job
-        self.logCallback = None
+        TrainingLogic.__init__(self, processFactory, on_models_changed=refreshSegmentationPanel)
         self.requireDependencies = True  # the self-test's fake processes need no torch
-        self._plotSignatures = {}
+        self._plot = None
 
     def getParameterNode(self):
         return SemiSupSegTrainingParameterNode(super().getParameterNode())
 
-    # --- environment ----------------------------------------------------------------------------
-    @staticmethod
-    def pythonExecutable() -> str:
-        """Slicer's ``PythonSlicer`` (on the PATH inside Slicer), else this interpreter."""
-        return shutil.which("PythonSlicer") or sys.executable
-
-    @staticmethod
-    def missingDependencies() -> list:
-        import importlib.util
-
-        return [name for name in ("torch", "monai", "scipy") if importlib.util.find_spec(name) is None]
-
     def ensureDependencies(self) -> None:
-        """Install torch (PyTorch extension) and MONAI/SciPy (pip) after one confirmation."""
-        missing = self.missingDependencies() if self.requireDependencies else []
-        if not missing:
+        """Install torch/MONAI/SciPy after one confirmation (the one installer of both panels)."""
+        if not self.requireDependencies:
             return
-        if slicer.app.testingEnabled():
-            raise RuntimeError(f"Python packages {missing} are missing; install them before the self-test.")
-        if not slicer.util.confirmOkCancelDisplay(
-            f"Training needs the Python packages {', '.join(missing)}, which are not installed in this "
-            "Slicer. Install them now? (torch through the PyTorch extension; this can take minutes)"
-        ):
-            raise RuntimeError(f"Training needs {', '.join(missing)}; installation was declined.")
-        if "torch" in missing:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                raise RuntimeError(
-                    "Install the 'PyTorch' extension from the Extensions Manager, restart Slicer, "
-                    "and try again."
-                ) from None
-            logic = PyTorchUtils.PyTorchUtilsLogic()
-            if logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
-                raise RuntimeError("PyTorch was not installed.")
-        requirements = self._requirements()
-        if requirements:
-            try:
-                import slicer.packaging as packaging  # a submodule: not an attribute until imported
-            except ImportError:
-                packaging = None
-            if packaging is not None and hasattr(packaging, "pip_ensure"):
-                packaging.pip_ensure(requirements, requester="SemiSupSeg", prompt_install=False)
-            else:
-                slicer.util.pip_install(requirements)
-
-    @staticmethod
-    def _requirements() -> list:
-        """monai/scipy lines of the SemiSupSeg module's Resources/requirements.txt (next to the engine)."""
-        path = _engine().ENGINE_DIR / "Resources" / "requirements.txt"
-        if not path.is_file():
-            return ["monai>=1.3", "scipy>=1.10"]
-        lines = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
-        return [line for line in lines if line]
-
-    def methods(self) -> list:
-        """The engine's method registry (name + one-line description); needs torch."""
-        try:
-            from SemiSupSegLib.methods import describe_methods
-
-            return describe_methods()
-        except ImportError:
-            logging.warning("SemiSupSegTraining: torch is not installed yet; listing the known methods")
-            return list(FALLBACK_METHODS)
-
-    def _env(self, device: str) -> dict:
-        return _engine().child_environment(device)
-
-    # --- data -----------------------------------------------------------------------------------
-    @staticmethod
-    def labelledCaseNames(pool: str) -> list:
-        if not _pathOrEmpty(pool) or not os.path.isfile(pool):
-            return []
-        from SemiSupSegLib.dataset import load_dataset
-
-        return [c.name for c in load_dataset(pool, validate=False).training]
-
-    @staticmethod
-    def dataSummary(pool, unlabeledFolders=(), validation=None, checkImages=True):
-        if not _pathOrEmpty(pool):
-            raise ValueError("Choose the labelled pool's dataset.json first.")
-        return _engine().summarize_data(pool, list(unlabeledFolders), validation, checkImages)
-
-    # --- starting processes -----------------------------------------------------------------------
-    def _start(self, slot: str, kind: str, args, device: str, keepHistory: bool = False) -> _Job:
-        if self.isActive(slot):
-            raise RuntimeError(f"a {self.jobs[slot].kind} is already running in this panel; stop it first")
-        previous = self.jobs.get(slot)
-        state = previous.state if (keepHistory and previous is not None) else _engine().RunState()
-        state.begin(kind, keep_history=keepHistory)
-        process = self.processFactory(list(args), self._env(device))
-        process.start()
-        job = _Job(kind, process, state)
-        self.jobs[slot] = job
-        return job
-
-    def startTraining(
-        self,
-        pool,
-        unlabeledFolders=(),
-        validation=None,
-        method=DEFAULT_METHOD,
-        initModel=None,
-        steps=2000,
-        patch=48,
-        batch=2,
-        width=1.0,
-        device="auto",
-        name=None,
-        checkImages=True,
-        valEvery=None,
-        checkpointEvery=50,
-    ) -> str:
-        """Build the run's dataset.json in a new model folder and start ``semisupseg train``.
-
-        Returns the model folder (in the models folder). Raises ValueError listing the data's
-        problems, or when the folder is locked by another run.
-        """
-        engine = _engine()
-        if self.isActive("train"):
-            raise RuntimeError("a training is already running in this panel; stop it first")
-        out = engine.new_run_folder(name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}")
-        summary = engine.build_run_dataset(
-            pool, list(unlabeledFolders), engine.run_dataset_path(out), validation, checkImages
-        )
-        if not summary.ok:
-            shutil.rmtree(out, ignore_errors=True)
-            raise ValueError("The data has problems; nothing was started.\n\n" + summary.text())
-        request = engine.TrainRequest(
-            data=summary.dataset,
-            out=str(out),
-            method=method,
-            steps=int(steps),
-            batch=int(batch),
-            patch=(int(patch),) * 3,
-            width=float(width),
-            device=device,
-            init=initModel or None,
-            val_cases=len(summary.validation),
-            val_every=valEvery,
-            checkpoint_every=checkpointEvery,
-            name=out.name,
-            description=f"fine-tuned in Slicer from {pool}"
-            if initModel
-            else f"trained in Slicer from {pool}",
-        )
-        self._start("train", "training", engine.training_command(request, self.pythonExecutable()), device)
-        return str(out)
-
-    def startLocatorTraining(self, pool, steps=8000, device="auto", name=None) -> str:
-        engine = _engine()
-        summary = engine.summarize_data(pool, (), None, check_images=False)
-        if summary.with_center < 2:
-            raise ValueError(
-                f"The locator learns from centre points: the pool has {summary.with_center} case(s) with one."
-            )
-        root = engine.locators_folder()
-        out = engine.new_run_folder(name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}", root)
-        args = engine.locator_command(
-            [pool], out, steps=int(steps), device=device, python=self.pythonExecutable()
-        )
-        self._start("train", "locator training", args, device)
-        return str(out)
-
-    def resume(self, out, locator=False, device="auto") -> None:
-        engine = _engine()
-        if not out or not engine.checkpoint_path(out).is_file():
-            raise ValueError(f"No interrupted run to resume in '{out}'.")
-        from SemiSupSegLib.runlock import is_locked
-
-        holder = is_locked(out)
-        if holder is not None:
-            raise ValueError(f"'{out}' is being written by another training (pid {holder.get('pid', '?')}).")
-        args = engine.resume_command(out, self.pythonExecutable(), locator=locator)
-        previous = self.jobs.get("train")
-        keep = previous is not None and previous.state.done
-        self._start("train", "locator training" if locator else "training", args, device, keepHistory=keep)
-
-    def latestResumableRun(self):
-        engine = _engine()
-        runs = [(r, "training") for r in engine.resumable_runs(engine.models_folder())]
-        runs += [(r, "locator training") for r in engine.resumable_runs(engine.locators_folder())]
-        runs = [(r, task) for r, task in runs if not r["locked"]]
-        if not runs:
-            raise ValueError("There is no interrupted run to resume.")
-        run, task = max(runs, key=lambda pair: pair[0]["modified"])
-        return run["out"], task
-
-    def canResume(self, out) -> bool:
-        try:
-            if out and _engine().checkpoint_path(out).is_file():
-                return True
-            return bool(self.latestResumableRunOrNone())
-        except Exception:
-            return False
-
-    def latestResumableRunOrNone(self):
-        try:
-            return self.latestResumableRun()
-        except ValueError:
-            return None
-
-    def startEstimate(self, method, patch, batch, width, device) -> None:
-        args = ["--method", method, "--patch", str(int(patch)), "--batch", str(int(batch))]
-        args += ["--width", str(float(width)), "--device", device]
-        self._start(
-            "tool", "estimate", _engine().tool_command("estimate", args, self.pythonExecutable()), device
+        dependencies.ensure_dependencies(
+            lambda question: slicer.util.confirmOkCancelDisplay(question, windowTitle="SemiSupSeg Training"),
+            testing=slicer.app.testingEnabled(),
         )
 
-    def startComparison(self, new, current=None, device="auto") -> None:
-        args = ["--new", str(new), "--device", device]
-        if current:
-            args += ["--current", str(current)]
-        self._start(
-            "tool", "comparison", _engine().tool_command("compare", args, self.pythonExecutable()), device
-        )
+    def plot(self, parameterNode) -> TrainingPlot:
+        """The training curves kept in ``parameterNode``'s table and chart nodes."""
+        if self._plot is None or self._plot.holder is not parameterNode:
+            self._plot = TrainingPlot(parameterNode)
+        return self._plot
 
-    # --- polling and stopping ---------------------------------------------------------------------
-    def isActive(self, slot: str) -> bool:
-        job = self.jobs.get(slot)
-        return job is not None and not job.ended
 
-    def active(self) -> bool:
-        return any(not job.ended for job in self.jobs.values())
-
-    def poll(self) -> list:
-        """Read every job's new events into its state; return the slots whose process just ended."""
-        ended = []
-        for slot, job in self.jobs.items():
-            if job.ended:
-                continue
-            for event in job.process.poll():
-                job.state.update(event)
-                if self.logCallback and event.get("event") in (
-                    "started",
-                    "checkpoint",
-                    "finished",
-                    "cancelled",
-                    "error",
-                ):
-                    self.logCallback(f"{job.kind}: {event.get('event')} {event.get('message', '')}".strip())
-            if not job.process.running:
-                job.state.process_ended(job.process.returncode, list(job.process.stderr_tail))
-                job.ended = True
-                ended.append(slot)
-        return ended
-
-    def stop(self, slot: str = "train") -> None:
-        """Stop the whole process tree; the training writes a checkpoint first (killed after 60 s)."""
-        job = self.jobs.get(slot)
-        if job is None or job.ended:
-            return
-        job.process.request_stop(_engine().DEFAULT_STOP_GRACE)
-        job.state.stopping()
-
-    def stopAll(self) -> None:
-        for slot in list(self.jobs):
-            self.stop(slot)
-
-    def waitForJobs(self, timeout: float = 600.0) -> None:
-        """Blocking helper for scripts and tests: poll (keeping Qt responsive) until every job ended."""
-        deadline = time.monotonic() + timeout
-        while self.active():
-            if time.monotonic() > deadline:
-                self.stopAll()
-                raise RuntimeError(f"the training processes did not end within {timeout} s")
-            self.poll()
-            slicer.app.processEvents()
-            time.sleep(0.05)
-
-    # --- adopting a model -------------------------------------------------------------------------
-    def setDefaultModel(self, model) -> str:
-        if not model:
-            raise ValueError("No new model: train one first.")
-        folder = _engine().set_default_model(model)
-        self.notifyModelsChanged()
-        return str(folder)
-
-    @staticmethod
-    def notifyModelsChanged() -> None:
-        """Make the SemiSupSeg panel re-read the models folder now, if its widget exists
-        (it reads the folder anyway when it is first shown)."""
-        widget = getattr(slicer.modules, "SemiSupSegWidget", None)
-        if widget is None:
-            return
-        calls = [(name, {}) for name in SEGMENTATION_PANEL_REFRESH] + [("_refreshModels", {"force": True})]
-        for name, kwargs in calls:
-            refresh = getattr(widget, name, None)
-            if callable(refresh):
-                try:
-                    refresh(**kwargs)
-                except Exception:
-                    logging.exception(f"SemiSupSeg panel: {name}() failed")
-                return
-
-    # --- plot nodes -------------------------------------------------------------------------------
-    @staticmethod
-    def plotViewNode():
-        tag = "SemiSupSegTrainingPlotView"
-        node = slicer.mrmlScene.GetSingletonNode(tag, "vtkMRMLPlotViewNode")
-        if node is None:
-            node = slicer.vtkMRMLPlotViewNode()
-            node.SetSingletonTag(tag)
-            node.SetName("SemiSupSeg training plot view")
-            node = slicer.mrmlScene.AddNode(node)
-        return node
-
-    def ensurePlotNodes(self, parameterNode):
-        """Tables of the loss and the validation metric, their series and a chart; created once."""
-        if parameterNode.lossTable is None:
-            parameterNode.lossTable = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLTableNode", "SemiSupSeg training loss"
-            )
-        if parameterNode.validationTable is None:
-            parameterNode.validationTable = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLTableNode", "SemiSupSeg training validation"
-            )
-        if parameterNode.plotChart is None:
-            chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "SemiSupSeg training")
-            chart.SetTitle("Training")
-            chart.SetXAxisTitle("step")
-            chart.SetYAxisTitle("loss / validation")
-            for table, yName, marker, color in (
-                (
-                    parameterNode.lossTable,
-                    "loss",
-                    slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone,
-                    (0.85, 0.3, 0.1),
-                ),
-                (
-                    parameterNode.validationTable,
-                    "validation",
-                    slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle,
-                    (0.1, 0.4, 0.85),
-                ),
-            ):
-                series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"SemiSupSeg {yName}")
-                series.SetAndObserveTableNodeID(table.GetID())
-                series.SetXColumnName("step")
-                series.SetYColumnName(yName)
-                series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-                series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
-                series.SetMarkerStyle(marker)
-                series.SetColor(*color)
-                chart.AddAndObservePlotSeriesNodeID(series.GetID())
-            parameterNode.plotChart = chart
-        return parameterNode.plotChart
-
-    def resetPlot(self, parameterNode) -> None:
-        self.ensurePlotNodes(parameterNode)
-        for table, yName in (
-            (parameterNode.lossTable, "loss"),
-            (parameterNode.validationTable, "validation"),
-        ):
-            self._fillTable(table, [], [], yName)
-
-    def updatePlot(self, parameterNode, state) -> None:
-        """Loss and validation metric (Dice; the localisation error for the locator) against step."""
-        steps, losses = state.loss_series()
-        vSteps, values = state.validation_series()
-        if not steps and not vSteps and parameterNode.plotChart is None:
-            return
-        chart = self.ensurePlotNodes(parameterNode)
-        key = state.validation_key() or "dice"
-        chart.SetYAxisTitle(f"{state.loss_key() or 'loss'} / validation {key}")
-        if self._fillTable(parameterNode.lossTable, steps, losses, "loss") | self._fillTable(
-            parameterNode.validationTable, vSteps, values, "validation"
-        ):
-            chart.Modified()
-
-    def _fillTable(self, tableNode, xs, ys, yName) -> bool:
-        """Refill the table only when the series changed (the panel polls four times a second)."""
-        import numpy as np
-
-        signature = (len(xs), xs[-1] if xs else None, ys[-1] if ys else None, yName)
-        if self._plotSignatures.get(tableNode.GetID()) == signature:
-            return False
-        self._plotSignatures[tableNode.GetID()] = signature
-        slicer.util.updateTableFromArray(
-            tableNode, [np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)], ["step", yName]
-        )
-        return True
+def refreshSegmentationPanel() -> None:
+    """Make the SemiSupSeg panel re-read its models and select the default (if its widget exists; it
+    reads them anyway when first shown)."""
+    widget = getattr(slicer.modules, "SemiSupSegWidget", None)
+    if widget is not None:
+        widget.refreshModels(preferDefault=True)
 
 
 #
@@ -1069,91 +687,14 @@ class SemiSupSegTrainingLogic(ScriptedLoadableModuleLogic):
 #
 
 
-class FakeTrainingProcess:
-    """Replays protocol events like a training child would, a few per poll (for the self-test).
+def _fakeProcessModule():
+    """The fake child process, kept with the tests in ``Testing/Python`` (not in production code)."""
+    folder = str(pathlib.Path(__file__).resolve().parent / "Testing" / "Python")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import fake_training_process
 
-    ``request_stop`` makes the next poll report ``cancelled`` at the last step sent, exit 130.
-    """
-
-    def __init__(self, args, env, events, perPoll=2, returncode=0) -> None:
-        self.args = list(args)
-        self.env = dict(env)
-        self._events = [dict(e, protocol=1) for e in events]
-        self.perPoll = perPoll
-        self._returncode = returncode
-        self._stopRequested = False
-        self._done = False
-        self.started = False
-        self.stderr_tail = []
-        self.lastStep = 0
-
-    def start(self):
-        self.started = True
-        return self
-
-    def poll(self):
-        if self._done:
-            return []
-        if self._stopRequested:
-            self._done, self._returncode = True, 130
-            self._events = []
-            return [{"protocol": 1, "event": "cancelled", "step": self.lastStep, "message": "stopped"}]
-        batch, self._events = self._events[: self.perPoll], self._events[self.perPoll :]
-        for e in batch:
-            self.lastStep = int(e.get("step", self.lastStep) or self.lastStep)
-        if not self._events:
-            self._done = True
-        return batch
-
-    @property
-    def running(self) -> bool:
-        return not self._done
-
-    @property
-    def returncode(self):
-        return None if not self._done else self._returncode
-
-    def request_stop(self, grace=60.0) -> None:
-        self._stopRequested = True
-
-
-def fakeTrainingEvents(out: str, steps: int = 5) -> list:
-    events = [{"event": "preparing", "case": "case_000", "index": 1, "total": 1}]
-    events.append(
-        {
-            "event": "started",
-            "task": "training",
-            "step": 0,
-            "total": steps,
-            "summary": {"method": "dual-unet"},
-        }
-    )
-    for step in range(1, steps + 1):
-        loss = 1.0 / step
-        events.append(
-            {
-                "event": "progress",
-                "step": step,
-                "total": steps,
-                "losses": {"loss": loss, "sup": loss / 2},
-                "seconds_per_step": 0.5,
-                "eta_seconds": 0.5 * (steps - step),
-            }
-        )
-    events.append(
-        {"event": "validation", "step": steps, "total": steps, "metrics": {"dice": 0.5, "hd95_mm": 4.0}}
-    )
-    events.append(
-        {
-            "event": "finished",
-            "step": steps,
-            "total": steps,
-            "model": out,
-            "metrics": {"dice": 0.5},
-            "message": "ok",
-        }
-    )
-    return events
+    return fake_training_process
 
 
 class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
@@ -1255,11 +796,13 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
                     "better": None,
                 }
                 events = [{"event": "started", "task": "comparison"}, {"event": "finished", "result": result}]
-                return FakeTrainingProcess(args, env, events)
+                return _fakeProcessModule().FakeTrainingProcess(args, env, events)
             out = args[args.index("--out") + 1]
-            return FakeTrainingProcess(args, env, fakeTrainingEvents(out, steps=5))
+            return _fakeProcessModule().FakeTrainingProcess(
+                args, env, _fakeProcessModule().fakeTrainingEvents(out, steps=5)
+            )
 
-        widget.logic.processFactory = factory
+        widget.logic.process_factory = factory
         widget.onTrainButton()
         self.assertTrue(started and started[0][1:4] == ["-m", "SemiSupSegLib.cli", "train"])
         self.assertIn("--progress", started[0])
@@ -1289,10 +832,12 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         pool = self._plainPool()
         widget = self._widget(pool)
         widget.logic.requireDependencies = False
-        widget.logic.processFactory = lambda args, env: FakeTrainingProcess(
+        widget.logic.process_factory = lambda args, env: _fakeProcessModule().FakeTrainingProcess(
             args,
             env,
-            fakeTrainingEvents(args[args.index("--out") + 1] if "--out" in args else "", steps=20),
+            _fakeProcessModule().fakeTrainingEvents(
+                args[args.index("--out") + 1] if "--out" in args else "", steps=20
+            ),
             perPoll=3,
         )
         widget.onTrainButton()
@@ -1312,23 +857,23 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         widget.updateButtons()
         self.assertTrue(widget.ui.resumeButton.enabled)
         resumed = []
-        widget.logic.processFactory = lambda args, env: (
-            resumed.append(args) or FakeTrainingProcess(args, env, [])
+        widget.logic.process_factory = lambda args, env: (
+            resumed.append(args) or _fakeProcessModule().FakeTrainingProcess(args, env, [])
         )
         widget.onResumeButton()
         self.assertIn("--resume", resumed[0])
-        widget.logic.waitForJobs(30)
+        widget.logic.wait(30)
         self.delayDisplay("Stop and Resume work")
 
     def test_RealFiveStepTraining(self):
         self.delayDisplay("A real 5-step training on a tiny phantom pool")
-        missing = SemiSupSegTrainingLogic.missingDependencies()
+        missing = dependencies.missing_dependencies()
         if missing:
             raise RuntimeError(f"this test needs {missing} installed in Slicer's Python")
         pool = self._phantomPool()
         widget = self._widget(pool)
         widget.logic.requireDependencies = True
-        widget.logic.processFactory = defaultProcessFactory
+        widget.logic.process_factory = default_process_factory
         widget.onTrainButton()
         deadline = time.monotonic() + 900
         while widget.logic.active() and time.monotonic() < deadline:
@@ -1341,7 +886,7 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         self.assertTrue(os.path.isfile(os.path.join(out, "model.json")))
         self.assertIn(out, [m["path"] for m in _engine().scan_models()])
         self.assertEqual(widget._parameterNode.lossTable.GetTable().GetNumberOfRows(), 5)
-        widget.logic.waitForJobs(600)  # the comparison started when training finished
+        widget.logic.wait(600)  # the comparison started when training finished
         widget.onTimer()
         self.assertEqual(
             widget.logic.jobs["tool"].state.status, "finished", widget.logic.jobs["tool"].state.message

@@ -9,7 +9,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "SemiSupSeg" / "SemiSupSegLib"
+SCENE_LAYER = REPO / "SemiSupSeg" / "SemiSupSegMRML"
 FORBIDDEN = {"slicer", "qt", "ctk", "vtk", "sitkUtils", "mrml"}
+FORBIDDEN_IN_SCENE_LAYER = {"qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
 
 
 def _imported_roots(path: Path) -> set[str]:
@@ -40,6 +42,31 @@ def test_importing_every_engine_module_loads_no_slicer_module():
     assert out.stdout.strip() == "[]"
 
 
+def _imported_names(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_scene_layer_imports_no_qt_ctk_or_scripted_module():
+    files = sorted(SCENE_LAYER.rglob("*.py"))
+    assert len(files) >= 5
+    offenders = {
+        str(f.relative_to(REPO)): sorted(
+            n
+            for n in _imported_names(f)
+            if any(n == x or n.startswith(x + ".") for x in FORBIDDEN_IN_SCENE_LAYER)
+        )
+        for f in files
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
 def test_cmake_lists_every_engine_file():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "update_cmake_lists.py"), "--check"])
     assert result.returncode == 0, (
@@ -48,6 +75,11 @@ def test_cmake_lists_every_engine_file():
     cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
     for module in ("cli.py", "training.py", "inference.py", "methods/base.py"):
         assert f"SemiSupSegLib/{module}" in cmake
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "SemiSupSegMRML"], cwd=REPO / "SemiSupSeg", capture_output=True, text=True
+    ).stdout.split()
+    for path in tracked or [p.relative_to(REPO / "SemiSupSeg").as_posix() for p in SCENE_LAYER.glob("*.py")]:
+        assert f"  {path}\n" in cmake, path
 
 
 def test_extension_cmake_declares_both_modules_and_pytorch():
