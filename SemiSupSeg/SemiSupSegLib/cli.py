@@ -429,8 +429,30 @@ def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, f
     return row, found.point_lps
 
 
+def _write_figure(figures_dir: Path, case, image, reference, result, row: dict) -> None:
+    """A PNG of the case: slices through the centre used (else the reference), contours, uncertainty."""
+    from .figures import write_case_figure
+
+    write_case_figure(
+        figures_dir / f"{case.name}.png",
+        image,
+        truth=reference,
+        prediction=result.label,
+        uncertainty=result.uncertainty,
+        center_lps=result.center,
+        title=f"{case.name}: Dice {row['dice']:.3f}, {result.mode}",
+    )
+
+
 def _evaluate_cases(
-    model, cases, use_center: bool, precision: str, pred_dir: Path | None, locator=None
+    model,
+    cases,
+    use_center: bool,
+    precision: str,
+    pred_dir: Path | None,
+    locator=None,
+    figures_dir: Path | None = None,
+    mc_samples: int = 0,
 ) -> list[dict]:
     import SimpleITK as sitk
 
@@ -445,7 +467,7 @@ def _evaluate_cases(
         located, center = {}, case.center if use_center else None
         if locator is not None:
             located, center = _localisation_row(locator, image, case)
-        result = segment(model, image, center, precision=precision)
+        result = segment(model, image, center, precision=precision, mc_samples=mc_samples)
         pred = sitk.GetArrayViewFromImage(result.label) > 0
         ref = sitk.GetArrayViewFromImage(reference) > 0
         row = {"case": case.name, **segmentation_metrics(pred, ref, image.GetSpacing()[::-1])}
@@ -454,6 +476,8 @@ def _evaluate_cases(
         rows.append(row)
         if pred_dir is not None:
             write_image(result.label, pred_dir / f"{case.name}.nii.gz")
+        if figures_dir is not None:
+            _write_figure(figures_dir, case, image, reference, result, row)
         where = f"; located {row['loc_vox']:.1f} vox, {row['loc_mm']:.1f} mm off" if "loc_mm" in row else ""
         dice, hd95 = row["dice"], row["hd95_mm"]
         print(
@@ -505,7 +529,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model, device)
     locator = _load_locator(args.locator, device) if args.locator else None
     pred_dir = Path(args.predictions) if args.predictions else None
-    rows = _evaluate_cases(model, cases, not args.no_center, args.precision, pred_dir, locator)
+    figures_dir = Path(args.figures) if args.figures else None
+    rows = _evaluate_cases(
+        model, cases, not args.no_center, args.precision, pred_dir, locator, figures_dir, args.mc_samples
+    )
     summary = summarize(rows)
     _print_summary(summary, EVALUATE_KEYS)
     if args.json:
@@ -575,15 +602,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     t0 = time.monotonic()
-    print(f"generating {args.cases} phantom catheter volumes ({args.size}^3, seed {args.seed}) in {out}")
-    data = write_phantom_dataset(out / "data", cases=0, test=args.cases, seed=args.seed, size=args.size)
+    print(
+        f"generating {args.cases} phantom catheter volumes ({args.size}^3, seed {args.seed}, "
+        f"profile {args.profile}) in {out}"
+    )
+    data = write_phantom_dataset(
+        out / "data", cases=0, test=args.cases, seed=args.seed, size=args.size, profile=args.profile
+    )
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     locator = _demo_locator(args, device)
     where = f"centre points found by locator '{locator.name}'" if locator else "the true centre points"
     print(f"segmenting with model '{model.name}' ({model.meta.get('method')}) from {where}")
     rows = _evaluate_cases(
-        model, load_dataset(data).test, True, args.precision, out / "segmentations", locator
+        model, load_dataset(data).test, True, args.precision, out / "segmentations", locator, out / "figures"
     )
     summary = summarize(rows)
     if locator is not None:
@@ -594,7 +626,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Dice {summary['dice']['mean']:.3f} ± {summary['dice']['std']:.3f} over {len(rows)} unseen volumes; "
         f"{summary['seconds']['mean']:.2f} s per volume; total {time.monotonic() - t0:.1f} s"
     )
-    print(f"results in {out} (segmentations/, results.json)")
+    print(f"results in {out} (segmentations/, figures/, results.json)")
     return 0
 
 
@@ -823,6 +855,15 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("--json", help="write per-case metrics and the summary here")
     p.add_argument("--predictions", help="write the segmentations into this folder")
+    p.add_argument(
+        "--figures", help="write a PNG per case into this folder: slices through the centre, contours"
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=_AMOUNT,
+        default=0,
+        help="Monte-Carlo passes for an uncertainty map, drawn in the figures (default 0: none)",
+    )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", type=_device, default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -836,6 +877,7 @@ def _add_demo(sub) -> None:
         "--seed", type=_AMOUNT, default=2026, help="phantom seed (the shipped model never saw 2026)"
     )
     p.add_argument("--size", type=_COUNT, default=160)
+    _add_profile_flag(p)
     p.add_argument("--model", default=DEMO_MODEL)
     p.add_argument("--locator", help=f"locator finding the centres (default: the shipped '{DEMO_LOCATOR}')")
     p.add_argument("--true-center", action="store_true", help="use the phantoms' true centres, no locator")
