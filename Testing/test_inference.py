@@ -199,34 +199,23 @@ def test_roi_larger_than_the_volume_is_padded_and_centred():
     assert _dice(sitk.GetArrayFromImage(result.label), mask) > 0.8
 
 
-def test_patches_are_cut_and_stitched_in_place():
-    volume = torch.arange(2 * 8 * 2 * 4 * 2 * 12, dtype=torch.float32).reshape(16, 8, 24)
-    patches = inference._patches(volume, (8, 4, 12), 2)
-    assert patches.shape == (8, 1, 8, 4, 12)
-    # patch n = (iz * 2 + iy) * 2 + ix holds block (iz, iy, ix)
-    assert torch.equal(patches[5, 0], volume[8:16, 0:4, 12:24])
-    assert torch.equal(patches[2, 0], volume[0:8, 4:8, 0:12])
-    assert torch.equal(inference._stitch(patches, (8, 4, 12), 2)[0], volume)
+def test_region_goes_through_the_network_as_one_window():
+    """A net that outputs its input window's mean gives ONE value over the region (issue 12: no patches,
+    so no seam at the centre point), the sigmoid of the whole normalised region's mean."""
 
-
-def test_non_pointwise_network_is_stitched_per_patch():
-    """A net that outputs each patch's mean must give a map that is constant on the ROI's patch blocks."""
-
-    class PatchMean(nn.Module):
+    class WindowMean(nn.Module):
         def forward(self, x):
             mean = x.mean(dim=(2, 3, 4), keepdim=True).expand_as(x)
             return torch.cat([torch.zeros_like(x), mean], dim=1)
 
     image, _ = _image(spheres=(SPHERE_A,))
-    model = _model({"mean": PatchMean()}, patch=16)
+    model = _model({"mean": WindowMean()}, patch=16)
     center = _physical(image, SPHERE_A)
     ctx = inference._make_context(model, image, "fp32", 0, False)
     fg, _, grid = inference._segment_roi(ctx, image, center, 2, lambda *a: None)
+    assert grid.GetSize() == (32, 32, 32)
     region = ctx.tensor(inference._resample_onto(image, grid, ctx.background)).numpy()
-    blocks = region.reshape(2, 16, 2, 16, 2, 16).mean(axis=(1, 3, 5))
-    expected = 1 / (1 + np.exp(-blocks))
-    assert np.allclose(fg.reshape(2, 16, 2, 16, 2, 16)[:, 0, :, 0, :, 0], expected, atol=1e-5)
-    assert np.ptp(expected) > 0.01  # the blocks differ, so a misplaced block would be caught
+    assert np.allclose(fg, 1 / (1 + np.exp(-region.mean())), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- networks and precision

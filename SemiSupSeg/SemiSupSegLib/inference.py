@@ -3,11 +3,15 @@
 Pipeline (see :func:`segment`):
 
 1. Intensity statistics of the whole input volume (the model's recorded normalisation).
-2. With a centre point: a region of ``roi_patches`` x patch size voxels at the model's target spacing,
-   centred on the point and clamped inside the volume, is resampled *directly* from the input (the whole
-   volume is never resampled), normalised and cut into ``roi_patches ** 3`` patches that go through the
-   networks in one batched forward. Without a centre point: the whole volume is resampled to the target
-   spacing, normalised and segmented with MONAI's ``sliding_window_inference``.
+2. With a centre point: a region of ``roi_patches`` x patch size voxels at the model's target spacing
+   (no larger than the volume allows, :func:`region_size`), centred on the point and clamped inside the
+   volume, is resampled *directly* from the input (the whole volume is never resampled), normalised and
+   put through the fully convolutional networks as ONE window, so no patch border, seam or zero padding
+   falls inside it (issue 12: the former 2x2x2 non-overlapping patches met exactly at the centre point,
+   and a region larger than a small volume was mostly padding). A region too big for the memory budget
+   falls back to half-overlapping patches with Gaussian blending. Without a centre point: the whole
+   volume is resampled to the target spacing, normalised and segmented with MONAI's
+   ``sliding_window_inference``.
 3. The softmax probabilities of the model's inference networks are averaged; the foreground probability
    (1 - background) is resampled linearly onto exactly the input's grid (0 outside the region) and
    thresholded into the label.
@@ -54,6 +58,7 @@ __all__ = [
     "mc_inputs",
     "mc_probabilities",
     "predict_batch",
+    "region_size",
     "resolve_precision",
     "roi_grid",
     "roi_start",
@@ -73,6 +78,7 @@ MEMORY_BUDGET_BYTES = 3 * 1024**3
 MC_NOISE_STD = 0.1
 MC_NOISE_CLIP = 0.2
 ENTROPY_EPS = 1e-6
+REGION_BLEND_OVERLAP = 0.5
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -468,37 +474,69 @@ class _Context:
         return torch.from_numpy(normalized).to(self.device)
 
 
-def _patches(volume: torch.Tensor, patch: Sequence[int], r: int) -> torch.Tensor:
-    """Cut a ``[r*pz, r*py, r*px]`` volume into ``[r^3, 1, pz, py, px]`` patches (z-major order)."""
-    pz, py, px = patch
-    cut = volume.reshape(r, pz, r, py, r, px).permute(0, 2, 4, 1, 3, 5)
-    return cut.reshape(r**3, 1, pz, py, px)
+def _window_fits(ctx: _Context, shape_zyx: Sequence[int]) -> bool:
+    """Whether one forward of a window of ``shape_zyx`` voxels stays within the memory budget."""
+    return _bytes_per_patch(ctx.nets, int(np.prod(shape_zyx)), ctx.precision) <= MEMORY_BUDGET_BYTES
 
 
-def _stitch(probs: torch.Tensor, patch: Sequence[int], r: int) -> torch.Tensor:
-    """Inverse of :func:`_patches` for ``[r^3, K, pz, py, px]`` maps: ``[K, r*pz, r*py, r*px]``."""
-    pz, py, px = patch
-    k = probs.shape[1]
-    joined = probs.reshape(r, r, r, k, pz, py, px).permute(3, 0, 4, 1, 5, 2, 6)
-    return joined.reshape(k, r * pz, r * py, r * px)
+def _region_probabilities(ctx: _Context, region: torch.Tensor, predictor: Callable) -> torch.Tensor:
+    """Mean softmax ``[1, K, Z, Y, X]`` of a ``[1, 1, Z, Y, X]`` region, without seams.
+
+    The networks are fully convolutional, so the whole region goes through them as ONE window: every
+    voxel sees its full context and no patch border (or its zero padding) falls inside the region.
+    A region too big for the memory budget is covered by patch-sized windows overlapping by half,
+    blended with MONAI's Gaussian weights (sigma = patch / 8), so no seam falls on the centre either.
+    """
+    if _window_fits(ctx, region.shape[2:]):
+        return predictor(region)
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(
+        region,
+        roi_size=ctx.patch,
+        sw_batch_size=max(1, min(ctx.chunk, 8)),
+        predictor=predictor,
+        overlap=REGION_BLEND_OVERLAP,
+        mode="gaussian",
+    )
+
+
+def region_size(
+    image: sitk.Image, spacing: Sequence[float], patch_zyx: Sequence[int], roi_patches: int
+) -> tuple[int, int, int]:
+    """Size ``(x, y, z)`` of the coarse-to-fine region: ``roi_patches`` x patch along each axis, but no
+    larger than the volume resampled to ``spacing`` allows (rounded down to a multiple of 4, as the
+    networks pool twice), and never smaller than one patch (a volume shorter than a patch is padded).
+
+    Args:
+        image: the input volume.
+        spacing: the model's target spacing (x, y, z) mm.
+        patch_zyx: the model's patch size (z, y, x).
+        roi_patches: patches per axis wanted.
+
+    Returns:
+        The region size in voxels, (x, y, z).
+    """
+    patch_xyz = np.asarray(patch_zyx, dtype=int)[::-1]
+    fitted = (np.minimum(roi_patches * patch_xyz, _target_size(image, spacing)) // 4) * 4
+    return tuple(int(n) for n in np.maximum(fitted, patch_xyz))  # type: ignore[return-value]
 
 
 def _segment_roi(
     ctx: _Context, image: sitk.Image, center: Sequence[float], roi_patches: int, progress: ProgressCallback
 ) -> tuple[np.ndarray, np.ndarray | None, sitk.Image]:
-    size_xyz = [roi_patches * p for p in reversed(ctx.patch)]
-    grid = roi_grid(image, center, ctx.spacing, size_xyz)
-    region = ctx.tensor(_resample_onto(image, grid, ctx.background))
-    batch = _patches(region, ctx.patch, roi_patches)
+    grid = roi_grid(image, center, ctx.spacing, region_size(image, ctx.spacing, ctx.patch, roi_patches))
+    region = ctx.tensor(_resample_onto(image, grid, ctx.background))[None, None]
     progress("predict", 0.2)
     with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
-        probs = ctx.probabilities(batch)
-    foreground = foreground_probability(_stitch(probs, ctx.patch, roi_patches)[None])[0]
+        probs = _region_probabilities(ctx, region, ctx.probabilities)
+    foreground = foreground_probability(probs)[0]
     uncertainty = None
     if ctx.mc_samples:
         progress("uncertainty", 0.5)
-        mean = ctx.mc_probabilities(batch)
-        uncertainty = entropy(_stitch(mean, ctx.patch, roi_patches)[None])[0].cpu().numpy()
+        with torch.no_grad():
+            mean = _region_probabilities(ctx, region, ctx.mc_probabilities)
+        uncertainty = entropy(mean)[0].cpu().numpy()
     return foreground.cpu().numpy(), uncertainty, grid
 
 
@@ -583,7 +621,8 @@ def segment(
     """Segment ``image`` with ``model``; every output is on exactly the input's grid.
 
     With ``center`` (LPS mm, inside the volume): coarse-to-fine ``"roi"`` mode, a region of
-    ``roi_patches`` x patch size voxels at the model's spacing around the point, predicted as one batch.
+    ``roi_patches`` x patch size voxels at the model's spacing around the point (no larger than the
+    volume allows), predicted as one window without seams.
     Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``mc_samples > 0`` adds the
     Monte-Carlo entropy map (the probability stays the deterministic one). ``label`` is
     ``probability > threshold``. ``channels_last=None`` uses the measured default for the device.
