@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .atomic import atomic_torch_save, atomic_write_json
-from .errors import ModelError
+from .errors import InputError, ModelError, checked_number
 from .model_index import MODEL_JSON, PRETRAINED_DIR, home_dir, list_models, models_dir, read_model_json
 from .networks import NetworkConfig, build_network
 from .preprocessing import Preprocessing
@@ -158,6 +158,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
     for name, config in meta["networks"].items():
         if name not in state:
             raise ModelError(f"{folder / WEIGHTS} has no weights for network {name!r}")
+        _check_network_config(folder / MODEL_JSON, name, config)
         try:
             net = build_network(config)
             net.load_state_dict(state[name])
@@ -165,10 +166,32 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
             reason = _first_reason(exc)
             raise ModelError(f"network {name!r} of {folder} does not match its weights: {reason}") from None
         networks[name] = net.to(device).eval()
-    missing = [n for n in meta.get("inference_networks", []) if n not in networks]
+    chosen = meta.get("inference_networks", [])
+    if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
+        raise ModelError(f"{folder / MODEL_JSON}: 'inference_networks' is not a list of network names")
+    missing = [n for n in chosen if n not in networks]
     if missing:
         raise ModelError(f"{folder / MODEL_JSON} names unknown inference networks {missing}")
     return LoadedModel(path=folder, meta=meta, networks=networks, device=device)
+
+
+_CONFIG_LIMITS = {"in_channels": (int, 1, 64), "num_classes": (int, 2, 1000), "width": (float, 0, 16)}
+
+
+def _check_network_config(meta_path: Path, name: str, config: object) -> None:
+    """:class:`ModelError` unless ``config`` describes a network that can be built (before building it:
+    a damaged width of 1e9 would otherwise try to allocate terabytes)."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{meta_path}: network {name!r} is not described by an object")
+    try:
+        for key, (kind, low, high) in _CONFIG_LIMITS.items():
+            if key in config:
+                what = f"network {name!r} {key}"
+                checked_number(what, config[key], kind, low, high, low_open=kind is float)
+        if "dropout" in config:
+            checked_number(f"network {name!r} dropout", config["dropout"], float, 0, 1, high_open=True)
+    except InputError as exc:
+        raise ModelError(f"{meta_path}: {exc}") from None
 
 
 def _first_reason(exc: BaseException) -> str:
