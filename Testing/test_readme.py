@@ -17,6 +17,17 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
     assert "pip install torch==2.13.0" in test_command
+    assert '".[test,mrml]"' in test_command  # the MRML tests run on slicer-core in CI
+
+
+def test_ci_fails_when_the_mrml_tests_skip():
+    """.ci/run sets SEMISUPSEG_REQUIRE_SLICER=1 before the test command; Testing/mrml/conftest.py then
+    turns "slicer cannot be imported" into an error instead of a skip."""
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    command = next(i for i, line in enumerate(ci) if "pytest" in line and not line.startswith("#"))
+    assert "export SEMISUPSEG_REQUIRE_SLICER=1" in ci[:command]
+    conftest = (REPO / "Testing" / "mrml" / "conftest.py").read_text()
+    assert 'os.environ.get("SEMISUPSEG_REQUIRE_SLICER") == "1"' in conftest
 
 
 def test_readme_demo_command_installs_and_runs_the_demo():

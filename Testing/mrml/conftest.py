@@ -23,7 +23,11 @@ except ImportError as exc:
         raise RuntimeError(
             f"SEMISUPSEG_REQUIRE_SLICER=1 but slicer cannot be imported ({exc}); pip install -e '.[mrml]'"
         ) from exc
-    pytest.skip(f"slicer-core is not installed ({exc})", allow_module_level=True)
+    SKIP_REASON = f"Testing/mrml skipped: slicer-core is not installed ({exc}); pip install -e '.[mrml]'"
+    collect_ignore_glob = ["test_*.py", "helpers.py"]  # a conftest cannot skip a folder any other way
+
+    def pytest_terminal_summary(terminalreporter):
+        terminalreporter.write_line(SKIP_REASON, yellow=True)
 
 MODULE_LOGICS = {  # slicer.modules.<name>.logic(), which slicer.util calls
     "volumes": ("vtkSlicerVolumesLogic", "Volumes"),
