@@ -27,8 +27,9 @@ from SemiSupSegLib.methods.dual_unet import (
     inter_loss,
     inter_mask,
     intra_loss,
+    ratio_distance,
+    squared_l2_distance,
     stable_voxels,
-    vector_distance,
 )
 from SemiSupSegLib.metrics import segmentation_metrics
 from SemiSupSegLib.model_store import load_model
@@ -156,8 +157,8 @@ def test_inter_loss_averages_over_the_mask_with_the_other_network_detached():
     y1 = torch.tensor([[[0.9, 0.5, 0.2]], [[0.1, 0.5, 0.8]]]).reshape(1, 2, 3).requires_grad_()
     y2 = torch.tensor([[[0.7, 0.5, 0.0]], [[0.3, 0.5, 1.0]]]).reshape(1, 2, 3).requires_grad_()
     mask = torch.tensor([[True, False, True]])
-    loss = inter_loss(y1, y2, mask)
-    assert loss.item() == pytest.approx((0.08 + 0.08) / 2)
+    loss = inter_loss(y1, y2, mask)  # foreground probability: (0.9 - 0.7)^2 and (0.2 - 0.0)^2
+    assert loss.item() == pytest.approx((0.04 + 0.04) / 2)
     loss.backward()
     assert y2.grad is None and y1.grad[0, :, 1].abs().sum() == 0
 
@@ -167,7 +168,7 @@ def test_intra_loss_selects_only_voxels_below_the_threshold():
     p_hat = torch.tensor([[0.6, 0.5, 1.0], [0.4, 0.5, 0.0]]).reshape(1, 2, 3)
     u_hat = torch.tensor([[0.3, 0.2, 0.69]])  # voxel 2: far from P^ but too uncertain
     loss = intra_loss(y, p_hat, u_hat, tau1=0.6)
-    assert loss.item() == pytest.approx(0.08 / 2)
+    assert loss.item() == pytest.approx(0.04 / 2)  # voxel 0: (0.8 - 0.6)^2 of the one probability
     loss.backward()
     assert y.grad[0, :, 2].abs().sum() == 0 and y.grad[0, :, 0].abs().sum() > 0
     assert intra_loss(y, p_hat, u_hat, tau1=0.1).item() == 0.0  # empty mask: 0, not NaN
@@ -236,16 +237,18 @@ def test_mc_passes_run_as_one_batched_forward_inside_a_dual_unet_step():
         lambda m, a: seen.append((a[0].shape[0], torch.is_grad_enabled(), m.training))
     )
     du.compute_losses("segmenters", _batch(), 5)
-    assert seen == [(4, True, True), (16, False, False)]  # training forward, then 8 x 2 MC patches
+    # training forward, then 8 x 2 MC patches in train mode (dropout; BatchNorm on batch statistics)
+    assert seen == [(4, True, True), (16, False, True)]
     assert du.net2.training and all(m.training for m in du.net2.modules())
 
 
-def test_batched_mc_passes_equal_looped_passes_given_the_same_random_state():
+def test_batched_mc_passes_on_running_statistics_equal_looped_eval_passes():
+    """The ``mc_batchnorm="running"`` mode (before issue 13); the default is in test_ssl_fidelity.py."""
     torch.manual_seed(1)
     net = CompactUNet(width=0.125, dropout=0.0).train()
     x = torch.randn(2, 1, 16, 16, 16)
     torch.manual_seed(5)
-    batched, u = mc_prediction(net, x, 4)
+    batched, u = mc_prediction(net, x, 4, batchnorm="running")
     torch.manual_seed(5)
     inputs = mc_inputs(x, 4, None)
     net.eval()
@@ -255,7 +258,8 @@ def test_batched_mc_passes_equal_looped_passes_given_the_same_random_state():
     assert torch.allclose(u, -(looped * torch.log(looped + 1e-6)).sum(1), atol=1e-5)
     dropout = CompactUNet(width=0.125, dropout=0.5)
     dropout.load_state_dict(net.state_dict())
-    assert (mc_prediction(dropout, x, 4)[0] - batched).abs().max() > 1e-3  # dropout is active in the passes
+    # dropout is active in the passes
+    assert (mc_prediction(dropout, x, 4, batchnorm="running")[0] - batched).abs().max() > 1e-3
 
 
 # --------------------------------------------------------------------------- contextual terms
@@ -279,15 +283,19 @@ def test_adversarial_sign_conventions():
     assert ns._adversarial(maps_l, maps_u).item() == pytest.approx(flipped.item(), rel=1e-6)
 
 
-def test_ncont_distance_is_bounded_and_scale_free_so_ce_cannot_dominate_lsup():
+def test_ratio_distance_option_is_bounded_and_scale_free():
+    """``ncont_distance="ratio"`` (before issue 13): ||a - b||^2 / (||a||^2 + ||b||^2), unbounded codes."""
     torch.manual_seed(0)
     a, b = torch.randn(3, 16), torch.randn(3, 16)
-    base = vector_distance(a, b).item()
-    assert vector_distance(1000 * a, 1000 * b).item() == pytest.approx(base, rel=1e-5)
-    assert vector_distance(b, b).item() == 0.0
-    assert vector_distance(torch.zeros_like(b), b).item() == pytest.approx(1.0)
-    assert vector_distance(-b, b).item() == pytest.approx(2.0)  # the largest value: opposite codes
-    assert vector_distance(1e-6 * a, 1e3 * b).item() <= 2.0
+    base = ratio_distance(a, b).item()
+    assert ratio_distance(1000 * a, 1000 * b).item() == pytest.approx(base, rel=1e-5)
+    assert ratio_distance(b, b).item() == 0.0
+    assert ratio_distance(torch.zeros_like(b), b).item() == pytest.approx(1.0)
+    assert ratio_distance(-b, b).item() == pytest.approx(2.0)  # the largest value: opposite codes
+    assert ratio_distance(1e-6 * a, 1e3 * b).item() <= 2.0
+    du = DualUNet(TINY, 10, ablation="+NCont", ncont_distance="ratio")
+    assert du.code_distance is ratio_distance and not du.encoder.bounded
+    assert squared_l2_distance(a, b).item() == pytest.approx(((a - b) ** 2).sum(1).mean().item())
 
 
 def test_contextual_encoder_does_not_collapse_so_ncont_is_not_trivially_zero():
@@ -300,7 +308,7 @@ def test_contextual_encoder_does_not_collapse_so_ncont_is_not_trivially_zero():
 
     def distance() -> float:
         with torch.no_grad():
-            return vector_distance(du.encoder(shifted), du.encoder(annotation)).item()
+            return squared_l2_distance(du.encoder(shifted), du.encoder(annotation)).item()
 
     before = distance()
     optimizer = torch.optim.Adam(du.optimizers()[1].parameters, lr=1e-3)
@@ -341,7 +349,17 @@ def test_ablation_presets_switches_and_bad_options():
     assert [s.stage for s in off.optimizers()] == ["segmenters", "classifier"]
     plain = DualUNet(TINY, 10, ablation="DU-Lsup")
     assert not plain.uses_unlabeled and [s.stage for s in plain.optimizers()] == ["segmenters"]
-    for bad in ({"intar": False}, {"ablation": "+foo"}, {"adversarial": "wgan"}, {"inter": "maybe"}):
+    bad_options = (
+        {"intar": False},
+        {"ablation": "+foo"},
+        {"adversarial": "wgan"},
+        {"inter": "maybe"},
+        {"voxel_distance": "l1"},
+        {"sup_weights": "2:1"},
+        {"ncont_distance": "cosine"},
+        {"mc_batchnorm": "eval"},
+    )
+    for bad in bad_options:
         with pytest.raises(InputError):
             DualUNet(TINY, 10, **bad)
     with pytest.raises(InputError, match="mc_samples"):
@@ -443,7 +461,8 @@ def test_mc_precision_option_runs_the_passes_in_bf16_and_stays_close_to_fp32():
     from SemiSupSegLib.inference import bf16_supported
 
     torch.manual_seed(0)
-    net = CompactUNet(width=0.125).train()
+    # without dropout: bf16 and fp32 passes would draw other dropout masks from the same random state
+    net = CompactUNet(width=0.125, dropout=0.0).train()
     x = torch.randn(2, 1, 16, 16, 16)
     state = torch.get_rng_state()
     p32, _ = mc_prediction(net, x, 4, "fp32")
@@ -452,6 +471,6 @@ def test_mc_precision_option_runs_the_passes_in_bf16_and_stays_close_to_fp32():
     assert p16.dtype == torch.float32 and torch.isfinite(p16).all()
     if bf16_supported("cpu"):
         assert not torch.equal(p16, p32)  # the option really changes the arithmetic
-    assert (p16 - p32).abs().max() < 0.05
+    assert (p16 - p32).abs().max() < 0.02  # 0.005 measured (BatchNorm on batch statistics)
     with pytest.raises(InputError):
         mc_prediction(net, x, 2, "fp8")

@@ -8,11 +8,19 @@ import torch
 from monai.losses import DiceCELoss
 
 
-def supervised_loss() -> DiceCELoss:
-    """0.5 (CE + soft Dice on the foreground), the supervised loss of METHODS.md.
+def supervised_loss(ce_weight: float = 0.5, dice_weight: float = 0.5) -> DiceCELoss:
+    """w_ce CE + w_dice soft Dice on the foreground; the defaults give METHODS.md's 0.5 (CE + Dice).
 
     Dice = 1 - (2 sum(s y) + 1e-5) / (sum(s^2) + sum(y^2) + 1e-5), summed over the whole batch:
-    MONAI's ``DiceCELoss`` with squared denominators, batch reduction and no background term.
+    MONAI's ``DiceCELoss`` with squared denominators, batch reduction and no background term. The
+    Dual-UNet uses weights (1, 1), seed 000's eq. 2 (two-class softmax CE equals the sigmoid BCE).
+
+    Args:
+        ce_weight: the weight of the voxel-mean cross-entropy.
+        dice_weight: the weight of the soft Dice loss.
+
+    Returns:
+        The loss module, called as ``loss(logits [B, K, ...], labels [B, 1, ...])``.
     """
     return DiceCELoss(
         include_background=False,
@@ -22,8 +30,8 @@ def supervised_loss() -> DiceCELoss:
         batch=True,
         smooth_nr=1e-5,
         smooth_dr=1e-5,
-        lambda_dice=0.5,
-        lambda_ce=0.5,
+        lambda_dice=dice_weight,
+        lambda_ce=ce_weight,
     )
 
 
@@ -52,8 +60,25 @@ def ramped_threshold(tau: float, t: float, length: float) -> float:
 
 
 def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Voxel-wise ||a - b||^2 over the class dimension: ``[B, K, ...] -> [B, ...]``."""
+    """Voxel-wise ||a - b||^2 summed over the class dimension: ``[B, K, ...] -> [B, ...]``.
+
+    For two classes this is twice :func:`foreground_squared_distance` (the channels differ by opposite
+    amounts).
+    """
     return ((a - b) ** 2).sum(dim=1)
+
+
+def foreground_squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise (a_fg - b_fg)^2 of the foreground probabilities ``1 - p_0``: ``[B, K, ...] -> [B, ...]``.
+
+    Seed 000's network has one sigmoid output, so its ||y^ - P^||^2 (eqs. 3, 5, 9) is this single-channel
+    squared difference; for a two-class softmax it is half of :func:`squared_distance`.
+    """
+    return (a[:, 0] - b[:, 0]) ** 2
+
+
+VOXEL_DISTANCES = {"foreground": foreground_squared_distance, "all-channels": squared_distance}
+"""The voxel distance ||.||^2 of the Dual-UNet's eqs. 3 and 5, by option value (``voxel_distance``)."""
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

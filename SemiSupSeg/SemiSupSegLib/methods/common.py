@@ -1,10 +1,17 @@
 """Helpers shared by the semi-supervised methods: options, EMA teachers, Monte-Carlo predictions.
 
-The Monte-Carlo passes reuse :func:`SemiSupSegLib.inference.mc_probabilities` (dropout active, BatchNorm
-in eval mode using the network's running statistics, input noise ``clamp(N(0, 0.1^2), -0.2, 0.2)``, all
-``T`` passes as one batched forward under ``no_grad``) so that training and inference estimate uncertainty
-the same way. BatchNorm in eval mode is what makes the batched passes independent of each other (batch
-statistics would mix the ``T`` copies), so the batched forward equals ``T`` separate passes.
+The training Monte-Carlo passes (UA-MT's teacher, the Dual-UNet's P^) run with dropout active, input noise
+``clamp(N(0, 0.1^2), -0.2, 0.2)`` and all ``T`` passes as one batched forward under ``no_grad``
+(METHODS.md, "Notation"). BatchNorm has two modes (option ``mc_batchnorm`` of both methods):
+
+- ``"batch"`` (default, METHODS.md "000", as the authors' and UA-MT's code): every pass normalises with
+  the batch statistics of its own ``B`` patches, like the training forward that gives y^, and the running
+  statistics (``running_mean``, ``running_var``, ``num_batches_tracked``) are neither read nor updated.
+  The batched forward equals ``T`` separate train-mode passes because the statistics are taken per pass
+  (:func:`grouped_batch_norm`), not over all ``T * B`` patches.
+- ``"running"`` (before issue 13): BatchNorm in eval mode on the running statistics, through
+  :func:`SemiSupSegLib.inference.mc_probabilities`, as at inference. Measured to bias P^ against y^
+  (docs/BENCHMARKS.md, mc-bias).
 """
 
 from __future__ import annotations
@@ -13,18 +20,22 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, checked_number
 from ..inference import entropy, mc_inputs, mc_probabilities, resolve_precision
 
 __all__ = [
+    "MC_BATCHNORM",
     "OptionParser",
     "as_bool",
     "check_options",
     "choice_option",
     "ema_decay",
+    "eval_mode",
     "frozen",
+    "grouped_batch_norm",
     "input_noise",
     "mc_prediction",
     "number_option",
@@ -34,6 +45,9 @@ __all__ = [
 
 # Large enough that inference's memory guard never splits the training Monte-Carlo passes.
 _ONE_FORWARD_BUDGET = 1 << 50
+
+MC_BATCHNORM = ("batch", "running")
+"""BatchNorm in the training Monte-Carlo passes: the passes' own batch statistics, or the running ones."""
 
 
 def check_options(method: str, options: dict, allowed: Iterable[str] = ()) -> None:
@@ -118,20 +132,103 @@ def input_noise(x: torch.Tensor) -> torch.Tensor:
 
 
 def mc_prediction(
-    net: nn.Module, x: torch.Tensor, samples: int, precision: str = "fp32"
+    net: nn.Module, x: torch.Tensor, samples: int, precision: str = "fp32", batchnorm: str = "batch"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean Monte-Carlo softmax P^ ``[B, K, ...]`` and its entropy U^ ``[B, ...]``, without gradient.
 
-    ``samples`` noisy dropout passes of ``net`` run as one batched forward of ``samples * B`` patches under
-    ``no_grad``; the network's train/eval flags are restored afterwards. ``precision`` ("fp32", "bf16",
-    "auto" = bf16 where the device computes it natively) applies to these passes only: they produce
-    no-gradient targets, and bf16 makes them about 1.6x cheaper on this project's CPUs.
+    Args:
+        net: the network; its train/eval flags and BatchNorm buffers are as before afterwards.
+        x: the patches ``[B, C, Z, Y, X]``.
+        samples: ``T``, the number of noisy dropout passes, run as one batched forward of ``T * B`` patches
+            under ``no_grad``.
+        precision: "fp32", "bf16" or "auto" (bf16 where the device computes it natively), for these passes
+            only: they produce no-gradient targets, and bf16 makes them about 1.6x cheaper on this
+            project's CPUs.
+        batchnorm: "batch" (each pass on its own batch statistics, running statistics untouched) or
+            "running" (eval-mode BatchNorm); see the module docstring.
+
+    Returns:
+        ``(P^, U^)``, float32.
     """
+    if batchnorm not in MC_BATCHNORM:
+        raise InputError(f"mc_batchnorm must be one of {', '.join(MC_BATCHNORM)}, got {batchnorm!r}")
     precision = resolve_precision(precision, x.device)
-    probs = mc_probabilities(
-        [net], x, samples, precision=precision, channels_last=False, memory_budget=_ONE_FORWARD_BUDGET
-    )
+    if batchnorm == "running":
+        probs = mc_probabilities(
+            [net], x, samples, precision=precision, channels_last=False, memory_budget=_ONE_FORWARD_BUDGET
+        )
+    else:
+        probs = _mc_batch_statistics(net, x, int(samples), precision)
     return probs, entropy(probs)
+
+
+def _mc_batch_statistics(net: nn.Module, x: torch.Tensor, samples: int, precision: str) -> torch.Tensor:
+    """Mean softmax of ``samples`` passes in train mode, BatchNorm on each pass's own batch statistics."""
+    if samples < 1:
+        raise InputError(f"Monte-Carlo samples must be >= 1, got {samples}")
+    inputs = mc_inputs(x, samples, None)
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    with torch.no_grad(), _train_mode_without_running_statistics(net, samples), autocast:
+        logits = net(inputs)
+    probs = torch.softmax(logits.float(), dim=1)
+    return probs.reshape(samples, x.shape[0], *probs.shape[1:]).mean(dim=0)
+
+
+def grouped_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``bn`` in train mode on each of ``groups`` consecutive sub-batches of ``x`` separately, without
+    reading or updating its running statistics.
+
+    Args:
+        bn: a BatchNorm module (its affine weight and bias and ``eps`` are used).
+        x: ``[groups * B, C, ...]``, sub-batch ``g`` being rows ``g * B`` to ``(g + 1) * B - 1``.
+        groups: the number of sub-batches (the Monte-Carlo passes).
+
+    Returns:
+        ``x`` normalised per sub-batch and channel, as ``groups`` separate train-mode calls would.
+    """
+    n, c, *spatial = x.shape
+    b = n // groups
+    # channel (g, c) of [B, groups * C, ...] holds sub-batch g's channel c: one fused call, exact stats.
+    per_group = x.reshape(groups, b, c, *spatial).transpose(0, 1).reshape(b, groups * c, *spatial)
+    weight = None if bn.weight is None else bn.weight.repeat(groups)
+    bias = None if bn.bias is None else bn.bias.repeat(groups)
+    out = F.batch_norm(per_group, None, None, weight, bias, training=True, eps=bn.eps)
+    return out.reshape(b, groups, c, *spatial).transpose(0, 1).reshape(n, c, *spatial)
+
+
+@contextlib.contextmanager
+def _train_mode_without_running_statistics(net: nn.Module, groups: int) -> Iterator[None]:
+    """``net`` in train mode (dropout active) whose BatchNorm layers run :func:`grouped_batch_norm`; the
+    modules' train flags are restored afterwards."""
+    saved = [(m, m.training) for m in net.modules()]
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        net.train()
+        for bn in norms:
+            bn.forward = lambda x, bn=bn: grouped_batch_norm(bn, x, groups)
+        yield
+    finally:
+        for bn in norms:
+            bn.__dict__.pop("forward", None)
+        for module, training in saved:
+            module.training = training
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """``modules`` in eval mode inside (BatchNorm on running statistics, no dropout); flags restored after."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
 
 
 @contextlib.contextmanager

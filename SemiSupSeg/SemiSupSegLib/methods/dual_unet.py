@@ -14,11 +14,24 @@ Each iteration has two optimiser stages, in order: ``"segmenters"`` (both UNets,
 so the classifier is updated after the segmenters. The classifier stage reuses the segmenters' predictions
 of the same iteration, detached (no second UNet forward).
 
-Decisions (METHODS.md "000"):
+Decisions (METHODS.md "000"; each default is the paper's, the option value in brackets is the behaviour
+before issue 13, kept so that the difference can be measured):
 
+- **L_sup is eq. 2, BCE + Dice at 1:1** (``sup_weights="1:1"``; ``"0.5:0.5"`` is the baselines'
+  0.5 (CE + Dice), which weighed every other term twice as much against L_sup). The two-class softmax
+  CE equals the sigmoid BCE; the Dice is METHODS.md's soft Dice on the foreground (squared
+  denominators, 1e-5 smoothing) rather than eq. 2's linear denominators with smoothing 1.
+- **Voxel distance of one probability** (``voxel_distance="foreground"``; ``"all-channels"``). The
+  paper's network has one sigmoid output, so ||y^ - P^||^2 in eqs. 3, 5 and 9 (and D and ||y^_q -
+  y^_q'||^2 in eq. 5) is the squared difference of the foreground probability; summed over both softmax
+  channels it is twice that.
 - **Voxel terms on the unlabelled half.** L_intra and L_inter use the unlabelled patches: the ``T`` = 8
-  Monte-Carlo passes (dropout on, BatchNorm eval, input noise; one batched forward per network under
-  ``no_grad``) run on those only, which keeps a step within the cost budget.
+  Monte-Carlo passes (dropout on, input noise; one batched forward per network under ``no_grad``) run
+  on those only, which keeps a step within the cost budget.
+- **BatchNorm in the Monte-Carlo passes on batch statistics** (``mc_batchnorm="batch"``;
+  ``"running"``): each pass normalises with the statistics of its own unlabelled patches, as y^ uses
+  batch statistics, and the running statistics are not updated (see
+  :func:`~SemiSupSegLib.methods.common.mc_prediction`). Eval-mode BatchNorm biased P^ against y^.
 - **Adversarial sign (L_LCont, eq. 6).** Default ``adversarial="saturating"``, the paper's minimax: the
   classifier minimises BCE(labelled predictions -> 1, unlabelled -> 0) and each segmenter minimises the
   negative of that BCE on its own predictions. ``adversarial="non-saturating"`` instead has the segmenters
@@ -30,21 +43,32 @@ Decisions (METHODS.md "000"):
   max-pooled foreground probabilities. It learns this on the one-hot annotations and on the detached
   predictions, so the vector has to encode where the foreground is and cannot be constant; L_NCont then
   compares predictions with annotations (and the two networks' unlabelled predictions) in that space.
-- Squared Euclidean distances throughout (METHODS.md), averaged over the mini-batch for vectors, CE
-  distances relative to the two codes' squared norms (see :func:`vector_distance`: the raw distance
-  grows without bound and collapsed both networks); the other network's output, P^, CE(y) and the other
-  network's CE vector are detached targets.
+- **L_NCont is eq. 7's squared L2, on codes of pinned scale** (``ncont_distance="l2"``; ``"ratio"``).
+  CE is trained only by its shape head, which leaves the scale of its output free: the raw distance
+  grew from 0.02 to 92 and collapsed both networks. The code is therefore ``tanh(z) / sqrt(n)`` of
+  the ``n``-dimensional pooled features ``z`` (:class:`ContextEncoder`), so every code has a squared
+  length below 1 and ||CE(a) - CE(b)||^2 < 4 at any scale of CE's weights or input, while codes still
+  differ in length. The former fix, the symmetric ratio ||a - b||^2 / (||a||^2 + ||b||^2) on unbounded
+  codes (:func:`ratio_distance`), equals the cosine distance for codes of equal length, which seed
+  000's Table IV rejects (Dice 65.3 against 69.1 for L2).
+- Squared Euclidean distances throughout (METHODS.md), averaged over the mini-batch for vectors; the
+  other network's output, P^, CE(y) and the other network's CE vector are detached targets.
 - DU-Lsup (every term off) uses no unlabelled data, as Table III's (L, 0) rows.
 
 Options: ``ablation`` (a Table III row, see :data:`ABLATIONS`), ``intra``/``inter``/``lcont``/``ncont``
 (booleans, override the row), ``alpha``/``beta``/``gamma``, ``ramp_steps``, ``tau1``/``tau2`` (as
 probabilities), ``mc_samples``, ``mc_precision`` (for the MC passes only: "auto", the default,
 = bf16 where the device computes it natively; "fp32"; "bf16"),
-``adversarial``, ``lr``, ``classifier_lr``.
+``mc_batchnorm`` ("batch" | "running"), ``adversarial``, ``lr``, ``classifier_lr``, ``sup_weights``
+("1:1" | "0.5:0.5"), ``voxel_distance`` ("foreground" | "all-channels"), ``ncont_distance`` ("l2" |
+"ratio"). The defaults are the paper's: Adam lr 1e-4, ramps over 4k of 10k steps (scaled), and the
+first value of each choice.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,19 +77,32 @@ from torch import nn
 
 from ..errors import InputError
 from ..inference import PRECISIONS, entropy
-from ..losses import binary_entropy, masked_mean, ramp, ramped_threshold, squared_distance, supervised_loss
+from ..losses import (
+    VOXEL_DISTANCES,
+    binary_entropy,
+    foreground_squared_distance,
+    masked_mean,
+    ramp,
+    ramped_threshold,
+    supervised_loss,
+)
 from ..networks import NetworkConfig, _channels, build_network
 from .base import Batch, Method, OptimizerSpec
 from .common import (
+    MC_BATCHNORM,
     OptionParser,
     as_bool,
     check_options,
     choice_option,
+    eval_mode,
     frozen,
     mc_prediction,
     number_option,
     paper_ramp_steps,
 )
+
+VoxelDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``[B, K, ...]`` x ``[B, K, ...]`` -> ``[B, ...]``, a value of ``losses.VOXEL_DISTANCES``."""
 
 TERMS = ("intra", "inter", "lcont", "ncont")
 ABLATIONS: dict[str, tuple[str, ...]] = {
@@ -80,6 +117,8 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
 """Table III rows by short name; the long names (``DU-Lsup+intra+inter+LCont``...) are accepted too."""
 
 ADVERSARIAL = ("saturating", "non-saturating")
+SUP_WEIGHTS = {"1:1": (1.0, 1.0), "0.5:0.5": (0.5, 0.5)}
+"""(CE, Dice) weights of L_sup by option value: eq. 2's 1:1, or the baselines' 0.5 (CE + Dice)."""
 SHAPE_GRID = 4
 POOL_GRID = 2
 
@@ -122,7 +161,11 @@ def _options() -> dict[str, OptionParser]:
         "tau2": probability,
         "mc_samples": number_option(int, 1),
         "mc_precision": choice_option(*PRECISIONS),
+        "mc_batchnorm": choice_option(*MC_BATCHNORM),
         "adversarial": choice_option(*ADVERSARIAL),
+        "sup_weights": choice_option(*SUP_WEIGHTS),
+        "voxel_distance": choice_option(*VOXEL_DISTANCES),
+        "ncont_distance": choice_option(*CODE_DISTANCES),
         **{term: as_bool for term in TERMS},
     }
 
@@ -130,9 +173,18 @@ def _options() -> dict[str, OptionParser]:
 # ----------------------------------------------------------------------------------- voxel terms
 
 
-def intra_loss(y: torch.Tensor, p_hat: torch.Tensor, u_hat: torch.Tensor, tau1: float) -> torch.Tensor:
-    """Eq. 3: sum([U^ < tau1] ||y^ - P^||^2) / sum([U^ < tau1]); ``p_hat`` is a detached target."""
-    return masked_mean(squared_distance(y, p_hat.detach()), u_hat < tau1)
+def intra_loss(
+    y: torch.Tensor,
+    p_hat: torch.Tensor,
+    u_hat: torch.Tensor,
+    tau1: float,
+    distance: VoxelDistance = foreground_squared_distance,
+) -> torch.Tensor:
+    """Eq. 3: sum([U^ < tau1] ||y^ - P^||^2) / sum([U^ < tau1]); ``p_hat`` is a detached target.
+
+    ``distance`` is ||.||^2 per voxel: the foreground probability's squared difference (eq. 9) by default.
+    """
+    return masked_mean(distance(y, p_hat.detach()), u_hat < tau1)
 
 
 def stable_voxels(
@@ -148,9 +200,14 @@ def inter_mask(s_self: torch.Tensor, s_other: torch.Tensor, d_self: torch.Tensor
     return (s_self & s_other & (d_self > d_other)) | (~s_self & s_other)
 
 
-def inter_loss(y_self: torch.Tensor, y_other: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def inter_loss(
+    y_self: torch.Tensor,
+    y_other: torch.Tensor,
+    mask: torch.Tensor,
+    distance: VoxelDistance = foreground_squared_distance,
+) -> torch.Tensor:
     """Eq. 5: sum(mask ||y^_q - y^_q'||^2) / sum(mask), with the other network's y^_q' detached."""
-    return masked_mean(squared_distance(y_self, y_other.detach()), mask)
+    return masked_mean(distance(y_self, y_other.detach()), mask)
 
 
 # ------------------------------------------------------------------------ classifier and encoder
@@ -185,19 +242,35 @@ class LabelClassifier(nn.Module):
 class ContextEncoder(nn.Module):
     """CE of eq. 7: the classifier's conv trunk without FC layers and one more 64-kernel conv, pooled.
 
-    The 64 feature maps are average-pooled to a 2^3 grid and flattened (a 512-d vector): a global mean
-    would make CE blind to where the foreground is (a prediction shifted from its annotation would cost
-    nothing). ``shape_head`` (used only to train CE) regresses the 4^3 max-pooled foreground of the input.
+    The 64 feature maps are average-pooled to a 2^3 grid and flattened (an n = 512-d vector ``z``): a
+    global mean would make CE blind to where the foreground is (a prediction shifted from its annotation
+    would cost nothing). ``shape_head`` (used only to train CE) regresses the 4^3 max-pooled foreground of
+    the input from the code.
+
+    With ``bounded`` (the default) the code is ``tanh(norm(z)) / sqrt(n)``, ``norm`` a BatchNorm without
+    affine parameters: each feature is centred and scaled by its statistics over the maps CE sees (batch
+    statistics in the classifier stage, which trains CE; the running ones, in eval mode, when L_NCont is
+    computed), so the growth of CE's weights under the shape signal does not reach the code, and tanh
+    keeps every code's squared length below 1 at any scale, so eq. 7's squared L2 between two codes is
+    below 4. Codes still differ in length (this is not a cosine). tanh alone is not enough: measured
+    (width 0.0625, shape head at lr 1e-3), ``z`` grew from 0.01 to 58 in 40 steps, every feature
+    saturated and all codes became equal. Without ``bounded`` the code is ``z`` (before issue 13).
     """
 
-    def __init__(self, num_classes: int, width: float, dim: int = 64) -> None:
+    def __init__(self, num_classes: int, width: float, dim: int = 64, bounded: bool = True) -> None:
         super().__init__()
         self.trunk = _trunk(num_classes, width)
         self.extra = nn.Conv3d(_channels(512, width), dim, kernel_size=3, padding=1)
-        self.shape_head = nn.Linear(dim * POOL_GRID**3, SHAPE_GRID**3)
+        self.code_size = dim * POOL_GRID**3
+        self.bounded = bounded
+        self.norm = nn.BatchNorm1d(self.code_size, affine=False) if bounded else None
+        self.shape_head = nn.Linear(self.code_size, SHAPE_GRID**3)
 
     def forward(self, probabilities: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool3d(self.extra(self.trunk(probabilities)), POOL_GRID).flatten(1)
+        z = F.adaptive_avg_pool3d(self.extra(self.trunk(probabilities)), POOL_GRID).flatten(1)
+        if self.norm is None:
+            return z
+        return torch.tanh(self.norm(z.float())) / math.sqrt(self.code_size)
 
     def shape_loss(self, probabilities: torch.Tensor) -> torch.Tensor:
         """MSE between the head's output and the input's coarse shape (the anti-collapse training signal)."""
@@ -205,8 +278,21 @@ class ContextEncoder(nn.Module):
         return F.mse_loss(self.shape_head(self(probabilities)), target)
 
 
-def vector_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def squared_l2_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Eq. 7's distance: the mean over the batch of ``||a - b||^2`` between codes ``[N, n]``.
+
+    Bounded only because :class:`ContextEncoder` bounds its codes (``ncont_distance="l2"``, the default).
+    """
+    a, b = a.float(), b.float()
+    return ((a - b) ** 2).sum(dim=1).mean()
+
+
+def ratio_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``||a - b||^2 / (||a||^2 + ||b||^2)`` (norms detached): in [0, 2] at any scale.
+
+    The distance before issue 13 (``ncont_distance="ratio"``, on unbounded codes). For codes of equal
+    length it is the cosine distance ``1 - cos(a, b)``, which seed 000's Table IV rejects; the history
+    that led to it:
 
     Eq. 7's ||CE(a) - CE(b)||^2 has no fixed scale: CE's features grow while its shape head trains. Measured
     on the phantom table (width 0.25, 24^3 patches): the raw distance rose from 0.02 to 92 within 100
@@ -220,6 +306,10 @@ def vector_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.float(), b.float()
     scale = ((a.detach() ** 2).sum(dim=1) + (b.detach() ** 2).sum(dim=1)).clamp_min(1e-12)
     return (((a - b) ** 2).sum(dim=1) / scale).mean()
+
+
+CODE_DISTANCES = {"l2": squared_l2_distance, "ratio": ratio_distance}
+"""L_NCont's distance between CE codes by option value (``ncont_distance``); "l2" uses bounded codes."""
 
 
 # ------------------------------------------------------------------------------------ the method
@@ -257,7 +347,11 @@ class DualUNet(Method):
         tau2: float = 0.7,
         mc_samples: int = 8,
         mc_precision: str = "auto",
+        mc_batchnorm: str = "batch",
         adversarial: str = "saturating",
+        sup_weights: str = "1:1",
+        voxel_distance: str = "foreground",
+        ncont_distance: str = "l2",
         **options,
     ) -> None:
         check_options(self.name, options, self.option_parsers)  # left in options: the term switches
@@ -272,13 +366,18 @@ class DualUNet(Method):
         self.tau = (binary_entropy(self.option("tau1", tau1)), binary_entropy(self.option("tau2", tau2)))
         self.mc_samples = self.option("mc_samples", mc_samples)
         self.mc_precision = self.option("mc_precision", mc_precision)
+        self.mc_batchnorm = self.option("mc_batchnorm", mc_batchnorm)
+        self.voxel_distance = VOXEL_DISTANCES[self.option("voxel_distance", voxel_distance)]
+        self.ncont_distance = self.option("ncont_distance", ncont_distance)
+        self.code_distance = CODE_DISTANCES[self.ncont_distance]
         self.lr, self.classifier_lr = self.option("lr", lr), self.option("classifier_lr", classifier_lr)
         self.net1, self.net2 = build_network(network), build_network(network)
         k, w = network.num_classes, network.width
         self.classifier = LabelClassifier(k, w) if self.terms["lcont"] else None
-        self.encoder = ContextEncoder(k, w) if self.terms["ncont"] else None
+        bounded = self.ncont_distance == "l2"
+        self.encoder = ContextEncoder(k, w, bounded=bounded) if self.terms["ncont"] else None
         self.uses_unlabeled = any(self.terms.values())
-        self.loss_fn = supervised_loss()
+        self.loss_fn = supervised_loss(*SUP_WEIGHTS[self.option("sup_weights", sup_weights)])
         self._pending: _Predictions | None = None
 
     # --- interface ---------------------------------------------------------------------------
@@ -360,18 +459,22 @@ class DualUNet(Method):
     ) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor]]:
         """L_intra (eq. 3) and L_inter (eqs. 4, 5) of both networks on the unlabelled predictions ``y``."""
         tau1, tau2 = self.thresholds(step)
-        mc = [mc_prediction(net, x_u, self.mc_samples, self.mc_precision) for net in (self.net1, self.net2)]
+        mc = [
+            mc_prediction(net, x_u, self.mc_samples, self.mc_precision, self.mc_batchnorm)
+            for net in (self.net1, self.net2)
+        ]
+        distance = self.voxel_distance
         out: dict[str, list[torch.Tensor]] = {}
         stats: dict[str, torch.Tensor] = {}
         if self.terms["intra"]:
-            out["intra"] = [intra_loss(y[q], mc[q][0], mc[q][1], tau1) for q in range(2)]
+            out["intra"] = [intra_loss(y[q], mc[q][0], mc[q][1], tau1, distance) for q in range(2)]
             stats["intra_mask"] = torch.stack([(u < tau1).float().mean() for _, u in mc]).mean()
         if self.terms["inter"]:
             y_ = [p.detach() for p in y]
             s = [stable_voxels(y_[q], mc[q][0], entropy(y_[q]), mc[q][1], tau2) for q in range(2)]
-            d = [squared_distance(y_[q], mc[q][0]) for q in range(2)]
+            d = [distance(y_[q], mc[q][0]) for q in range(2)]
             masks = [inter_mask(s[0], s[1], d[0], d[1]), inter_mask(s[1], s[0], d[1], d[0])]
-            out["inter"] = [inter_loss(y[0], y[1], masks[0]), inter_loss(y[1], y[0], masks[1])]
+            out["inter"] = [inter_loss(y[q], y[1 - q], masks[q], distance) for q in range(2)]
             stats["inter_mask"] = torch.stack([m.float().mean() for m in masks]).mean()
         return out, stats
 
@@ -385,14 +488,19 @@ class DualUNet(Method):
     def _ncont(
         self, labeled: list[torch.Tensor], unlabeled: list[torch.Tensor], annotation: torch.Tensor
     ) -> list[torch.Tensor]:
-        """Eq. 7 per network: ||CE(y^l_q) - CE(y)||^2 + ||CE(y^u_q) - CE(y^u_q')||^2, targets detached."""
-        with torch.no_grad():
-            target_l = self.encoder(annotation)
-        code_u = [self.encoder(u) for u in unlabeled]
+        """Eq. 7 per network: ||CE(y^l_q) - CE(y)||^2 + ||CE(y^u_q) - CE(y^u_q')||^2, targets detached.
+
+        CE runs in eval mode here (its code normalisation on running statistics, see
+        :class:`ContextEncoder`), so that every map's code is a function of that map alone.
+        """
+        with eval_mode(self.encoder):
+            with torch.no_grad():
+                target_l = self.encoder(annotation)
+            code_l = [self.encoder(p) for p in labeled]
+            code_u = [self.encoder(u) for u in unlabeled]
+        distance = self.code_distance
         return [
-            vector_distance(self.encoder(labeled[q]), target_l)
-            + vector_distance(code_u[q], code_u[1 - q].detach())
-            for q in range(2)
+            distance(code_l[q], target_l) + distance(code_u[q], code_u[1 - q].detach()) for q in range(2)
         ]
 
     def _segmenter_losses(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
