@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from SemiSupSegLib import slicer_bridge
@@ -42,6 +42,7 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
     st.sampled_from(["../x.nii.gz", "/etc/passwd", "~/a.nrrd", "a\x00b", "x" * 300, "images/a.nii.gz", "1"]),
+    st.sampled_from([10**400, -(10**400), 1e308, 0]),  # beyond a float, the largest float
 )
 json_values = st.recursive(
     scalars,
@@ -62,7 +63,8 @@ def dumps(value) -> str:
 entries = st.one_of(
     json_values,
     st.fixed_dictionaries(
-        {"image": scalars}, optional={"label": scalars, "center": st.one_of(json_values, st.lists(scalars))}
+        {"image": scalars},
+        optional={"label": scalars, "center": st.one_of(json_values, st.lists(scalars, min_size=1, max_size=3))},  # noqa: E501
     ),
 )
 datasets = st.one_of(
@@ -81,6 +83,7 @@ datasets = st.one_of(
 
 
 @examples(50)
+@example(content=json.dumps({"training": [{"image": "a.nii.gz", "center": [10**400, 0, 0]}]}))
 @given(content=st.one_of(datasets.map(dumps), st.text(max_size=40)))
 def test_any_dataset_json_gives_a_dataset_or_a_dataset_error(content, tmp_path):
     path = tmp_path / "dataset.json"
@@ -106,23 +109,33 @@ def model_folder(tmp_path_factory) -> Path:
     return folder
 
 
+# Values that pass the checks stay small (building a network of width 16 takes seconds); the rest are
+# every kind of wrong value.
+counts = st.sampled_from([1, 2, 3, 0, -1, 65, 1001, 2.5, "1", None, True, 10**400, float("nan"), [1]])
+widths = st.sampled_from([0.0625, 0.125, 0, -1, 17, 1e9, 1e308, float("nan"), float("inf"), "0.1", None])
 network_configs = st.one_of(
     json_values,
     st.fixed_dictionaries(
         {},
         optional={
             "architecture": st.one_of(st.just("compact-unet"), scalars),
-            "in_channels": st.one_of(st.just(1), scalars),
-            "num_classes": st.one_of(st.just(2), scalars),
-            "width": st.one_of(st.just(0.0625), scalars, st.just(1e9)),
-            "dropout": st.one_of(st.just(0.5), scalars),
+            "in_channels": counts,
+            "num_classes": counts,
+            "width": widths,
+            "dropout": st.sampled_from([0.0, 0.5, 1.0, -0.1, float("nan"), "x", None]),
         },
     ),
 )
 model_jsons = st.one_of(
     json_values,
     st.fixed_dictionaries(
-        {"networks": st.one_of(json_values, st.dictionaries(st.sampled_from(["net", "x"]), network_configs))},
+        {
+            "networks": st.one_of(
+                json_values,
+                st.dictionaries(st.sampled_from(["net", "x"]), network_configs),
+                st.just({"net": {"width": 0.0625}}),  # the weights' own network: loading goes on
+            )
+        },
         optional={"inference_networks": json_values, "name": json_values, "metrics": json_values,
                   "training": json_values, "classes": json_values},
     ),
@@ -130,6 +143,7 @@ model_jsons = st.one_of(
 
 
 @examples(60)
+@example(content=json.dumps({"networks": {"net": {"width": 0.0625}}, "inference_networks": 5}))
 @given(content=st.one_of(model_jsons.map(dumps), st.text(max_size=40)))
 def test_any_model_json_gives_a_model_or_a_model_error(content, model_folder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("case") / "m"
