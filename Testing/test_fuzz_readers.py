@@ -82,7 +82,7 @@ datasets = st.one_of(
 )
 
 
-@examples(50)
+@examples(40)
 @example(content=json.dumps({"training": [{"image": "a.nii.gz", "center": [10**400, 0, 0]}]}))
 @given(content=st.one_of(datasets.map(dumps), st.text(max_size=40)))
 def test_any_dataset_json_gives_a_dataset_or_a_dataset_error(content, tmp_path):
