@@ -158,12 +158,6 @@ def test_any_model_json_gives_a_model_or_a_model_error(content, model_folder, tm
         assert list(model.networks) and all(not net.training for net in model.networks.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="model_index.describe_model calls .get on 'metrics' without checking it is an object: "
-    "a model.json with \"metrics\": true breaks the panels' model list (reported, not this file's owner's)",
-)
 def test_a_model_json_whose_metrics_are_not_an_object_is_still_listed(model_folder, tmp_path):
     folder = tmp_path / "m"
     folder.mkdir()

@@ -188,3 +188,33 @@ def test_two_processes_adding_to_one_pool_lose_no_entry(tmp_path):
     names = sorted(entry["image"] for entry in raw["unlabeled"])
     assert names == [f"images/case_{i:03d}.nii.gz" for i in range(40)]
     assert not list(tmp_path.glob(".*"))  # the lock file and temporary files are gone
+
+
+# ------------------------------------------------------------------------------------------ locator
+
+
+@pytest.mark.parametrize("fail", ["weights", "locator.json"])
+def test_a_failed_locator_write_keeps_the_previous_locator(fail, tmp_path, monkeypatch):
+    from SemiSupSegLib.locator import load_locator, save_locator
+    from SemiSupSegLib.locator.agent import QNetwork, QNetworkConfig
+
+    described = {"name": "loc", "grid_size": 32, "crop_size": 9, "scales": [3, 1]}
+    torch.manual_seed(0)
+    folder = save_locator(tmp_path / "loc", QNetwork(QNetworkConfig(crop=9, width=4, n_scales=2)), described)
+    before = folder_hashes(tmp_path)
+    if fail == "weights":
+        monkeypatch.setattr(torch, "save", fail_with(RuntimeError("file write failed")))
+    else:
+        replace = os.replace
+
+        def full_for_json(src, dst):
+            if str(dst).endswith("locator.json"):
+                raise FULL
+            replace(src, dst)
+
+        monkeypatch.setattr(os, "replace", full_for_json)
+    with pytest.raises(WriteError, match="previous version"):
+        save_locator(folder, QNetwork(QNetworkConfig(crop=9, width=4, n_scales=2)), {**described, "name": "b"})
+    monkeypatch.undo()
+    assert folder_hashes(tmp_path) == before
+    assert load_locator(folder).meta["name"] == "loc"

@@ -40,9 +40,15 @@ def read_model_json(path: str | os.PathLike) -> dict:
     return meta
 
 
+def _object(value: object) -> dict:
+    """``value`` if it is a JSON object, else ``{}`` (a hand-edited model.json must not break the list)."""
+    return value if isinstance(value, dict) else {}
+
+
 def describe_model(folder: Path, meta: dict, origin: str) -> dict:
     """The short description the CLI and the panels list; ``dice`` is the validation Dice or None."""
-    dice = ((meta.get("metrics") or {}).get("validation") or {}).get("dice")
+    metrics = _object(meta.get("metrics"))
+    dice = _object(metrics.get("validation")).get("dice")
     return {
         "name": str(meta.get("name", folder.name)),
         "path": str(folder),
@@ -52,8 +58,8 @@ def describe_model(folder: Path, meta: dict, origin: str) -> dict:
         "target": meta.get("target", "?"),
         "description": meta.get("description", ""),
         "created": meta.get("created", ""),
-        "metrics": meta.get("metrics", {}),
-        "training": meta.get("training", {}),
+        "metrics": metrics,
+        "training": _object(meta.get("training")),
         "dice": dice if isinstance(dice, (int, float)) else None,
     }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_path, atomic_write_json
+from ..atomic import atomic_torch_save, atomic_write_json
 from ..errors import ModelError
 from ..model_store import PRETRAINED_DIR, home_dir, refused_load_reason, software_versions
 from .agent import QNetwork, QNetworkConfig
@@ -82,8 +82,6 @@ def save_locator(out_dir: str | os.PathLike, network: QNetwork, meta: dict) -> P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {"q_network": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
-    with atomic_path(out / WEIGHTS) as tmp:
-        torch.save(state, tmp)
     full = {
         "format": FORMAT_VERSION,
         "kind": KIND,
@@ -92,7 +90,8 @@ def save_locator(out_dir: str | os.PathLike, network: QNetwork, meta: dict) -> P
         "software": software_versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_json(out / LOCATOR_JSON, full)
+    # locator.json is written before the new weights replace the old ones: a failure leaves the old pair
+    atomic_torch_save(out / WEIGHTS, state, before_rename=lambda: atomic_write_json(out / LOCATOR_JSON, full))
     return out
 
 
