@@ -213,8 +213,9 @@ def test_a_failed_locator_write_keeps_the_previous_locator(fail, tmp_path, monke
             replace(src, dst)
 
         monkeypatch.setattr(os, "replace", full_for_json)
+    other = QNetwork(QNetworkConfig(crop=9, width=4, n_scales=2))
     with pytest.raises(WriteError, match="previous version"):
-        save_locator(folder, QNetwork(QNetworkConfig(crop=9, width=4, n_scales=2)), {**described, "name": "b"})
+        save_locator(folder, other, {**described, "name": "b"})
     monkeypatch.undo()
     assert folder_hashes(tmp_path) == before
     assert load_locator(folder).meta["name"] == "loc"
