@@ -125,7 +125,7 @@ def mc_bias(args) -> dict:
     dataset, preprocessing = load_dataset(args.data), model.preprocessing
     labeled = _prepared(dataset.training, preprocessing, labeled=True)
     unlabeled = _prepared(dataset.unlabeled, preprocessing, labeled=False)
-    translation = int(model.meta.get("config", {}).get("translation", 32))
+    translation = int(model.meta.get("training", {}).get("config", {}).get("translation", 32))
     sampler = PatchSampler(labeled, unlabeled, model.patch_size, args.seed, translation, augment=True)
     torch.manual_seed(args.seed)
     rows = []
@@ -162,7 +162,7 @@ def mc_bias_table(results: dict) -> list[str]:
         ]
         for name, v in results["summary"].items()
     ]
-    header = ["P^ (BatchNorm, precision)", "mass vs y^ %", "per batch %", "voxels > 0.5 vs y^ %", "mean |Δp|"]
+    header = ["P^ (BatchNorm, precision)", "mass vs y^ %", "per batch %", "voxels > 0.5 %", "mean abs diff"]
     intro = (
         f"Model `{s['model']}` ({s['model_method']}), data `{s['data']}`: {s['batches']} batches of "
         f"{s['batch']} {'x'.join(map(str, s['patch_size']))} patches drawn as in training (translation "
