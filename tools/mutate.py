@@ -56,6 +56,7 @@ LOSS_TESTS = (T + "test_loss_composition.py", T + "test_methods_ssl.py")
 GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_inference.py")
 LOCATOR_TESTS = (T + "test_geometry_axes.py", T + "test_locator.py")
 PICKLE_TESTS = (T + "test_unsafe_pickle.py",)
+SSL_TESTS = LOSS_TESTS + (T + "test_ssl_fidelity.py",)
 
 
 def _m(name: str, kind: str, file: str, old: str, new: str, tests: tuple[str, ...]) -> Mutation:
@@ -92,8 +93,14 @@ MUTATIONS: list[Mutation] = [
        'factor.update(lcont=w["beta"], ncont=w["gamma"])', 'factor.update(lcont=w["beta"], ncont=w["beta"])',
        LOSS_TESTS),
     _m("du-intra-mask-inverted", "losses", "methods/dual_unet.py",
-       "masked_mean(squared_distance(y, p_hat.detach()), u_hat < tau1)",
-       "masked_mean(squared_distance(y, p_hat.detach()), u_hat > tau1)", LOSS_TESTS),
+       "masked_mean(distance(y, p_hat.detach()), u_hat < tau1)",
+       "masked_mean(distance(y, p_hat.detach()), u_hat > tau1)", LOSS_TESTS),
+    _m("mc-passes-pooled-batchnorm", "losses", "methods/common.py",
+       "bn.forward = lambda x, bn=bn: grouped_batch_norm(bn, x, groups)",
+       "bn.forward = lambda x, bn=bn: grouped_batch_norm(bn, x, 1)", SSL_TESTS),
+    _m("ncont-code-unbounded", "losses", "methods/dual_unet.py",
+       "return torch.tanh(self.norm(z.float())) / math.sqrt(self.code_size)",
+       "return self.norm(z.float()) / math.sqrt(self.code_size)", SSL_TESTS),
     _m("ema-decay-swapped", "losses", "methods/common.py",
        "p_t.mul_(decay).add_(p_s.detach(), alpha=1.0 - decay)",
        "p_t.mul_(1.0 - decay).add_(p_s.detach(), alpha=decay)", LOSS_TESTS),
@@ -107,7 +114,9 @@ MUTATIONS: list[Mutation] = [
     _m("masked-mean-over-all-voxels", "losses", "losses.py",
        "return (mask * values).sum() / mask.sum().clamp_min(1.0)", "return (mask * values).mean()",
        LOSS_TESTS),
-    _m("sup-ce-weight", "losses", "losses.py", "lambda_ce=0.5,", "lambda_ce=1.0,", LOSS_TESTS),
+    _m("sup-ce-weight", "losses", "losses.py",
+       "def supervised_loss(ce_weight: float = 0.5,", "def supervised_loss(ce_weight: float = 1.0,",
+       LOSS_TESTS),
     # --- axis order and borders -----------------------------------------------------------------
     _m("roi-size-xyz", "axes", "inference.py",
        "size_xyz = [roi_patches * p for p in reversed(ctx.patch)]",
