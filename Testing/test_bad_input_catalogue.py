@@ -42,6 +42,9 @@ CLI = None  # the expectation of a command line: exit status 2
 # ------------------------------------------------------------------------------------------ data
 
 
+RAMP = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)  # any non-constant volume
+
+
 def volume(array: np.ndarray, spacing=SPACING, direction=DIRECTION) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing)
@@ -193,7 +196,9 @@ KINDS = [
          InputError, r"size 1 along axis 2 \(z\)"),
     Kind("zero spacing", api(imageio.read_image, lambda r: mha_with(r, "ElementSpacing", "0 0.5 0.9")),
          InputError, r"Zero-valued spacing .*\[0, 0\.5, 0\.9\]"),
-    Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(np.ones(SHAPE, np.float32), (1e6, 1e6, 1e6))),
+    Kind("image constant", lambda r: segment_image(r, volume(np.full(SHAPE, 7.0, np.float32))),
+         CLI, r"image is constant \(every voxel is 7\)"),
+    Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(RAMP, (1e6, 1e6, 1e6))),
          CLI, r"would need .* voxels \(.* GB as float32\).*check the image's spacing"),
     Kind("too big after resampling (API)", api(lambda r: check_resampled_size(random_image(), (0.001, 0.001, 0.001))),
          InputError, r"would need 9\.8e\+03x6e\+03x9e\+03 = 5\.29e\+11 voxels"),

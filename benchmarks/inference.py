@@ -109,25 +109,24 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _forward_floor(model, image: sitk.Image, center, precision: str, channels_last: bool) -> dict:
-    """(c): time the network forward alone on the 8 ROI patches of ``image``; also time the other stages."""
+    """(c): time the network forward alone on the coarse-to-fine region; also time the other stages."""
     from SemiSupSegLib import inference
 
     t0 = time.perf_counter()
     ctx = inference._make_context(model, image, precision, 0, channels_last)
     t1 = time.perf_counter()
-    size = [2 * p for p in reversed(ctx.patch)]
+    size = inference.region_size(image, ctx.spacing, ctx.patch, 2)
     grid = inference.roi_grid(image, center, ctx.spacing, size)
-    region = ctx.tensor(inference._resample_onto(image, grid, ctx.background))
-    batch = inference._patches(region, ctx.patch, 2)
+    region = ctx.tensor(inference._resample_onto(image, grid, ctx.background))[None, None]
     t2 = time.perf_counter()
     times = []
     for _ in range(2):
         start = time.perf_counter()
         with torch.inference_mode(), inference._inference_state(ctx.nets, False):
-            probs = ctx.probabilities(batch)
+            probs = inference._region_probabilities(ctx, region, ctx.probabilities)
         times.append(time.perf_counter() - start)
     t3 = time.perf_counter()
-    foreground = inference.foreground_probability(inference._stitch(probs, ctx.patch, 2)[None])[0]
+    foreground = inference.foreground_probability(probs)[0]
     label = inference.to_input_grid(foreground.numpy(), grid, image) > 0.5
     t4 = time.perf_counter()
     return {
@@ -138,7 +137,7 @@ def _forward_floor(model, image: sitk.Image, center, precision: str, channels_la
             "forward": min(times),
             "map_back": t4 - t3,
         },
-        "batch_shape": list(batch.shape),
+        "region_shape": list(region.shape),
         "label_voxels": int(sitk.GetArrayViewFromImage(label).sum()),
     }
 

@@ -53,7 +53,7 @@ class Mutation:
 T = "Testing/"
 RESUME_TESTS = (T + "test_resume_determinism.py",)
 LOSS_TESTS = (T + "test_loss_composition.py", T + "test_methods_ssl.py")
-GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_inference.py")
+GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_region_blending.py", T + "test_inference.py")
 LOCATOR_TESTS = (T + "test_geometry_axes.py", T + "test_locator.py")
 PICKLE_TESTS = (T + "test_unsafe_pickle.py",)
 SSL_TESTS = LOSS_TESTS + (T + "test_ssl_fidelity.py",)
@@ -119,8 +119,8 @@ MUTATIONS: list[Mutation] = [
        LOSS_TESTS),
     # --- axis order and borders -----------------------------------------------------------------
     _m("roi-size-xyz", "axes", "inference.py",
-       "size_xyz = [roi_patches * p for p in reversed(ctx.patch)]",
-       "size_xyz = [roi_patches * p for p in ctx.patch]", GEOMETRY_TESTS),
+       "patch_xyz = np.asarray(patch_zyx, dtype=int)[::-1]", "patch_xyz = np.asarray(patch_zyx, dtype=int)",
+       GEOMETRY_TESTS),
     _m("roi-far-edge-unclamped", "axes", "inference.py",
        "start = np.clip(start, 0, np.maximum(n_target - size, 0))", "start = np.maximum(start, 0)",
        GEOMETRY_TESTS),
@@ -134,8 +134,11 @@ MUTATIONS: list[Mutation] = [
        LOCATOR_TESTS),
     _m("locator-index-xyz", "axes", "locator/environment.py",
        "return (local / self.spacing)[::-1]", "return local / self.spacing", LOCATOR_TESTS),
-    _m("stitch-axis-order", "axes", "inference.py",
-       "permute(3, 0, 4, 1, 5, 2, 6)", "permute(3, 0, 4, 2, 6, 1, 5)", GEOMETRY_TESTS),
+    _m("region-larger-than-volume", "axes", "inference.py",
+       "fitted = (np.minimum(roi_patches * patch_xyz, _target_size(image, spacing)) // 4) * 4",
+       "fitted = roi_patches * patch_xyz", GEOMETRY_TESTS),
+    _m("region-blend-constant", "inference", "inference.py",
+       'mode="gaussian",', 'mode="constant",', GEOMETRY_TESTS),
     # --- safety ----------------------------------------------------------------------------------
     _m("model-weights-unsafe-load", "safety", "model_store.py",
        'torch.load(path, map_location="cpu", weights_only=True)',
