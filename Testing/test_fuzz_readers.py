@@ -3,9 +3,9 @@
 * ``dataset.json`` (:func:`SemiSupSegLib.dataset.load_dataset`): a Dataset or a DatasetError;
 * ``model.json`` (:func:`SemiSupSegLib.model_store.load_model`, with real weights beside it, and the
   panels' listing ``list_models``): a model or a ModelError;
-* the progress protocol's JSON lines, read by the training panel (``train_process.ProtocolParser``)
-  and by the segmentation panel (``slicer_bridge.parse_worker_line``): an event, ``None`` (noise) or
-  the named protocol error.
+* the progress protocol's JSON lines, read by both panels (``childprocess.ProtocolParser`` on chunks,
+  ``childprocess.parse_line`` on one line, text or bytes): an event, ``None`` (noise) or the named
+  protocol error.
 
 ``max_examples`` keeps the whole file under a few seconds; a failure prints the input that caused it.
 """
@@ -21,13 +21,12 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from SemiSupSegLib import slicer_bridge
+from SemiSupSegLib.childprocess import ProtocolError, ProtocolParser, parse_line
 from SemiSupSegLib.dataset import Dataset, load_dataset
-from SemiSupSegLib.errors import DatasetError, InputError, ModelError
+from SemiSupSegLib.errors import DatasetError, ModelError
 from SemiSupSegLib.model_index import list_models
 from SemiSupSegLib.model_store import load_model
 from SemiSupSegLib.networks import CompactUNet
-from SemiSupSegLib.train_process import ProtocolError, ProtocolParser
 
 
 def examples(n: int) -> settings:
@@ -189,10 +188,10 @@ def test_any_progress_stream_gives_events_noise_or_a_protocol_error(chunks, cut)
 
 @examples(80)
 @given(line=st.one_of(lines, st.binary(max_size=30)))
-def test_any_worker_line_gives_an_event_none_or_a_named_error(line):
+def test_any_single_line_gives_an_event_none_or_a_named_error(line):
     try:
-        event = slicer_bridge.parse_worker_line(line)
-    except InputError as err:
+        event = parse_line(line)
+    except ProtocolError as err:
         assert "protocol" in str(err)
         return
-    assert event is None or (isinstance(event, dict) and "event" in event)
+    assert event is None or (isinstance(event, dict) and isinstance(event["event"], str))

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from SemiSupSegLib import dataset
 from SemiSupSegLib import slicer_bridge as bridge
+from SemiSupSegLib.childprocess import ProtocolError, kill_tree, parse_line, popen_options
 from SemiSupSegLib.errors import DatasetError, InputError, ModelError
 
 
@@ -327,12 +328,12 @@ def test_worker_command_and_progress_lines():
     assert "--center=-1.5,2.0,3.0" in args and args[args.index("--mc-samples") + 1] == "4"
     assert "--probability" not in args
     assert (
-        bridge.parse_worker_line('{"protocol": 1, "event": "progress", "fraction": 0.5}\n')["fraction"] == 0.5
+        parse_line('{"protocol": 1, "event": "progress", "fraction": 0.5}\n')["fraction"] == 0.5
     )
-    assert bridge.parse_worker_line("UserWarning: something") is None
-    assert bridge.parse_worker_line(b"{broken") is None
-    with pytest.raises(InputError, match="protocol 2"):
-        bridge.parse_worker_line('{"protocol": 2, "event": "progress"}')
+    assert parse_line("UserWarning: something") is None
+    assert parse_line(b"{broken") is None
+    with pytest.raises(ProtocolError, match="protocol 2"):
+        parse_line('{"protocol": 2, "event": "progress"}')
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
@@ -343,10 +344,10 @@ def test_kill_process_tree_ends_the_children_too():
         "print(p.pid, flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, **bridge.process_group_kwargs()
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, **popen_options()
     )
     child = int(proc.stdout.readline())
-    bridge.kill_process_tree(proc)
+    kill_tree(proc)
     assert proc.poll() is not None
     for _ in range(50):
         try:
@@ -393,7 +394,10 @@ def untrained_model(tmp_path_factory) -> Path:
 
 
 def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
-    image = _oblique_image((20, 18, 16))
+    geometry = _oblique_image((20, 18, 16))
+    noise = np.random.default_rng(1).normal(size=(16, 18, 20)).astype(np.float32)  # a constant is refused
+    image = sitk.GetImageFromArray(noise)
+    image.CopyInformation(geometry)
     sitk.WriteImage(image, str(tmp_path / "in.nrrd"))
     center = image.TransformContinuousIndexToPhysicalPoint((10, 9, 8))
     out = io.StringIO()
@@ -408,7 +412,7 @@ def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
         probability_path=str(tmp_path / "p.nrrd"),
     )[3:]
     assert segment_worker.main(args, stream=out) == 0
-    events = [bridge.parse_worker_line(line) for line in out.getvalue().splitlines()]
+    events = [parse_line(line) for line in out.getvalue().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "finished" and "progress" in kinds
     assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
@@ -419,6 +423,6 @@ def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
     out = io.StringIO()
     args[args.index("--model") + 1] = str(tmp_path / "no-such-model")
     assert segment_worker.main(args, stream=out) == 2
-    error = bridge.parse_worker_line(out.getvalue().splitlines()[-1])
+    error = parse_line(out.getvalue().splitlines()[-1])
     assert error["event"] == "error" and "not found" in error["message"]
     assert "Traceback" not in out.getvalue()

@@ -2,8 +2,8 @@
 stopping a process tree, the output-folder lock, the run's data, the estimate and the comparison.
 
 The central test launches ``semisupseg train`` as a real child process through
-:class:`TrainingProcess`, stops it mid-run with the tree kill, checks the checkpoint, resumes it
-and loads the final model (``Testing/test_cli.py`` tests the CLI's own SIGTERM path).
+:class:`~SemiSupSegLib.childprocess.ChildProcess`, stops it mid-run with the tree kill, checks the
+checkpoint, resumes it and loads the final model (``Testing/test_cli.py`` tests the CLI's own SIGTERM path).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from SemiSupSegLib import train_process as tp
+from SemiSupSegLib.childprocess import ChildProcess, ProtocolError, ProtocolParser
 from SemiSupSegLib.dataset import load_dataset
 from SemiSupSegLib.errors import InputError
 from SemiSupSegLib.networks import NetworkConfig
@@ -114,7 +115,7 @@ def test_commands_are_argument_lists_never_shell_strings(tmp_path):
     with pytest.raises(InputError):
         tp.training_command(_tiny_request(nasty, tmp_path, device="tpu"))
     with pytest.raises(TypeError):
-        tp.TrainingProcess("python -m SemiSupSegLib.cli train")  # a shell string is refused
+        ChildProcess("python -m SemiSupSegLib.cli train")  # a shell string is refused
 
 
 def test_child_environment_cpu_mode_and_engine_path():
@@ -127,7 +128,7 @@ def test_child_environment_cpu_mode_and_engine_path():
 
 # ------------------------------------------------------------------------------- protocol reader
 def test_parser_handles_partial_lines_noise_and_refuses_unknown_versions():
-    parser = tp.ProtocolParser()
+    parser = ProtocolParser()
     line = json.dumps({"protocol": 1, "event": "progress", "step": 3, "total": 9, "losses": {"loss": 0.5}})
     events = parser.feed("Warning: something from a library\n" + line[:17])
     assert events == [] and list(parser.noise) == ["Warning: something from a library"]
@@ -138,8 +139,8 @@ def test_parser_handles_partial_lines_noise_and_refuses_unknown_versions():
     assert parser.close()[0]["event"] == "checkpoint"  # a last line without newline
     assert parser.feed('\ufeff{"protocol": 1.0, "event": "started"}\r\n')[0]["event"] == "started"
     for version in (2, "2.0", None, True):
-        with pytest.raises(tp.ProtocolError, match="protocol"):
-            tp.ProtocolParser().feed(json.dumps({"protocol": version, "event": "started"}) + "\n")
+        with pytest.raises(ProtocolError, match="protocol"):
+            ProtocolParser().feed(json.dumps({"protocol": version, "event": "started"}) + "\n")
 
 
 def test_run_state_follows_a_run_and_explains_an_abrupt_end():
@@ -275,7 +276,7 @@ def test_tree_kill_ends_children_that_ignore_sigterm(tmp_path):
         print(json.dumps({"protocol": 1, "event": "started", "grandchild": child.pid}), flush=True)
         time.sleep(120)
     """)
-    proc = tp.TrainingProcess([sys.executable, "-c", script]).start()
+    proc = ChildProcess([sys.executable, "-c", script]).start()
     events = proc.wait_events(lambda e: e["event"] == "started", timeout=30)
     grandchild = events[-1]["grandchild"]
     time.sleep(0.3)  # let the grandchild install its handler
@@ -294,7 +295,7 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "dual"
     env = tp.child_environment("cpu", base={**os.environ, "OMP_NUM_THREADS": "1"})
     request = _tiny_request(tiny_phantom, out)
-    first = tp.TrainingProcess(tp.training_command(request), env=env).start()
+    first = ChildProcess(tp.training_command(request), env=env).start()
     state = tp.RunState()
     state.begin("training")
     for event in first.wait_events(lambda e: e["event"] == "progress" and e["step"] >= 3, timeout=120):
@@ -303,7 +304,7 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
     # paused meanwhile (SIGSTOP to its process group) so that it cannot finish before the stop below
     os.killpg(first.proc.pid, signal.SIGSTOP)
     try:
-        second = tp.TrainingProcess(tp.training_command(request), env=env).start()
+        second = ChildProcess(tp.training_command(request), env=env).start()
         second_events = second.wait_events(timeout=120)
         second.join(10)
     finally:
@@ -321,7 +322,7 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
     lock_left = lock_path(out).exists()
     resumed_state = tp.RunState(**{k: getattr(state, k) for k in ("loss_history", "validation_history")})
     resumed_state.begin("training", keep_history=True)
-    resumed = tp.TrainingProcess(tp.resume_command(out), env=env).start()
+    resumed = ChildProcess(tp.resume_command(out), env=env).start()
     for event in resumed.wait_events(timeout=300):
         resumed_state.update(event)
     resumed_state.process_ended(resumed.returncode, resumed.stderr_tail)

@@ -19,7 +19,6 @@ Coordinate conventions
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -31,7 +30,6 @@ import SimpleITK as sitk
 
 from . import dataset, imageio, model_index
 from .errors import InputError, ModelError, SemiSupSegError
-from .train_process import PROTOCOL_MAJOR, protocol_major
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -54,12 +52,9 @@ __all__ = [
     "ijk_to_ras_from_image",
     "image_from_array",
     "is_out_of_memory",
-    "kill_process_tree",
-    "process_group_kwargs",
     "requirement_names",
     "model_label",
     "model_tooltip",
-    "parse_worker_line",
     "ras_to_ijk",
     "resolve_locator_folder",
     "result_summary",
@@ -470,30 +465,6 @@ def segment_worker_command(
     return args
 
 
-def parse_worker_line(line: str | bytes) -> dict | None:
-    """One progress event from the worker's stdout (``{"protocol": 1, "event": ...}``), or ``None``
-    for any other line (warnings, blank lines). :class:`InputError` for another protocol version
-    (newer, or a value that names none)."""
-    if isinstance(line, bytes):
-        line = line.decode("utf-8", errors="replace")
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(record, dict) or "event" not in record:
-        return None
-    major = protocol_major(record.get("protocol", 1))
-    if major != PROTOCOL_MAJOR:
-        raise InputError(
-            f"the segmentation worker speaks progress protocol {record['protocol']!r}; "
-            f"this panel reads protocol {PROTOCOL_MAJOR}: update the SemiSupSeg extension so both match"
-        )
-    return record
-
-
 def result_summary(seconds: float, mode: str, device: str, precision: str = "") -> str:
     """The status line after a segmentation, e.g. ``"Segmented in 3.2 s (around the point, cpu, bf16)"``."""
     where = {"roi": "around the point", "sliding-window": "full volume"}.get(mode, mode)
@@ -631,44 +602,6 @@ def requirement_names(lines: Sequence[str]) -> list[tuple[str, str]]:
         name = re.split(r"[\s<>=!~;\[]", text, maxsplit=1)[0]
         out.append((text, name.lower().replace("-", "_")))
     return out
-
-
-# ------------------------------------------------------------------------------- child processes
-
-
-def process_group_kwargs() -> dict:
-    """``subprocess.Popen`` keyword arguments that let :func:`kill_process_tree` end the whole tree:
-    a new session on POSIX (``PythonSlicer`` is a launcher that starts the real interpreter as a child),
-    no console window on Windows."""
-    if os.name == "nt":
-        import subprocess
-
-        return {
-            "creationflags": getattr(subprocess, "CREATE_NO_WINDOW", 0)
-            | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        }
-    return {"start_new_session": True}
-
-
-def kill_process_tree(process: Any) -> None:
-    """Kill a ``subprocess.Popen`` started with :func:`process_group_kwargs` and all its children."""
-    if process.poll() is not None:
-        return
-    if os.name == "nt":
-        import subprocess
-
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True, check=False)
-    else:
-        import signal
-
-        try:
-            os.killpg(os.getpgid(process.pid), signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            process.kill()
-    try:
-        process.wait(timeout=10)
-    except Exception:  # noqa: BLE001 - a zombie the OS will reap; nothing more to do
-        pass
 
 
 # -------------------------------------------------------------------------------------- messages

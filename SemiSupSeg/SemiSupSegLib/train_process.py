@@ -5,14 +5,9 @@
   (:func:`training_command`, :func:`resume_command`, :func:`locator_command`), and its environment
   (:func:`child_environment`: the engine on ``PYTHONPATH``; CPU mode hides the GPUs with
   ``CUDA_VISIBLE_DEVICES=-1``).
-* **The progress protocol reader** (:class:`ProtocolParser`): feeds on arbitrary chunks of output,
-  tolerates partial lines and non-JSON noise, and refuses protocol versions it does not know.
 * **The run state** (:class:`RunState`): step, total, ETA, current losses, the loss and validation
   histories, the checkpoint, the result; what the panel renders.
-* **The child process** (:class:`TrainingProcess`): started in its own session / process group with
-  reader threads, polled without blocking (the panel polls it from a ``QTimer``), and stopped as a
-  whole tree (:func:`terminate_tree`: SIGTERM to the process group, then SIGKILL after a grace
-  period; ``taskkill /T`` on Windows).
+* The child process itself, its protocol reader and the tree kill live in :mod:`.childprocess`.
 * **Data** (:func:`summarize_data`, :func:`build_run_dataset`): the labelled pool's
   ``dataset.json`` plus folders of unlabelled scans merged into one ``dataset.json`` for the run,
   with the validation cases (automatic or chosen) and every validation problem.
@@ -28,34 +23,24 @@ never waits on torch. This module imports torch only inside the functions that n
 from __future__ import annotations
 
 import argparse
-import codecs
-import collections
-import contextlib
 import datetime as _dt
 import json
-import math
 import os
-import queue
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import model_index
+from .childprocess import TERMINAL_EVENTS
 from .errors import InputError, SemiSupSegError
 from .model_index import home_dir
 
-PROTOCOL_MAJOR = 1
 ENGINE_DIR = Path(__file__).resolve().parents[1]  # the folder that holds the SemiSupSegLib package
 RUN_DATASET = "dataset.json"  # written into OUT/.training/ by build_run_dataset
-TERMINAL_EVENTS = ("finished", "cancelled", "error")
 DEFAULT_METHOD = "dual-unet"
-DEFAULT_STOP_GRACE = 60.0  # seconds for a stopped run to finish its step and write its checkpoint
 _LABEL_SUFFIXES = ("-label", "_label", "-labels", "_labels", "_seg", "-seg", "_mask", "-mask")
 
 
@@ -191,85 +176,6 @@ def child_environment(
     if _device(device) == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
-
-
-# ============================================================================ the protocol reader
-class ProtocolError(SemiSupSegError):
-    """The child speaks a protocol version this reader does not know."""
-
-
-class ProtocolParser:
-    """Turns chunks of a child's stdout into protocol events.
-
-    :meth:`feed` accepts any chunk (a partial line is kept until its end arrives) and returns the
-    complete events; lines that are not protocol objects are kept in :attr:`noise` (the last 200).
-    An object with a ``protocol`` whose major version is not 1 raises :class:`ProtocolError`.
-    """
-
-    def __init__(self, noise_lines: int = 200) -> None:
-        self._buffer = ""
-        self.noise: collections.deque[str] = collections.deque(maxlen=noise_lines)
-
-    def feed(self, chunk: str) -> list[dict]:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split("\n")
-        return self._parse_lines(lines)
-
-    def close(self) -> list[dict]:
-        """Parse what is left (a last line without a newline)."""
-        rest, self._buffer = self._buffer, ""
-        return self._parse_lines([rest])
-
-    def _parse_lines(self, lines: list[str]) -> list[dict]:
-        events = []
-        for line in lines:
-            event = self.parse_line(line)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def parse_line(self, line: str) -> dict | None:
-        text = line.strip().lstrip("\ufeff")
-        if not text:
-            return None
-        if not text.startswith("{"):
-            self.noise.append(text)
-            return None
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            self.noise.append(text)
-            return None
-        if not (isinstance(record, dict) and "protocol" in record and isinstance(record.get("event"), str)):
-            self.noise.append(text)
-            return None
-        if protocol_major(record["protocol"]) != PROTOCOL_MAJOR:
-            raise ProtocolError(
-                f"the engine reports with progress protocol {record['protocol']!r}; this panel reads "
-                f"protocol {PROTOCOL_MAJOR}: update the SemiSupSeg extension so both match"
-            )
-        return record
-
-
-def protocol_major(version: object) -> int | None:
-    """The major version of a protocol value (``1``, ``1.2``, ``"1.2"``), or None when it is none.
-
-    Args:
-        version: the ``protocol`` value of an event, any JSON value.
-
-    Returns:
-        The major version, or None for a value that names none (text, NaN, a list...).
-    """
-    if isinstance(version, bool):
-        return None
-    if isinstance(version, int):
-        return version
-    if isinstance(version, float) and math.isfinite(version):
-        return int(version)
-    if isinstance(version, str):
-        head = version.split(".")[0].strip()
-        return int(head) if head.isdigit() else None
-    return None
 
 
 # ============================================================================ the run state
@@ -457,220 +363,6 @@ def format_seconds(seconds: float | None) -> str:
     seconds = max(0, int(seconds or 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
-
-
-# ============================================================================ the child process
-def _popen_options() -> dict:
-    """Start the child in its own session / process group, so the whole tree can be stopped."""
-    if os.name == "nt":  # pragma: no cover - Windows
-        flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-        flags |= getattr(subprocess, "CREATE_NO_WINDOW", 0)
-        return {"creationflags": flags}
-    return {"start_new_session": True}
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def signal_tree(pid: int, force: bool = False) -> None:
-    """Ask (SIGTERM) or force (SIGKILL) the process group led by ``pid`` to end.
-
-    On Windows ``taskkill /T`` ends the tree (console processes ignore a polite request, so a
-    stop there is always forced: the last periodic checkpoint is the one to resume from).
-    """
-    if os.name == "nt":  # pragma: no cover - Windows
-        subprocess.run(
-            ["taskkill", "/T", "/F", "/PID", str(pid)],
-            capture_output=True,
-            check=False,
-            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
-        )
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
-
-
-def terminate_tree(proc: subprocess.Popen, grace: float = DEFAULT_STOP_GRACE) -> int | None:
-    """Stop ``proc`` (started by :class:`TrainingProcess`, leader of its group) and all it started.
-
-    SIGTERM to the group lets a training finish its step and write a checkpoint; after ``grace``
-    seconds whatever is left of the group is killed. Returns the leader's exit status.
-    """
-    signal_tree(proc.pid)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if proc.poll() is not None and (os.name == "nt" or not _group_alive(proc.pid)):
-            return proc.returncode
-        time.sleep(0.05)
-    signal_tree(proc.pid, force=True)
-    try:
-        return proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - an unkillable process
-        return None
-
-
-class TrainingProcess:
-    """A child process speaking the progress protocol, read by threads, polled without blocking.
-
-    ``poll()`` returns the protocol events that arrived since the last call (a version it does not
-    know becomes an ``error`` event and stops the child); ``running`` stays True until the child has
-    exited *and* its output is closed (a launcher such as PythonSlicer may exit before the
-    interpreter it started). ``request_stop()`` asks the whole tree to stop and returns at once;
-    ``poll()`` kills the tree when the grace period is over. The Slicer panel calls ``poll()`` from
-    a ``QTimer``; its self-test injects a fake object with the same methods.
-    """
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        env: dict | None = None,
-        cwd: str | os.PathLike | None = None,
-        log: Callable[[str], None] | None = None,
-    ) -> None:
-        if isinstance(args, (str, bytes)) or not all(isinstance(a, str) for a in args):
-            raise TypeError("the command must be a list of strings (never a shell string)")
-        self.args = list(args)
-        self.env = env
-        self.cwd = cwd
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-        self.parser = ProtocolParser()
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
-        self._queue: queue.Queue = queue.Queue()
-        self._readers: list[threading.Thread] = []
-        self._stop_deadline: float | None = None
-        self._killed = False
-
-    # --- life cycle -------------------------------------------------------------------------------
-    def start(self) -> TrainingProcess:
-        self.proc = subprocess.Popen(
-            self.args,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            shell=False,
-            **_popen_options(),
-        )
-        for name, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            thread = threading.Thread(target=self._read, args=(name, pipe), daemon=True)
-            thread.start()
-            self._readers.append(thread)
-        return self
-
-    def _read(self, name: str, pipe) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        try:
-            while True:
-                chunk = pipe.read1(65536) if hasattr(pipe, "read1") else pipe.read(65536)
-                if not chunk:
-                    break
-                self._queue.put((name, decoder.decode(chunk)))
-            self._queue.put((name, decoder.decode(b"", final=True)))
-        finally:
-            with contextlib.suppress(OSError):
-                pipe.close()
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def running(self) -> bool:
-        if self.proc is None:
-            return False
-        return self.proc.poll() is None or any(t.is_alive() for t in self._readers) or not self._queue.empty()
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def poll(self) -> list[dict]:
-        """New protocol events (never blocks); also escalates a stop whose grace period is over."""
-        events: list[dict] = []
-        stderr_text = ""
-        while True:
-            try:
-                name, text = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if name == "stdout":
-                events += self._feed(text)
-            else:
-                stderr_text += text
-        if stderr_text:
-            for line in stderr_text.replace("\r", "\n").splitlines():
-                if line.strip():
-                    self.stderr_tail.append(line)
-                    if self.log:
-                        self.log(line)
-        if self.proc is not None and not self.running:
-            events += self._feed(None)
-        self._escalate()
-        return events
-
-    def _feed(self, text: str | None) -> list[dict]:
-        try:
-            events = self.parser.feed(text) if text is not None else self.parser.close()
-        except ProtocolError as exc:
-            self.request_stop(grace=5.0)
-            return [{"protocol": PROTOCOL_MAJOR, "event": "error", "message": str(exc)}]
-        if self.log:
-            while self.parser.noise:
-                self.log(self.parser.noise.popleft())
-        return events
-
-    def _escalate(self) -> None:
-        if self._stop_deadline is None or self.proc is None or self._killed:
-            return
-        if self.proc.poll() is not None and (os.name == "nt" or not _group_alive(self.proc.pid)):
-            return
-        if time.monotonic() >= self._stop_deadline:
-            signal_tree(self.proc.pid, force=True)
-            self._killed = True
-
-    def request_stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
-        """SIGTERM to the whole tree now; SIGKILL from :meth:`poll` once ``grace`` seconds passed."""
-        if self.proc is None or self._stop_deadline is not None:
-            return
-        self._stop_deadline = time.monotonic() + grace
-        signal_tree(self.proc.pid)
-
-    def stop(self, grace: float = DEFAULT_STOP_GRACE) -> int | None:
-        """Stop the tree and wait for it (blocking; for scripts, tests and cleanup)."""
-        if self.proc is None:
-            return None
-        code = terminate_tree(self.proc, grace)
-        self._killed = True
-        self.join(timeout=10)
-        return code
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._readers:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-
-    def wait_events(self, until: Callable[[dict], bool] | None = None, timeout: float = 300) -> list[dict]:
-        """Blocking helper: poll until ``until(event)`` is true or the process ends."""
-        events: list[dict] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            new = self.poll()
-            events += new
-            if until is not None and any(until(e) for e in new):
-                return events
-            if not self.running:
-                return events + self.poll()
-            time.sleep(0.05)
-        raise TimeoutError(f"no end after {timeout} s: {self.args}")
 
 
 # ============================================================================ data for a run

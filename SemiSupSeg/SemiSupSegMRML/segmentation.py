@@ -9,12 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+from SemiSupSegLib import childprocess
 from SemiSupSegLib import slicer_bridge as bridge
-from SemiSupSegLib.errors import InputError, SemiSupSegError
+from SemiSupSegLib.errors import InputError
 
 from .markups import center_lps, set_center_lps
 from .segments import import_results
@@ -83,70 +81,44 @@ def read_outputs(request: SegmentationRequest, finished: dict) -> dict:
 
 
 class BackgroundSegmentation:
-    """A segmentation running in a child process that prints JSON-lines progress.
+    """A segmentation running in a child process (:class:`~SemiSupSegLib.childprocess.ChildProcess`)
+    that prints JSON-lines progress.
 
-    A reader thread queues the child's stdout lines; :meth:`poll` (called by the owner's timer) reports
-    progress and, once the child ended, reads the result files and calls ``on_done(request, outcome,
-    error)``.
+    :meth:`poll` (called by the owner's timer) reports progress and, once the child ended, reads the
+    result files and calls ``on_done(request, outcome, error)``.
     """
 
     def __init__(self, request, args, env, temp_dir, on_progress=None, on_done=None) -> None:
         self.request, self.temp_dir = request, temp_dir
         self.on_progress, self.on_done = on_progress, on_done
-        self.lines: queue.Queue = queue.Queue()
         self.finished: dict | None = None
         self.error: BaseException | None = None
         self.cancelled = False
         self.done = False
-        self.process = subprocess.Popen(
-            args,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            **bridge.process_group_kwargs(),
-        )
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        self.child = childprocess.ChildProcess(args, env=env, log=self._log).start()
 
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
-        self.process.wait()
-        self.lines.put(None)
+    @staticmethod
+    def _log(line: str) -> None:
+        logging.info("SemiSupSeg worker: %s", line.rstrip())
 
     def poll(self) -> bool:
-        """Handle the lines read so far; returns True while the child runs."""
-        while not self.done:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._finish()
-            else:
-                self._handle(line)
+        """Handle the events read so far; returns True while the child runs."""
+        if self.done:
+            return False
+        running = self.child.running  # read before poll(): its events are then all in poll()'s answer
+        for event in self.child.poll():
+            self._handle(event)
+        if not running:
+            self._finish()
         return not self.done
 
-    def _handle(self, line: str) -> None:
-        try:
-            event = bridge.parse_worker_line(line)
-        except SemiSupSegError as exc:
-            self.error = exc
-            return
-        if event is None:
-            if line.strip():
-                logging.info("SemiSupSeg worker: %s", line.rstrip())
-            return
+    def _handle(self, event: dict) -> None:
         kind = event["event"]
         if kind == "progress" and self.on_progress:
             self.on_progress(event.get("stage", ""), event.get("fraction"))
         elif kind == "finished":
             self.finished = event
-        elif kind == "error":
+        elif kind == "error" and self.error is None:
             self.error = InputError(event.get("message", "the segmentation process failed"))
 
     def _finish(self) -> None:
@@ -156,7 +128,7 @@ class BackgroundSegmentation:
                 error = Cancelled()
             elif error is None and self.finished is None:
                 error = RuntimeError(
-                    f"the segmentation process ended without a result (exit status {self.process.returncode})"
+                    f"the segmentation process ended without a result (exit status {self.child.returncode})"
                 )
             elif error is None:
                 outcome = read_outputs(self.request, self.finished)
@@ -171,7 +143,7 @@ class BackgroundSegmentation:
     def cancel(self) -> None:
         """Kill the child's whole process tree; the next :meth:`poll` reports :class:`Cancelled`."""
         self.cancelled = True
-        bridge.kill_process_tree(self.process)
+        self.child.stop(grace=0)
 
     def is_running(self) -> bool:
         return not self.done

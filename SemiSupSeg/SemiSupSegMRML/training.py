@@ -1,7 +1,7 @@
 """The training panel's logic: start, poll and stop the child processes, and adopt the new model.
 
 Every child is ``semisupseg <command> --progress json`` run by an injected process factory (default:
-:class:`SemiSupSegLib.train_process.TrainingProcess`); its protocol events update a
+:class:`SemiSupSegLib.childprocess.ChildProcess`); its protocol events update a
 :class:`SemiSupSegLib.train_process.RunState` per job. No Qt: the panel's timer calls :meth:`poll`.
 """
 
@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from SemiSupSegLib import childprocess
 from SemiSupSegLib import train_process as engine
 
 DEFAULT_METHOD = engine.DEFAULT_METHOD
@@ -28,8 +29,8 @@ LOGGED_EVENTS = ("started", "checkpoint", "finished", "cancelled", "error")
 
 
 def default_process_factory(args, env):
-    """The real child: a ``TrainingProcess`` (own process group, reader threads; stopped as a tree)."""
-    return engine.TrainingProcess(args, env=env, log=lambda line: logging.info(f"[training] {line}"))
+    """The real child: a ``ChildProcess`` (own process group, reader threads; stopped as a tree)."""
+    return childprocess.ChildProcess(args, env=env, log=lambda line: logging.info(f"[training] {line}"))
 
 
 def methods() -> list[dict]:
@@ -258,7 +259,7 @@ class TrainingLogic:
         job = self.jobs.get(slot)
         if job is None or job.ended:
             return
-        job.process.request_stop(engine.DEFAULT_STOP_GRACE)
+        job.process.request_stop(childprocess.DEFAULT_STOP_GRACE)
         job.state.stopping()
 
     def stop_all(self) -> None:
