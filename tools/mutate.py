@@ -2,8 +2,9 @@
 
 A mutation is a (file, exact old text, new text) triple; the old text must occur exactly once in the
 file, so a mutation that no longer applies fails loudly instead of silently testing nothing. Every
-mutation runs in a private copy of the working tree (``PYTHONPATH`` points the tests and their child
-processes at the copy's engine), so the checkout itself is never modified.
+mutation runs in a private copy of the committed tree, HEAD (``--worktree``: the checkout with its
+uncommitted changes); ``PYTHONPATH`` points the tests and their child processes at the copy's engine,
+so the checkout itself is never modified.
 
 We script the mutations rather than run ``mutmut``/``cosmic-ray``: their operators (``<`` to ``<=``,
 ``+ 1`` to ``+ 2``...) produce mostly equivalent or trivially-crashing mutants in numeric tensor code,
@@ -210,8 +211,12 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
-def _copy_tree(dest: Path) -> None:
-    """Copy the tracked and untracked-but-not-ignored files of the checkout (the tests' whole world)."""
+def _copy_tree(dest: Path, worktree: bool) -> None:
+    """Copy the committed tree (HEAD), or with ``worktree`` the checkout's tracked and untracked files."""
+    if not worktree:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+        return
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True, capture_output=True
     ).stdout.decode().split("\0")
@@ -220,6 +225,11 @@ def _copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+
+
+def _head() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, check=True, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def _run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float, str]:
@@ -246,11 +256,11 @@ def _apply(tree: Path, mutation: Mutation) -> str:
     return original
 
 
-def run(mutations: list[Mutation], timeout: float) -> list[dict]:
+def run(mutations: list[Mutation], timeout: float, worktree: bool = False) -> list[dict]:
     """Baseline (unmutated) run of every test target, then each mutation; returns one row per mutation."""
     with tempfile.TemporaryDirectory(prefix="semisupseg-mutate-") as tmp:
         tree = Path(tmp)
-        _copy_tree(tree)
+        _copy_tree(tree, worktree)
         for m in mutations:  # check every mutation applies before spending minutes on tests
             (tree / m.file).write_text(_apply(tree, m))
         targets = tuple(sorted({t for m in mutations for t in m.tests}))
@@ -273,11 +283,12 @@ def run(mutations: list[Mutation], timeout: float) -> list[dict]:
     return rows
 
 
-def _write(rows: list[dict], path: Path) -> None:
+def _write(rows: list[dict], path: Path, tree: str) -> None:
     caught = sum(r["caught"] for r in rows)
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": "python tools/mutate.py",
+        "tree": tree,
         "mutations": len(rows),
         "caught": caught,
         "score": round(caught / max(1, len(rows)), 3),
@@ -295,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="run only this mutation (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--check", action="store_true", help="only check that every mutation still applies")
+    worktree = "mutate the checkout with its uncommitted changes (default: the committed HEAD)"
+    parser.add_argument("--worktree", action="store_true", help=worktree)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation (default 300)")
     where = f"results file (default {RESULTS}; a partial run writes only with --json)"
     parser.add_argument("--json", type=Path, default=None, help=where)
@@ -315,9 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown mutation(s) {', '.join(unknown)}; see --list", file=sys.stderr)
         return 2
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
-    rows = run(chosen, args.timeout)
+    tree = "working tree" if args.worktree else f"commit {_head()}"
+    rows = run(chosen, args.timeout, args.worktree)
     if args.json or not args.only:
-        _write(rows, args.json or RESULTS)
+        _write(rows, args.json or RESULTS, tree)
     return 0
 
 
