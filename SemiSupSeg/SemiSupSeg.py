@@ -14,8 +14,9 @@ after one confirmation to install them.
 Long runs: a segmentation with a centre point (bounded work: one batch of patches around the point) and
 any small volume run inside Slicer, with the progress bar updated between stages, so that the loaded
 model is reused by the next click. Full-volume mode and Monte-Carlo uncertainty on larger volumes run in
-a background ``PythonSlicer -m SemiSupSegLib.segment_worker`` process that reports JSON-lines progress
-(polled by a ``QTimer``); the Segment button turns into Cancel, which kills the whole process tree.
+a background ``PythonSlicer -m SemiSupSegLib.cli segment --progress json`` process that reports
+JSON-lines progress (polled by a ``QTimer``); the Segment button turns into Cancel, which kills the
+whole process tree.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ the origin in the last column, in RAS; SimpleITK's geometry is the same grid in 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -314,7 +313,7 @@ def test_requirements_and_pins():
 
 
 def test_worker_command_and_progress_lines():
-    args = bridge.segment_worker_command(
+    args = bridge.segment_command(
         "/s/PythonSlicer",
         model="m",
         input_path="in.nrrd",
@@ -324,7 +323,8 @@ def test_worker_command_and_progress_lines():
         mc_samples=4,
         device="cuda",
     )
-    assert args[:3] == ["/s/PythonSlicer", "-m", "SemiSupSegLib.segment_worker"]
+    assert args[:4] == ["/s/PythonSlicer", "-m", "SemiSupSegLib.cli", "segment"]
+    assert args[args.index("--progress") + 1] == "json"
     assert "--center=-1.5,2.0,3.0" in args and args[args.index("--mc-samples") + 1] == "4"
     assert "--probability" not in args
     assert (
@@ -393,17 +393,17 @@ def untrained_model(tmp_path_factory) -> Path:
     return Path(Trainer(config).run())
 
 
-def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
+def test_background_segmentation_command_reports_json_lines(untrained_model, tmp_path, capsys):
+    """The panel's command runs ``semisupseg segment --progress json``: protocol events only on stdout."""
+    from SemiSupSegLib.cli import main
+
     geometry = _oblique_image((20, 18, 16))
     noise = np.random.default_rng(1).normal(size=(16, 18, 20)).astype(np.float32)  # a constant is refused
     image = sitk.GetImageFromArray(noise)
     image.CopyInformation(geometry)
     sitk.WriteImage(image, str(tmp_path / "in.nrrd"))
     center = image.TransformContinuousIndexToPhysicalPoint((10, 9, 8))
-    out = io.StringIO()
-    from SemiSupSegLib import segment_worker
-
-    args = bridge.segment_worker_command(
+    args = bridge.segment_command(
         "python",
         model=str(untrained_model),
         input_path=str(tmp_path / "in.nrrd"),
@@ -411,8 +411,10 @@ def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
         center_lps=center,
         probability_path=str(tmp_path / "p.nrrd"),
     )[3:]
-    assert segment_worker.main(args, stream=out) == 0
-    events = [parse_line(line) for line in out.getvalue().splitlines()]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    events = [parse_line(line) for line in lines]
+    assert None not in events  # nothing but events on stdout
     kinds = [e["event"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "finished" and "progress" in kinds
     assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
@@ -420,9 +422,9 @@ def test_worker_segments_and_reports_json_lines(untrained_model, tmp_path):
     for name in ("seg.nrrd", "p.nrrd"):
         assert bridge.imageio.same_geometry(sitk.ReadImage(str(tmp_path / name)), image) is None
 
-    out = io.StringIO()
     args[args.index("--model") + 1] = str(tmp_path / "no-such-model")
-    assert segment_worker.main(args, stream=out) == 2
-    error = parse_line(out.getvalue().splitlines()[-1])
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    error = parse_line(captured.out.splitlines()[-1])
     assert error["event"] == "error" and "not found" in error["message"]
-    assert "Traceback" not in out.getvalue()
+    assert "Traceback" not in captured.out + captured.err

@@ -30,6 +30,7 @@ import SimpleITK as sitk
 
 from . import dataset, imageio, model_index
 from .errors import InputError, ModelError, SemiSupSegError
+from .train_process import cli_command
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -60,7 +61,7 @@ __all__ = [
     "result_summary",
     "scan_locators",
     "scan_models",
-    "segment_worker_command",
+    "segment_command",
     "user_message",
     "volume_lps_to_world_ras",
     "world_ras_to_volume_lps",
@@ -427,7 +428,7 @@ def choose_execution(
     return "background"
 
 
-def segment_worker_command(
+def segment_command(
     python: str,
     *,
     model: str,
@@ -440,29 +441,28 @@ def segment_worker_command(
     device: str = "cpu",
     precision: str = "auto",
 ) -> list[str]:
-    """The argument list of ``python -m SemiSupSegLib.segment_worker`` (for ``QProcess``, no shell)."""
-    args = [
-        python,
-        "-m",
-        "SemiSupSegLib.segment_worker",
-        "--model",
-        str(model),
-        "--input",
-        str(input_path),
-        "--output",
-        str(output_path),
-        "--device",
-        str(device),
-        "--precision",
-        str(precision),
-    ]
+    """The background segmentation's command: ``semisupseg segment ... --progress json``.
+
+    Args:
+        python: the interpreter (Slicer's ``PythonSlicer``).
+        model, input_path, output_path: the model folder, the volume file and the label file to write.
+        center_lps: the instrument centre in the volume's LPS frame (None: the whole volume).
+        probability_path, uncertainty_path: optional outputs.
+        mc_samples: Monte-Carlo passes for the uncertainty.
+        device, precision: as ``semisupseg segment`` takes them.
+
+    Returns:
+        An argument list (for ``subprocess``/``QProcess``, no shell).
+    """
+    args = ["--model", str(model), "--input", str(input_path), "--output", str(output_path)]
+    args += ["--device", str(device), "--precision", str(precision), "--progress", "json"]
     if center_lps is not None:
         args.append("--center=" + ",".join(repr(float(v)) for v in _point(center_lps, "centre point")))
     if probability_path:
         args += ["--probability", str(probability_path)]
     if uncertainty_path:
         args += ["--uncertainty", str(uncertainty_path), "--mc-samples", str(max(1, int(mc_samples)))]
-    return args
+    return cli_command(["segment"], args, python)
 
 
 def result_summary(seconds: float, mode: str, device: str, precision: str = "") -> str:

@@ -286,7 +286,7 @@ class SegmentationLogic:
         for key in ("probability", "uncertainty"):
             if getattr(request, key):
                 request.outputs[key] = os.path.join(temp_dir, f"{key}.nrrd")
-        args = bridge.segment_worker_command(
+        args = bridge.segment_command(
             self.python_executable(),
             model=request.model_path,
             input_path=input_path,
