@@ -226,7 +226,8 @@ def test_segment_refuses_bad_options_before_writing_anything(random_model, tmp_p
 
 
 def test_huge_spacing_is_refused_with_the_size_it_would_need(random_model, tmp_path, capsys):
-    path = write_volume(tmp_path / "huge.nrrd", np.zeros((12, 10, 8), np.float32), spacing=(1e6, 1e6, 1e6))
+    ramp = np.arange(960, dtype=np.float32).reshape(12, 10, 8)  # not constant: that is refused first
+    path = write_volume(tmp_path / "huge.nrrd", ramp, spacing=(1e6, 1e6, 1e6))
     argv = ["segment", "--model", random_model, "--input", path, "--output", tmp_path / "seg.nrrd"]
     line = one_error_line(*run(argv, capsys))
     assert "would need 1e+07x1.25e+07x1.5e+07 = 1.88e+21 voxels (7.5e+12 GB as float32)" in line, line
