@@ -243,7 +243,8 @@ def _run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str,
         return "timeout", time.monotonic() - t0, ""
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     status = "passed" if proc.returncode == 0 else "failed"
-    return status, time.monotonic() - t0, (lines[-1] if lines else "")
+    failed = [line for line in lines if line.startswith("FAILED") or line.startswith("ERROR")]
+    return status, time.monotonic() - t0, (failed[0] if failed else lines[-1] if lines else "")
 
 
 def _apply(tree: Path, mutation: Mutation) -> str:
@@ -267,7 +268,7 @@ def run(mutations: list[Mutation], timeout: float, worktree: bool = False) -> li
         status, seconds, last = _run_tests(tree, targets, timeout * 4)
         print(f"baseline: {status} in {seconds:.0f} s ({last})", flush=True)
         if status != "passed":
-            raise SystemExit("the unmutated tests do not pass; fix them before measuring mutations")
+            raise SystemExit(f"the unmutated tests do not pass ({last}); fix them before measuring mutations")
         rows = []
         for i, m in enumerate(mutations, 1):
             original = _apply(tree, m)
