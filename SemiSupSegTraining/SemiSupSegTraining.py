@@ -24,8 +24,8 @@ import vtk
 from SemiSupSegMRML import dependencies
 from SemiSupSegMRML.plots import TrainingPlot, plot_view_node
 from SemiSupSegMRML.training import (
-    DEFAULT_METHOD,
     FALLBACK_METHODS,
+    PANEL_METHOD,
     TrainingLogic,
     default_process_factory,
     methods,
@@ -94,7 +94,7 @@ class SemiSupSegTrainingParameterNode:
     unlabeledFolders: list[str]
     chooseValidation: bool = False
     validationCases: list[str]
-    method: str = DEFAULT_METHOD
+    method: str = PANEL_METHOD
     initModel: str = ""
     steps: Annotated[int, WithinRange(1, 1000000)] = 2000
     patch: Annotated[int, WithinRange(16, 160)] = 48
@@ -277,9 +277,9 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             combo.addItem(entry["name"], entry["name"])
             combo.setItemData(combo.count - 1, entry["description"], qt.Qt.ToolTipRole)
         combo.blockSignals(False)
-        method = self._parameterNode.method if self._parameterNode else DEFAULT_METHOD
+        method = self._parameterNode.method if self._parameterNode else PANEL_METHOD
         if combo.findData(method) < 0:
-            method = DEFAULT_METHOD
+            method = PANEL_METHOD
         self._selectComboData(combo, method)
         self._showMethodDescription()
 
@@ -395,7 +395,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onMethodChanged(self, index) -> None:
         self._showMethodDescription()
         if self._parameterNode is not None and not self._updatingGui:
-            self._parameterNode.method = self.ui.methodComboBox.currentData or DEFAULT_METHOD
+            self._parameterNode.method = self.ui.methodComboBox.currentData or PANEL_METHOD
 
     def onStartModelChanged(self, index) -> None:
         if self._parameterNode is not None and not self._updatingGui:
@@ -771,7 +771,7 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         p.unlabeledFolders = []
         p.chooseValidation = False
         p.steps, p.patch, p.batch, p.width, p.device = 5, 16, 1, 0.125, "cpu"
-        p.method, p.initModel, p.modelName = DEFAULT_METHOD, "", ""
+        p.method, p.initModel, p.modelName = PANEL_METHOD, "", ""
         return widget
 
     def test_FakeProcessDrivesTheWidget(self):

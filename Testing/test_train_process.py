@@ -126,6 +126,30 @@ def test_child_environment_cpu_mode_and_engine_path():
     assert (tp.ENGINE_DIR / "SemiSupSegLib" / "cli.py").is_file()
 
 
+def _panel_parameter_defaults() -> dict:
+    """The training panel's parameter-node defaults, read from its source (it needs Qt to import)."""
+    source = Path(__file__).resolve().parents[1] / "SemiSupSegTraining" / "SemiSupSegTraining.py"
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ClassDef) and node.name.endswith("ParameterNode"):
+            assigned = [item for item in node.body if isinstance(item, ast.AnnAssign) and item.value]
+            named = {item.target.id: item.value for item in assigned}
+            return {k: v.id if isinstance(v, ast.Name) else ast.literal_eval(v) for k, v in named.items()}
+    raise AssertionError("no parameter node class in the training panel")
+
+
+def test_training_defaults_have_one_source():
+    """Unset settings are left to ``semisupseg train`` (TrainConfig); the panel shows TrainConfig's
+    values and its method is its own named choice."""
+    from SemiSupSegLib.training import TrainConfig
+
+    bare = tp.TrainRequest(data="d.json", out="o").arguments()
+    assert bare == ["--data", "d.json", "--out", "o", "--device", "auto"]
+    panel = _panel_parameter_defaults()
+    assert (panel["steps"], panel["batch"]) == (TrainConfig.steps, TrainConfig.batch)
+    assert panel["width"] == TrainConfig.width
+    assert (panel["patch"],) * 3 == tuple(TrainConfig.patch_size) and panel["method"] == "PANEL_METHOD"
+
+
 # ------------------------------------------------------------------------------- protocol reader
 def test_parser_handles_partial_lines_noise_and_refuses_unknown_versions():
     parser = ProtocolParser()

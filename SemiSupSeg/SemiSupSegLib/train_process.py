@@ -40,44 +40,51 @@ from .model_index import home_dir
 
 ENGINE_DIR = Path(__file__).resolve().parents[1]  # the folder that holds the SemiSupSegLib package
 RUN_DATASET = "dataset.json"  # written into OUT/.training/ by build_run_dataset
-DEFAULT_METHOD = "dual-unet"
 _LABEL_SUFFIXES = ("-label", "_label", "-labels", "_labels", "_seg", "-seg", "_mask", "-mask")
 
 
 # ============================================================================ commands and environment
 @dataclass
 class TrainRequest:
-    """One training run, as the panel describes it; :meth:`arguments` are ``semisupseg train``'s."""
+    """One training run, as the panel describes it; :meth:`arguments` are ``semisupseg train``'s.
+
+    A field left None is not passed, so ``semisupseg train`` uses its own default: the one source of
+    the training defaults is :class:`SemiSupSegLib.training.TrainConfig` (imported by the child
+    only; this module stays torch-free).
+    """
 
     data: str
     out: str
-    method: str = DEFAULT_METHOD
-    steps: int = 2000
-    batch: int = 2
-    patch: tuple[int, int, int] = (48, 48, 48)
-    width: float = 1.0
+    method: str | None = None
+    steps: int | None = None
+    batch: int | None = None
+    patch: tuple[int, int, int] | int | None = None
+    width: float | None = None
     device: str = "auto"
     init: str | None = None
     val_cases: int | None = None
     val_every: int | None = None
-    checkpoint_every: int | None = 50
-    seed: int = 0
+    checkpoint_every: int | None = None
+    seed: int | None = None
     lr: float | None = None
     name: str | None = None
     description: str = ""
     options: dict = field(default_factory=dict)
 
     def arguments(self) -> list[str]:
-        args = ["--data", str(self.data), "--out", str(self.out), "--method", str(self.method)]
-        args += ["--steps", str(int(self.steps)), "--batch", str(int(self.batch))]
-        args += ["--patch", ",".join(str(int(p)) for p in _triple(self.patch))]
-        args += ["--width", _number(self.width), "--device", _device(self.device)]
-        args += ["--seed", str(int(self.seed))]
+        """The command-line arguments: the given fields only."""
+        args = ["--data", str(self.data), "--out", str(self.out), "--device", _device(self.device)]
         optional = {
+            "--method": self.method,
+            "--steps": _integer(self.steps),
+            "--batch": _integer(self.batch),
+            "--patch": None if self.patch is None else ",".join(str(p) for p in _triple(self.patch)),
+            "--width": None if self.width is None else _number(self.width),
+            "--seed": _integer(self.seed),
             "--init": self.init,
-            "--val-cases": None if self.val_cases is None else int(self.val_cases),
-            "--val-every": None if self.val_every is None else int(self.val_every),
-            "--checkpoint-every": None if self.checkpoint_every is None else int(self.checkpoint_every),
+            "--val-cases": _integer(self.val_cases),
+            "--val-every": _integer(self.val_every),
+            "--checkpoint-every": _integer(self.checkpoint_every),
             "--lr": None if self.lr is None else _number(self.lr),
             "--name": self.name,
         }
@@ -89,6 +96,10 @@ class TrainRequest:
         for key, value in sorted(self.options.items()):
             args += ["--option", f"{key}={json.dumps(value)}"]
         return args
+
+
+def _integer(value: int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _triple(values) -> tuple[int, int, int]:
@@ -632,14 +643,14 @@ def resumable_runs(root: str | os.PathLike | None = None) -> list[dict]:
 
 # ============================================================================ time per step
 def estimate_seconds_per_step(
-    method: str = DEFAULT_METHOD,
-    patch: Sequence[int] = (48, 48, 48),
-    batch: int = 2,
-    width: float = 1.0,
+    method: str | None = None,
+    patch: Sequence[int] | int | None = None,
+    batch: int | None = None,
+    width: float | None = None,
     device: str = "auto",
     steps: int = 3,
     options: dict | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> dict:
     """Seconds per training step, measured on a short dry run of random tensors.
 
@@ -649,15 +660,20 @@ def estimate_seconds_per_step(
     Data loading and augmentation (small next to a 3D network's backward) and validation are not
     included, and the first real steps are often a little slower. Reading no data makes the estimate
     take seconds, not minutes, whatever the size of the pool. On CUDA the peak memory is reported
-    too, so the panel can suggest a lighter setting before a run fails.
+    too, so the panel can suggest a lighter setting before a run fails. A setting left None is
+    :class:`~SemiSupSegLib.training.TrainConfig`'s default.
     """
     import torch
 
     from .methods import Batch, get_method
     from .networks import NetworkConfig
-    from .training import Trainer, resolve_device
+    from .training import TrainConfig, Trainer, resolve_device
 
-    patch = _triple(patch)
+    method = method or TrainConfig.method
+    patch = _triple(TrainConfig.patch_size if patch is None else patch)
+    batch = TrainConfig.batch if batch is None else batch
+    width = TrainConfig.width if width is None else width
+    precision = precision or TrainConfig.precision
     if any(p % 4 for p in patch):
         raise InputError(f"patch size {patch} must be divisible by 4 on every axis")
     if batch < 1 or steps < 1 or width <= 0:
@@ -852,10 +868,10 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     est = sub.add_parser("estimate", help="seconds per training step, measured on a short dry run")
-    est.add_argument("--method", default=DEFAULT_METHOD)
-    est.add_argument("--patch", default="48,48,48")
-    est.add_argument("--batch", type=int, default=2)
-    est.add_argument("--width", type=float, default=1.0)
+    est.add_argument("--method", default=None, help="default: semisupseg train's")
+    est.add_argument("--patch", default=None)
+    est.add_argument("--batch", type=int, default=None)
+    est.add_argument("--width", type=float, default=None)
     est.add_argument("--device", default="auto")
     est.add_argument("--steps", type=int, default=3)
     cmp_ = sub.add_parser("compare", help="the new and the current model on the validation cases")
@@ -864,6 +880,11 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     cmp_.add_argument("--data", default=None)
     cmp_.add_argument("--device", default="auto")
     return parser.parse_args(list(argv))
+
+
+def _patch_text(text: str | None) -> list[int] | None:
+    """``"48,48,48"`` (or ``"48"``) -> the patch size; None stays None (the training default)."""
+    return None if text is None else [int(p) for p in str(text).replace(";", ",").split(",") if p.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -877,9 +898,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "estimate":
             reporter.emit("started", task=task, step=0, total=1, summary=vars(args))
-            patch = [int(p) for p in str(args.patch).replace(";", ",").split(",") if p.strip()]
             result = estimate_seconds_per_step(
-                args.method, patch, args.batch, args.width, args.device, args.steps
+                args.method, _patch_text(args.patch), args.batch, args.width, args.device, args.steps
             )
             message = f"{result['seconds_per_step']:.2f} s per step on {result['device']}"
         else:

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from SemiSupSegLib import childprocess
 from SemiSupSegLib import train_process as engine
 
-DEFAULT_METHOD = engine.DEFAULT_METHOD
+# The panel's choice, which differs from ``semisupseg train``'s default (``TrainConfig.method``): the
+# panel offers the semi-supervised method first. Every other training default is TrainConfig's.
+PANEL_METHOD = "dual-unet"
 # Listed before torch is installed (the real list and descriptions come from the method registry).
 FALLBACK_METHODS = [
     {"name": "dual-unet", "description": "(install the dependencies to see the descriptions)"},
@@ -116,19 +118,21 @@ class TrainingLogic:
         pool,
         unlabeled_folders=(),
         validation=None,
-        method=DEFAULT_METHOD,
+        method=PANEL_METHOD,
         init_model=None,
-        steps=2000,
-        patch=48,
-        batch=2,
-        width=1.0,
+        steps=None,
+        patch=None,
+        batch=None,
+        width=None,
         device="auto",
         name=None,
         check_images=True,
         val_every=None,
-        checkpoint_every=50,
+        checkpoint_every=None,
     ) -> str:
         """Build the run's dataset.json in a new model folder and start ``semisupseg train``.
+
+        A setting left None is ``semisupseg train``'s default (:class:`SemiSupSegLib.training.TrainConfig`).
 
         Returns:
             The new model folder (in the models folder).
@@ -150,10 +154,10 @@ class TrainingLogic:
             data=summary.dataset,
             out=str(out),
             method=method,
-            steps=int(steps),
-            batch=int(batch),
-            patch=(int(patch),) * 3,
-            width=float(width),
+            steps=steps,
+            batch=batch,
+            patch=patch,
+            width=width,
             device=device,
             init=init_model or None,
             val_cases=len(summary.validation),
