@@ -22,6 +22,7 @@ import qt
 import slicer
 import vtk
 from SemiSupSegMRML import dependencies
+from SemiSupSegMRML.models import default_model
 from SemiSupSegMRML.plots import TrainingPlot, plot_view_node
 from SemiSupSegMRML.training import (
     FALLBACK_METHODS,
@@ -291,7 +292,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def populateModels(self) -> None:
         """Fill "Start from" (scratch + every model) and "Compare with" (default model first)."""
         models = _engine().scan_models()
-        default = _engine().default_model()
+        default = default_model()
         start = self.ui.startModelComboBox
         start.blockSignals(True)
         start.clear()
@@ -893,5 +894,5 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         )
         self.assertGreaterEqual(widget.ui.comparisonTable.rowCount, 2)
         widget.onMakeDefault()
-        self.assertEqual(os.path.abspath(_engine().default_model()), os.path.abspath(out))
+        self.assertEqual(os.path.abspath(default_model()), os.path.abspath(out))
         self.delayDisplay("Real training, comparison and adoption passed")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from SemiSupSegLib import model_index
 from SemiSupSegLib import train_process as tp
 from SemiSupSegLib.childprocess import ChildProcess, ProtocolError, ProtocolParser
 from SemiSupSegLib.dataset import load_dataset
@@ -420,9 +421,9 @@ def test_compare_new_and_current_model_side_by_side(stopped_and_resumed, tiny_ph
     assert lines[0]["event"] == "started" and lines[0]["task"] == "comparison"
     assert lines[-1]["event"] == "finished" and lines[-1]["result"]["current"] is None
     # make it the default
-    assert tp.default_model() is None
-    tp.set_default_model(stopped_and_resumed["out"])
-    assert Path(tp.default_model()) == stopped_and_resumed["out"].absolute()
+    assert model_index.default_model() is None
+    model_index.set_default_model(stopped_and_resumed["out"])
+    assert Path(model_index.default_model()) == stopped_and_resumed["out"].absolute()
 
 
 # ------------------------------------------------------------------------------- data

@@ -85,3 +85,47 @@ def list_models(folder: str | os.PathLike | None = None, include_shipped: bool =
                 seen.add(sub.resolve())
                 found.append(describe_model(sub, meta, origin))
     return found
+
+
+# ---------------------------------------------------------------------------------- the default model
+def default_model_file() -> Path:
+    """``<home>/default_model.json``: written by the training panel's "Make default"."""
+    return home_dir() / "default_model.json"
+
+
+def default_model() -> str | None:
+    """The model the user made the default (a folder that still holds a model), or None."""
+    try:
+        record = json.loads(default_model_file().read_text(encoding="utf-8"))
+        path = Path(record["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(path) if (path / MODEL_JSON).is_file() else None
+
+
+def set_default_model(model: str | os.PathLike) -> Path:
+    """Make ``model`` the default of the segmentation panel (atomic write).
+
+    Args:
+        model: a model folder, or the name of a model in the models folder or among the shipped ones.
+
+    Returns:
+        The model's absolute folder.
+
+    Raises:
+        ModelError: no such model, or its ``model.json`` is missing or corrupt.
+    """
+    import datetime
+
+    from .atomic import atomic_write_json
+    from .model_store import resolve_model  # imports torch; only "Make default" after a training calls it
+
+    folder = resolve_model(model).absolute()
+    meta = read_model_json(folder)
+    record = {
+        "model": str(folder),
+        "name": meta.get("name", folder.name),
+        "set": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    atomic_write_json(default_model_file(), record)
+    return folder

@@ -13,7 +13,7 @@
   with the validation cases (automatic or chosen) and every validation problem.
 * **The time per step** (:func:`estimate_seconds_per_step`), measured on a short dry run.
 * **The comparison** of a new model with the current one on the validation cases
-  (:func:`compare_models`) and the **default model** setting (:func:`set_default_model`).
+  (:func:`compare_models`); the **default model** setting is :func:`.model_index.set_default_model`.
 
 Long work (the estimate, the comparison) also runs as a child process speaking the same protocol:
 ``python -m SemiSupSegLib.train_process estimate|compare ...`` (see :func:`main`), so Slicer's GUI
@@ -23,7 +23,6 @@ never waits on torch. This module imports torch only inside the functions that n
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import sys
@@ -827,36 +826,6 @@ def comparison_table(result: dict, metrics: Sequence[str] = ("dice", "hd95_mm"))
                 cells.append(f"{row['current'][m]:.3f}")
         table.append(cells)
     return table
-
-
-def default_model_file() -> Path:
-    return home_dir() / "default_model.json"
-
-
-def default_model() -> str | None:
-    """The model the user made the default (a folder that still holds a model), or None."""
-    try:
-        record = json.loads(default_model_file().read_text(encoding="utf-8"))
-        path = Path(record["model"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return str(path) if (path / "model.json").is_file() else None
-
-
-def set_default_model(model: str | os.PathLike) -> Path:
-    """Make ``model`` (a folder or a name) the default of the segmentation panel; atomic."""
-    from .atomic import atomic_write_json
-    from .model_store import read_model_json, resolve_model
-
-    folder = resolve_model(model).absolute()
-    meta = read_model_json(folder)
-    record = {
-        "model": str(folder),
-        "name": meta.get("name", folder.name),
-        "set": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    atomic_write_json(default_model_file(), record)
-    return folder
 
 
 # ============================================================================ child-process entry

@@ -1,8 +1,8 @@
 """Which model the segmentation panel lists and selects.
 
 The training panel's "Make default" writes ``default_model.json``
-(:func:`SemiSupSegLib.train_process.set_default_model`); its one reader is
-:func:`SemiSupSegLib.train_process.default_model`, used here.
+(:func:`SemiSupSegLib.model_index.set_default_model`); its one reader is
+:func:`SemiSupSegLib.model_index.default_model`, used here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from SemiSupSegLib import model_index
 from SemiSupSegLib import slicer_bridge as bridge
-from SemiSupSegLib import train_process
 
 
 def _same(a: str, b: str) -> bool:
@@ -22,7 +22,7 @@ def _same(a: str, b: str) -> bool:
 
 def default_model() -> str:
     """The folder the user made the default model, or "" when none is set (or it was removed)."""
-    return train_process.default_model() or ""
+    return model_index.default_model() or ""
 
 
 def list_models(folder) -> list[dict]:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from SemiSupSegLib import childprocess
+from SemiSupSegLib import childprocess, model_index
 from SemiSupSegLib import train_process as engine
 
 # The panel's choice, which differs from ``semisupseg train``'s default (``TrainConfig.method``): the
@@ -287,7 +287,7 @@ class TrainingLogic:
         """Make ``model`` the segmentation panel's default and tell that panel; returns the folder."""
         if not model:
             raise ValueError("No new model: train one first.")
-        folder = engine.set_default_model(model)
+        folder = model_index.set_default_model(model)
         self.notify_models_changed()
         return str(folder)
 
