@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from SemiSupSegMRML import dependencies  # torch-free and Slicer-free at import
 
-from SemiSupSegLib import dataset
+from SemiSupSegLib import dataset, imageio
 from SemiSupSegLib import slicer_bridge as bridge
 from SemiSupSegLib.childprocess import ProtocolError, kill_tree, parse_line, popen_options
 from SemiSupSegLib.errors import DatasetError, InputError, ModelError
@@ -105,7 +106,7 @@ def test_image_from_array_matches_slicer_voxel_order():
     image = bridge.image_from_array(array, bridge.ijk_to_ras_from_image(source))
     assert image.GetSize() == (7, 5, 4)
     assert image.GetPixel(6, 2, 3) == array[3, 2, 6]
-    assert bridge.imageio.same_geometry(image, source) is None
+    assert imageio.same_geometry(image, source) is None
     back, m = bridge.array_from_image(image)
     np.testing.assert_array_equal(back, array)
     np.testing.assert_allclose(m, bridge.ijk_to_ras_from_image(source))
@@ -229,16 +230,16 @@ def _volume_and_label(value_at_center=1) -> tuple[sitk.Image, sitk.Image, tuple[
 
 def test_add_to_pool_twice_updates_instead_of_duplicating(tmp_path):
     image, label, center = _volume_and_label(value_at_center=7)  # any non-zero label value is the instrument
-    first = bridge.add_to_pool(tmp_path / "pool", "US volume #3", image, label, center)
+    first = dataset.add_to_pool(tmp_path / "pool", "US volume #3", image, label, center)
     assert first.case.name == "US_volume_3" and not first.updated
     moved = (center[0] + 0.5, center[1], center[2])
-    second = bridge.add_to_pool(tmp_path / "pool", "US volume #3", image, label, moved)
+    second = dataset.add_to_pool(tmp_path / "pool", "US volume #3", image, label, moved)
     assert second.updated and "Updated" in second.message
     ds = dataset.load_dataset(tmp_path / "pool" / "dataset.json")  # validates images, labels, centres
     assert [c.name for c in ds.training] == ["US_volume_3"]
     assert ds.training[0].center == pytest.approx(moved)
     saved = sitk.ReadImage(str(ds.training[0].label))
-    assert bridge.imageio.same_geometry(saved, image) is None
+    assert imageio.same_geometry(saved, image) is None
     assert saved.GetPixelID() == sitk.sitkUInt8
     assert set(np.unique(sitk.GetArrayViewFromImage(saved)).tolist()) == {0, 1}
     raw = json.loads((tmp_path / "pool" / "dataset.json").read_text())
@@ -251,17 +252,17 @@ def test_add_to_pool_twice_updates_instead_of_duplicating(tmp_path):
 
 def test_unlabelled_then_labelled_moves_the_case(tmp_path):
     image, label, center = _volume_and_label()
-    result = bridge.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
+    result = dataset.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
     assert result.case.section == "unlabeled" and not (tmp_path / "labels").exists()
     raw = json.loads((tmp_path / "dataset.json").read_text())
     assert raw["unlabeled"] == [{"image": "images/case.nii.gz", "center": list(center)}]
-    again = bridge.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
+    again = dataset.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
     assert again.updated and len(json.loads((tmp_path / "dataset.json").read_text())["unlabeled"]) == 1
-    bridge.add_to_pool(tmp_path, "case", image, label, center)
+    dataset.add_to_pool(tmp_path, "case", image, label, center)
     ds = dataset.load_dataset(tmp_path)
     assert [c.name for c in ds.training] == ["case"] and ds.unlabeled == []
     with pytest.raises(InputError, match="already in the labelled pool"):
-        bridge.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
+        dataset.add_to_pool(tmp_path, "case", image, None, center, unlabeled=True)
 
 
 def test_pool_errors_are_clear(tmp_path):
@@ -269,21 +270,21 @@ def test_pool_errors_are_clear(tmp_path):
     empty = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     empty.CopyInformation(image)
     with pytest.raises(InputError, match="segment is empty"):
-        bridge.add_to_pool(tmp_path, "a", image, empty, center)
+        dataset.add_to_pool(tmp_path, "a", image, empty, center)
     shifted = sitk.Image(label)
     shifted.SetOrigin((0.0, 0.0, 0.0))
     with pytest.raises(InputError, match="does not match the volume's grid: origin"):
-        bridge.add_to_pool(tmp_path, "a", image, shifted, center)
+        dataset.add_to_pool(tmp_path, "a", image, shifted, center)
     with pytest.raises(InputError, match="outside the volume"):
-        bridge.add_to_pool(tmp_path, "a", image, label, (500.0, 0.0, 0.0))
+        dataset.add_to_pool(tmp_path, "a", image, label, (500.0, 0.0, 0.0))
     with pytest.raises(InputError, match="no segmentation"):
-        bridge.add_to_pool(tmp_path, "a", image, None, center)
+        dataset.add_to_pool(tmp_path, "a", image, None, center)
     with pytest.raises(InputError, match="type a case name"):
-        bridge.add_to_pool(tmp_path, "  ##  ", image, label, center)
+        dataset.add_to_pool(tmp_path, "  ##  ", image, label, center)
     assert not (tmp_path / "dataset.json").exists()  # nothing half-written
     (tmp_path / "dataset.json").write_text("[1, 2]")
     with pytest.raises(DatasetError):
-        bridge.add_to_pool(tmp_path, "a", image, label, center)
+        dataset.add_to_pool(tmp_path, "a", image, label, center)
 
 
 # ------------------------------------------------------------------------------- messages, processes
@@ -304,12 +305,12 @@ def test_user_messages_never_show_a_stack_trace():
 
 def test_requirements_and_pins():
     lines = ["# comment", "", "monai>=1.3", "scipy>=1.10  # x", "scikit-image[data]>=0.2"]
-    assert bridge.requirement_names(lines) == [
+    assert dependencies.requirement_names(lines) == [
         ("monai>=1.3", "monai"),
         ("scipy>=1.10", "scipy"),
         ("scikit-image[data]>=0.2", "scikit_image"),
     ]
-    assert bridge.dependency_constraints({"numpy": "1.26.4", "SimpleITK": None}) == "numpy==1.26.4\n"
+    assert dependencies.dependency_constraints({"numpy": "1.26.4", "SimpleITK": None}) == "numpy==1.26.4\n"
 
 
 def test_worker_command_and_progress_lines():
@@ -420,7 +421,7 @@ def test_background_segmentation_command_reports_json_lines(untrained_model, tmp
     assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
     assert events[-1]["mode"] == "roi" and set(events[-1]["outputs"]) == {"label", "probability"}
     for name in ("seg.nrrd", "p.nrrd"):
-        assert bridge.imageio.same_geometry(sitk.ReadImage(str(tmp_path / name)), image) is None
+        assert imageio.same_geometry(sitk.ReadImage(str(tmp_path / name)), image) is None
 
     args[args.index("--model") + 1] = str(tmp_path / "no-such-model")
     assert main(args) == 2

@@ -25,6 +25,8 @@ import copy
 import json
 import math
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -512,3 +514,114 @@ def _find_case(path: Path, raw: dict, section: str, image: Path) -> Case:
         if case.image == image:
             return case
     raise DatasetError(f"internal error: case '{image}' not found after writing '{path}'")
+
+
+# ---------------------------------------------------------------------------------------- the pool
+# The panels' labelled / unlabelled pool: one dataset.json with the cases saved from Slicer.
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def case_name(name: str) -> str:
+    """A stable file-system-safe case name from a volume's name (the same name is the same case)."""
+    cleaned = _NAME_CHARS.sub("_", str(name).strip()).strip("._")
+    if not cleaned:
+        raise InputError(f"case name {name!r} has no letters or digits; type a case name")
+    return cleaned[:120]
+
+
+class PoolResult:
+    """What :func:`add_to_pool` did: the case, its section, files, and whether it replaced an entry."""
+
+    def __init__(self, case: Case, dataset_json: Path, updated: bool) -> None:
+        self.case = case
+        self.dataset_json = dataset_json
+        self.updated = updated
+
+    @property
+    def message(self) -> str:
+        verb = "Updated" if self.updated else "Added"
+        where = "labelled pool" if self.case.section == "training" else "unlabelled pool"
+        return f"{verb} case '{self.case.name}' in the {where} ({self.dataset_json})"
+
+
+def _existing_sections(dataset_json: Path, name: str) -> set[str]:
+    if not dataset_json.is_file():
+        return set()
+    try:
+        ds = load_dataset(dataset_json, validate=False)
+    except (DatasetError, InputError):
+        return set()
+    return {c.section for c in ds.cases() if c.name == name}
+
+
+def add_to_pool(
+    pool_folder: str | os.PathLike,
+    name: str,
+    image: sitk.Image,
+    label: sitk.Image | None = None,
+    center_lps: Sequence[float] | None = None,
+    *,
+    unlabeled: bool = False,
+) -> PoolResult:
+    """Save a case into the pool folder's ``dataset.json`` (created if absent) and return what was done.
+
+    Labelled (default): ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` (0/1, uint8, on exactly
+    the image's grid) in the ``training`` section, replacing an unlabelled entry of the same case.
+    ``unlabeled=True``: the image (and the centre point, if any) in ``unlabeled``. Every file is written
+    atomically, the image and label together, then ``dataset.json`` under its lock (two panels adding at
+    once lose no entry); adding the same name again updates the entry and its files instead of
+    duplicating them. A failed write raises a named error: a new case leaves the pool unchanged; an
+    updated case whose ``dataset.json`` could not be written keeps its old entry with the new files.
+    """
+    name = case_name(name)
+    folder = Path(pool_folder).expanduser()
+    if str(pool_folder) in ("", "."):
+        raise InputError("no pool folder is chosen; choose the dataset folder to save into")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"pool folder '{folder}' is a file, not a folder")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError("the volume to save is not a scalar 3D image")
+    center = None
+    if center_lps is not None:
+        center = _parse_center(center_lps)
+        if center is None:
+            raise InputError(f"centre point {center_lps!r} is not 3 finite numbers (LPS mm)")
+        imageio.check_point_inside(image, center, what="centre point")
+    dataset_json = folder / "dataset.json"
+    sections = _existing_sections(dataset_json, name)
+    if unlabeled:
+        if "training" in sections:
+            raise InputError(
+                f"case '{name}' is already in the labelled pool; adding it as unlabelled would hide its "
+                "label. Add it as labelled to update it, or give this volume another case name"
+            )
+        label_image = None
+    else:
+        if label is None:
+            raise InputError("there is no segmentation to save; segment or draw the instrument first")
+        mismatch = imageio.same_geometry(label, image)
+        if mismatch:
+            raise InputError(f"the segmentation does not match the volume's grid: {mismatch}")
+        label_image = sitk.Cast(
+            sitk.BinaryThreshold(label, 1e-6, 1e30, 1, 0) if _is_float(label) else label != 0, sitk.sitkUInt8
+        )
+        label_image.CopyInformation(image)
+        if not np.any(sitk.GetArrayViewFromImage(label_image)):
+            raise InputError(
+                "the instrument segment is empty; correct it with the Segment Editor, or use "
+                "'add as unlabelled' to save the volume with just the point"
+            )
+    image_path = folder / "images" / f"{name}.nii.gz"
+    label_path = folder / "labels" / f"{name}.nii.gz"
+    # image and label replace their files together or not at all (a full disk leaves the old pair)
+    files = [(image, image_path)] + ([(label_image, label_path)] if label_image is not None else [])
+    imageio.write_images(files)
+    section = "unlabeled" if unlabeled else "training"
+    case = upsert_case(
+        dataset_json, section, image_path, label_path if label_image is not None else None, center
+    )
+    return PoolResult(case, dataset_json, updated=bool(sections))
+
+
+def _is_float(image: sitk.Image) -> bool:
+    return image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)

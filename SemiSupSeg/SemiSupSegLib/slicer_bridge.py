@@ -20,7 +20,6 @@ Coordinate conventions
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import dataset, imageio, model_index
+from . import dataset, model_index
 from .errors import InputError, ModelError, SemiSupSegError
 from .train_process import cli_command
 
@@ -47,13 +46,11 @@ __all__ = [
     "default_locator",
     "default_models_folder",
     "default_pool_folder",
-    "dependency_constraints",
     "geometry_from_ijk_to_ras",
     "ijk_to_ras_from_geometry",
     "ijk_to_ras_from_image",
     "image_from_array",
     "is_out_of_memory",
-    "requirement_names",
     "model_label",
     "model_tooltip",
     "ras_to_ijk",
@@ -472,136 +469,12 @@ def result_summary(seconds: float, mode: str, device: str, precision: str = "") 
     return f"Segmented in {float(seconds):.1f} s ({details})"
 
 
-# ---------------------------------------------------------------------------------------- the pool
-
-
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def case_name(name: str) -> str:
-    """A stable file-system-safe case name from a volume's name (the same name is the same case)."""
-    cleaned = _NAME_CHARS.sub("_", str(name).strip()).strip("._")
-    if not cleaned:
-        raise InputError(f"case name {name!r} has no letters or digits; type a case name")
-    return cleaned[:120]
-
-
-class PoolResult:
-    """What :func:`add_to_pool` did: the case, its section, files, and whether it replaced an entry."""
-
-    def __init__(self, case: dataset.Case, dataset_json: Path, updated: bool) -> None:
-        self.case = case
-        self.dataset_json = dataset_json
-        self.updated = updated
-
-    @property
-    def message(self) -> str:
-        verb = "Updated" if self.updated else "Added"
-        where = "labelled pool" if self.case.section == "training" else "unlabelled pool"
-        return f"{verb} case '{self.case.name}' in the {where} ({self.dataset_json})"
-
-
-def _existing_sections(dataset_json: Path, name: str) -> set[str]:
-    if not dataset_json.is_file():
-        return set()
-    try:
-        ds = dataset.load_dataset(dataset_json, validate=False)
-    except SemiSupSegError:
-        return set()
-    return {c.section for c in ds.cases() if c.name == name}
-
-
-def add_to_pool(
-    pool_folder: str | os.PathLike,
-    name: str,
-    image: sitk.Image,
-    label: sitk.Image | None = None,
-    center_lps: Sequence[float] | None = None,
-    *,
-    unlabeled: bool = False,
-) -> PoolResult:
-    """Save a case into the pool folder's ``dataset.json`` (created if absent) and return what was done.
-
-    Labelled (default): ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz`` (0/1, uint8, on exactly
-    the image's grid) in the ``training`` section, replacing an unlabelled entry of the same case.
-    ``unlabeled=True``: the image (and the centre point, if any) in ``unlabeled``. Every file is written
-    atomically, the image and label together, then ``dataset.json`` under its lock (two panels adding at
-    once lose no entry); adding the same name again updates the entry and its files instead of
-    duplicating them. A failed write raises a named error: a new case leaves the pool unchanged; an
-    updated case whose ``dataset.json`` could not be written keeps its old entry with the new files.
-    """
-    name = case_name(name)
-    folder = Path(pool_folder).expanduser()
-    if str(pool_folder) in ("", "."):
-        raise InputError("no pool folder is chosen; choose the dataset folder to save into")
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"pool folder '{folder}' is a file, not a folder")
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError("the volume to save is not a scalar 3D image")
-    center = None
-    if center_lps is not None:
-        center = _tuple(_point(center_lps, "centre point"))
-        imageio.check_point_inside(image, center, what="centre point")
-    dataset_json = folder / "dataset.json"
-    sections = _existing_sections(dataset_json, name)
-    if unlabeled:
-        if "training" in sections:
-            raise InputError(
-                f"case '{name}' is already in the labelled pool; adding it as unlabelled would hide its "
-                "label. Add it as labelled to update it, or give this volume another case name"
-            )
-        label_image = None
-    else:
-        if label is None:
-            raise InputError("there is no segmentation to save; segment or draw the instrument first")
-        mismatch = imageio.same_geometry(label, image)
-        if mismatch:
-            raise InputError(f"the segmentation does not match the volume's grid: {mismatch}")
-        label_image = sitk.Cast(
-            sitk.BinaryThreshold(label, 1e-6, 1e30, 1, 0) if _is_float(label) else label != 0, sitk.sitkUInt8
-        )
-        label_image.CopyInformation(image)
-        if not np.any(sitk.GetArrayViewFromImage(label_image)):
-            raise InputError(
-                "the instrument segment is empty; correct it with the Segment Editor, or use "
-                "'add as unlabelled' to save the volume with just the point"
-            )
-    image_path = folder / "images" / f"{name}.nii.gz"
-    label_path = folder / "labels" / f"{name}.nii.gz"
-    # image and label replace their files together or not at all (a full disk leaves the old pair)
-    files = [(image, image_path)] + ([(label_image, label_path)] if label_image is not None else [])
-    imageio.write_images(files)
-    section = "unlabeled" if unlabeled else "training"
-    case = dataset.upsert_case(
-        dataset_json, section, image_path, label_path if label_image is not None else None, center
-    )
-    return PoolResult(case, dataset_json, updated=bool(sections))
-
-
-def _is_float(image: sitk.Image) -> bool:
-    return image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64)
-
-
-# ------------------------------------------------------------------------------------ dependencies
-
-
-def dependency_constraints(installed: dict[str, str | None]) -> str:
-    """A pip constraints file that pins the packages Slicer ships (numpy, SimpleITK) to their installed
-    versions, so installing MONAI or SciPy can never replace them."""
-    lines = [f"{pkg}=={version}" for pkg, version in sorted(installed.items()) if version]
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def requirement_names(lines: Sequence[str]) -> list[tuple[str, str]]:
-    """``(requirement, import name)`` pairs of a requirements file's lines (comments and blanks skipped)."""
-    out = []
-    for line in lines:
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        name = re.split(r"[\s<>=!~;\[]", text, maxsplit=1)[0]
-        out.append((text, name.lower().replace("-", "_")))
-    return out
+# ------------------------------------------------------------------------- moved, kept for callers
+# The pool is written by :func:`SemiSupSegLib.dataset.add_to_pool`; these names remain for the tests
+# that still import them from here.
+add_to_pool = dataset.add_to_pool
+PoolResult = dataset.PoolResult
+case_name = dataset.case_name
 
 
 # -------------------------------------------------------------------------------------- messages

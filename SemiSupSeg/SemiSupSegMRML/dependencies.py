@@ -12,15 +12,34 @@ import importlib.metadata
 import importlib.util
 import logging
 import pathlib
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from SemiSupSegLib import slicer_bridge as bridge
 from SemiSupSegLib.errors import InputError
 
 TORCH_REQUIREMENT = ">=2.1"
 REQUIREMENTS_FILE = pathlib.Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
 FALLBACK_REQUIREMENTS = ("monai>=1.3", "scipy>=1.10")
+
+
+def dependency_constraints(installed: dict[str, str | None]) -> str:
+    """A pip constraints file that pins the packages Slicer ships (numpy, SimpleITK) to their installed
+    versions, so installing MONAI or SciPy can never replace them."""
+    lines = [f"{pkg}=={version}" for pkg, version in sorted(installed.items()) if version]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def requirement_names(lines: Sequence[str]) -> list[tuple[str, str]]:
+    """``(requirement, import name)`` pairs of a requirements file's lines (comments and blanks skipped)."""
+    out = []
+    for line in lines:
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        name = re.split(r"[\s<>=!~;\[]", text, maxsplit=1)[0]
+        out.append((text, name.lower().replace("-", "_")))
+    return out
 
 
 def requirements() -> list[tuple[str, str]]:
@@ -30,7 +49,7 @@ def requirements() -> list[tuple[str, str]]:
         if REQUIREMENTS_FILE.is_file()
         else list(FALLBACK_REQUIREMENTS)
     )
-    return [(req, name) for req, name in bridge.requirement_names(lines) if name != "torch"]
+    return [(req, name) for req, name in requirement_names(lines) if name != "torch"]
 
 
 def missing_dependencies() -> list[str]:
@@ -68,7 +87,7 @@ def _pip_install(requirement_lines: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         constraints = pathlib.Path(folder) / "constraints.txt"
-        constraints.write_text(bridge.dependency_constraints(slicer_packages()), encoding="utf-8")
+        constraints.write_text(dependency_constraints(slicer_packages()), encoding="utf-8")
         try:
             import slicer.packaging as packaging  # a submodule: not an attribute until imported
         except ImportError:

@@ -1,6 +1,6 @@
 """Writing the labelled / unlabelled pool from scene nodes.
 
-The files and ``dataset.json`` are written by the engine (:func:`SemiSupSegLib.slicer_bridge.add_to_pool`,
+The files and ``dataset.json`` are written by the engine (:func:`SemiSupSegLib.dataset.add_to_pool`,
 which updates the entry through :func:`SemiSupSegLib.dataset.upsert_case`); this module only turns the
 nodes into an image, a label and a centre. Centres are stored in the volume's own frame (LPS mm), which
 is not the world frame when the volume has a parent transform.
@@ -8,7 +8,7 @@ is not the world frame when the volume has a parent transform.
 
 from __future__ import annotations
 
-from SemiSupSegLib import slicer_bridge as bridge
+from SemiSupSegLib import dataset
 
 from .markups import center_lps
 from .segments import segment_to_label
@@ -22,7 +22,7 @@ def add_to_pool(
     pool_folder,
     name: str | None = None,
     unlabeled: bool = False,
-) -> bridge.PoolResult:
+) -> dataset.PoolResult:
     """Save the volume (with its corrected segment and centre point) into the pool's ``dataset.json``.
 
     Args:
@@ -34,11 +34,11 @@ def add_to_pool(
         unlabeled: save into the ``unlabeled`` section, without a label.
 
     Returns:
-        The engine's :class:`~SemiSupSegLib.slicer_bridge.PoolResult` (``message``, ``updated``, ``case``).
+        The engine's :class:`~SemiSupSegLib.dataset.PoolResult` (``message``, ``updated``, ``case``).
     """
     image = volume_to_image(volume_node)
     center = center_lps(point_node, volume_node)
     label = None if unlabeled else segment_to_label(segmentation_node, volume_node, image)
-    return bridge.add_to_pool(
+    return dataset.add_to_pool(
         pool_folder, name or volume_node.GetName(), image, label, center, unlabeled=unlabeled
     )
