@@ -484,10 +484,11 @@ class _StepClock:
 def test_estimate_of_seconds_per_step_on_a_dry_run(capsys, monkeypatch):
     from types import SimpleNamespace
 
+    from SemiSupSegLib import step_estimate
     from SemiSupSegLib.methods import DualUNet
 
     clock = _StepClock(0.75)
-    monkeypatch.setattr(tp, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(step_estimate, "time", SimpleNamespace(perf_counter=clock.perf_counter))
     original = DualUNet.compute_losses
 
     def timed(self, *args, **kwargs):

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from . import dataset, model_index
 from .errors import InputError, ModelError, SemiSupSegError
-from .train_process import cli_command
+from .train_commands import cli_command
 
 __all__ = [
     "DEVICE_CHOICES",
