@@ -22,6 +22,7 @@ whole process tree.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import pathlib
 import shutil
@@ -30,14 +31,12 @@ import tempfile
 from typing import Annotated
 
 import ctk
-import numpy as np
 import qt
 import slicer
 import vtk
-from SemiSupSegMRML import dependencies, markups, models, segments
+from SemiSupSegMRML import dependencies, markups, models
 from SemiSupSegMRML.pool import add_to_pool
 from SemiSupSegMRML.segmentation import Cancelled, SegmentationLogic
-from SemiSupSegMRML.volumes import volume_from_image
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -534,153 +533,15 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def runTest(self):
-        self.setUp()
-        try:
-            self.test_panel_widgets()
-        finally:
-            self.tearDown()
-        self.setUp()
-        try:
-            self.test_locate_segment_add_to_pool()
-        finally:
-            self.tearDown()
+        _testingModule("segmentation_selftest").run_all(self)
 
-    # helpers
-    def _phantomVolume(self, seed, name, transformed):
-        from SemiSupSegLib.phantom import generate_phantom
 
-        case = generate_phantom(size=64, seed=seed)
-        volumeNode = volume_from_image(case.image, name)
-        if transformed:  # a rigid parent transform: rotation about z plus a shift
-            angle = np.deg2rad(20.0)
-            matrix = np.eye(4)
-            matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-            matrix[:3, 3] = [5.0, -3.0, 2.0]
-            transformNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "probe pose")
-            transformNode.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
-            volumeNode.SetAndObserveTransformNodeID(transformNode.GetID())
-        return case, volumeNode
-
-    def _tinyModelAndLocator(self):
-        from SemiSupSegLib.locator.train import LocatorTrainConfig, LocatorTrainer
-        from SemiSupSegLib.phantom import write_phantom_dataset
-        from SemiSupSegLib.training import TrainConfig, Trainer
-
-        data = write_phantom_dataset(self.tmp / "train-data", cases=2, size=32, seed=1)
-        model = Trainer(
-            TrainConfig(
-                data=str(data),
-                out=str(self.tmp / "models" / "tiny-model"),
-                steps=2,
-                batch=1,
-                width=0.125,
-                patch_size=(16, 16, 16),
-                val_cases=0,
-                translation=4,
-                device="cpu",
-                name="tiny-model",
-            )
-        ).run()
-        locator = LocatorTrainer(
-            LocatorTrainConfig(
-                data=[str(data)],
-                out=str(self.tmp / "locators" / "tiny-locator"),
-                steps=2,
-                agents=2,
-                batch=4,
-                warmup=4,
-                grid=32,
-                crop=9,
-                scales=(3, 1),
-                width=4,
-                memory=64,
-                val_cases=0,
-                starts=2,
-                device="cpu",
-            )
-        ).run()
-        return pathlib.Path(model), pathlib.Path(locator)
-
-    def _assertSameGrid(self, node, volumeNode):
-        a, b = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(a)
-        volumeNode.GetIJKToRASMatrix(b)
-        np.testing.assert_allclose(
-            slicer.util.arrayFromVTKMatrix(a), slicer.util.arrayFromVTKMatrix(b), atol=1e-6
-        )
-        self.assertEqual(node.GetImageData().GetDimensions(), volumeNode.GetImageData().GetDimensions())
-        self.assertEqual(node.GetTransformNodeID(), volumeNode.GetTransformNodeID())
-
-    # tests
-    def test_panel_widgets(self):
-        self.delayDisplay("Panel: widgets and parameter node")
-        slicer.util.selectModule("SemiSupSeg")
-        widget = slicer.util.getModuleWidget("SemiSupSeg")
-        parameterNode = widget.logic.getParameterNode()
-        for name in (
-            "inputSelector",
-            "pointSelector",
-            "pointPlaceWidget",
-            "findButton",
-            "confidenceLabel",
-            "modelComboBox",
-            "modelsFolderPathLineEdit",
-            "openModelsFolderButton",
-            "deviceComboBox",
-            "segmentButton",
-            "probabilityCheckBox",
-            "uncertaintyCheckBox",
-            "progressBar",
-            "statusLabel",
-            "poolFolderPathLineEdit",
-            "addLabelledButton",
-            "addUnlabelledButton",
-        ):
-            self.assertTrue(hasattr(widget.ui, name), name)
-        parameterNode.device = "CPU"
-        self.assertEqual(widget.ui.deviceComboBox.currentText, "CPU")
-        parameterNode.modelsFolder = self.tmp
-        self.assertEqual(pathlib.Path(widget.ui.modelsFolderPathLineEdit.currentPath), self.tmp)
-        self.assertIsNotNone(parameterNode.centerPoint)
-        self.assertIsNotNone(widget.segmentEditorWidget)
-        self.delayDisplay("Panel test passed")
-
-    def test_locate_segment_add_to_pool(self):
-        """The clinician's flow through the module's own logic; ``Testing/mrml`` checks each step in
-        detail on the Qt-free core, this runs it once inside a real Slicer."""
-        from SemiSupSegLib.dataset import load_dataset
-
-        logic = SemiSupSegLogic()
-        missing = dependencies.missing_dependencies()
-        self.assertEqual(missing, [], f"install {missing} in Slicer's Python first (the module offers it)")
-
-        self.delayDisplay("Training a tiny model and a tiny locator")
-        modelFolder, locatorFolder = self._tinyModelAndLocator()
-        case, volumeNode = self._phantomVolume(seed=3, name="phantom_a", transformed=True)
-        pointNode = markups.create_point_node()
-
-        self.delayDisplay("Locate")
-        found = logic.locate(volumeNode, pointNode, locatorFolder.parent, "CPU")
-        np.testing.assert_allclose(markups.center_lps(pointNode, volumeNode), found.point_lps, atol=1e-4)
-
-        self.delayDisplay("Segment in Slicer")
-        nodes = logic.segment(volumeNode, pointNode, str(modelFolder), "CPU", probability=True)
-        self.assertEqual(nodes["execution"], "in-process")
-        segmentationNode = nodes["segmentation"]
-        self._assertSameGrid(nodes["probability"], volumeNode)
-        if shutil.which("PythonSlicer"):
-            self.delayDisplay("Segment in a background process")
-            background = logic.segment(volumeNode, None, str(modelFolder), "CPU", background=True)
-            self.assertEqual(background["execution"], "background")
-
-        self.delayDisplay("Add to pool")
-        segments.label_to_segmentation(case.label, volumeNode, segmentationNode)  # the "corrected" segment
-        pool = self.tmp / "pool"
-        self.assertFalse(add_to_pool(volumeNode, segmentationNode, pointNode, pool).updated)
-        self.assertTrue(add_to_pool(volumeNode, segmentationNode, pointNode, pool).updated)
-        data = load_dataset(pool / "dataset.json")  # validates images, labels, geometry and centres
-        self.assertEqual([c.name for c in data.training], ["phantom_a"])
-        self.delayDisplay("Test passed")
+def _testingModule(name: str):
+    """A module of the self-test kept in ``Testing/Python`` (its cases and helpers)."""
+    folder = str(pathlib.Path(__file__).resolve().parent / "Testing" / "Python")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 if __name__ == "__main__":  # pragma: no cover - run inside Slicer only

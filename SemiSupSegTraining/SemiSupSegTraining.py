@@ -3,19 +3,19 @@
 The panel turns the labelled pool written by the SemiSupSeg panel plus folders of newly collected
 unlabelled scans into a better model, without freezing Slicer: training runs as a separate
 process (``PythonSlicer -m SemiSupSegLib.cli train ... --progress json``) whose JSON lines the
-panel reads with a ``QTimer``. Everything that does not need Slicer (commands, the protocol reader,
-the run state, the process-tree stop, the data summary, the estimate, the comparison) lives in the
-engine module ``SemiSupSegLib.train_process`` and is tested with pytest; this file is the thin
-Slicer layer (parameter node, widgets, plot nodes).
+panel reads with a ``QTimer``. The scene work is ``SemiSupSegMRML.training`` and ``.plots``; what needs
+no scene (commands, the run state, the data summary, the estimate, the comparison) is the engine's
+``SemiSupSegLib.train_process`` and ``.childprocess``; both are tested with pytest. This file holds the
+parameter node, the widgets and their wiring; the self-test cases are in ``Testing/Python``.
 """
 
+import importlib
 import logging
 import os
 import pathlib
 import shutil
 import sys
 import tempfile
-import time
 from typing import Annotated
 
 import qt
@@ -28,7 +28,6 @@ from SemiSupSegMRML.training import (
     FALLBACK_METHODS,
     PANEL_METHOD,
     TrainingLogic,
-    default_process_factory,
     methods,
 )
 from SemiSupSegMRML.training import path_or_empty as _pathOrEmpty
@@ -688,19 +687,19 @@ def refreshSegmentationPanel() -> None:
 #
 
 
-def _fakeProcessModule():
-    """The fake child process, kept with the tests in ``Testing/Python`` (not in production code)."""
+def _testingModule(name: str):
+    """A module of the self-test kept in ``Testing/Python`` (not in production code): the cases and the
+    fake child process."""
     folder = str(pathlib.Path(__file__).resolve().parent / "Testing" / "Python")
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    import fake_training_process
-
-    return fake_training_process
+    return importlib.import_module(name)
 
 
 class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
     """A fake process drives the widget (no torch needed), then a real 5-step training runs on a
-    tiny phantom pool (needs torch and MONAI in this Slicer)."""
+    tiny phantom pool (needs torch and MONAI in this Slicer); the cases are in
+    ``Testing/Python/training_selftest.py``."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -716,183 +715,4 @@ class SemiSupSegTrainingTest(ScriptedLoadableModuleTest):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def runTest(self):
-        self.setUp()
-        try:
-            self.test_FakeProcessDrivesTheWidget()
-            self.test_StopAndResumeButtonsWithAFakeProcess()
-        finally:
-            self.tearDown()
-        self.setUp()
-        try:
-            self.test_RealFiveStepTraining()
-        finally:
-            self.tearDown()
-
-    def _phantomPool(self):
-        """The tiny phantom pool of the real training (needs SciPy, a training dependency)."""
-        from SemiSupSegLib.phantom import write_phantom_dataset
-
-        return str(
-            write_phantom_dataset(os.path.join(self.tmp, "pool"), cases=4, unlabeled=2, seed=3, size=48)
-        )
-
-    def _plainPool(self):
-        """A pool of random 24^3 volumes written with SimpleITK only (the fake-process tests)."""
-        import json
-
-        import numpy as np
-        import SimpleITK as sitk
-
-        root = pathlib.Path(self.tmp) / "plain-pool"
-        (root / "images").mkdir(parents=True, exist_ok=True)  # runTest builds it for two tests
-        (root / "labels").mkdir(exist_ok=True)
-        rng = np.random.default_rng(0)
-        entries = {"training": [], "unlabeled": []}
-        for i in range(6):
-            name = f"case_{i:03d}"
-            image = sitk.GetImageFromArray(rng.integers(1, 255, (24, 24, 24)).astype(np.uint8))
-            sitk.WriteImage(image, str(root / "images" / f"{name}.nrrd"))
-            entry = {"image": f"images/{name}.nrrd", "center": [12.0, 12.0, 12.0]}
-            if i < 4:
-                label = np.zeros((24, 24, 24), np.uint8)
-                label[12, 12, 4:20] = 1
-                sitk.WriteImage(sitk.GetImageFromArray(label), str(root / "labels" / f"{name}.nrrd"))
-                entries["training"].append({**entry, "label": f"labels/{name}.nrrd"})
-            else:
-                entries["unlabeled"].append(entry)
-        raw = {"name": "plain", "labels": {"0": "background", "1": "instrument"}, **entries}
-        (root / "dataset.json").write_text(json.dumps(raw))
-        return str(root / "dataset.json")
-
-    def _widget(self, pool):
-        widget = slicer.util.getModuleWidget("SemiSupSegTraining")
-        widget.initializeParameterNode()
-        p = widget._parameterNode
-        p.poolPath = pathlib.Path(pool)
-        p.unlabeledFolders = []
-        p.chooseValidation = False
-        p.steps, p.patch, p.batch, p.width, p.device = 5, 16, 1, 0.125, "cpu"
-        p.method, p.initModel, p.modelName = PANEL_METHOD, "", ""
-        return widget
-
-    def test_FakeProcessDrivesTheWidget(self):
-        self.delayDisplay("A fake training process drives the panel")
-        pool = self._plainPool()
-        widget = self._widget(pool)
-        widget.logic.requireDependencies = False
-        started = []
-
-        def factory(args, env):
-            started.append(args)
-            if "compare" in args:
-                new = args[args.index("--new") + 1]
-                result = {
-                    "cases_from": "validation",
-                    "new": {"name": "new", "path": new},
-                    "current": None,
-                    "rows": [
-                        {"case": "c", "new": {"dice": 0.5, "jaccard": 0.3, "hd95_mm": 4.0, "asd_mm": 1.0}}
-                    ],
-                    "summary": {"new": {"dice": 0.5, "jaccard": 0.3, "hd95_mm": 4.0, "asd_mm": 1.0}},
-                    "better": None,
-                }
-                events = [{"event": "started", "task": "comparison"}, {"event": "finished", "result": result}]
-                return _fakeProcessModule().FakeTrainingProcess(args, env, events)
-            out = args[args.index("--out") + 1]
-            return _fakeProcessModule().FakeTrainingProcess(
-                args, env, _fakeProcessModule().fakeTrainingEvents(out, steps=5)
-            )
-
-        widget.logic.process_factory = factory
-        widget.onTrainButton()
-        self.assertTrue(started and started[0][1:4] == ["-m", "SemiSupSegLib.cli", "train"])
-        self.assertIn("--progress", started[0])
-        self.assertEqual(started[0][started[0].index("--method") + 1], "dual-unet")
-        self.assertTrue(
-            os.path.isfile(os.path.join(widget._parameterNode.runFolder, ".training", "dataset.json"))
-        )
-        self.assertFalse(widget.ui.trainButton.enabled)
-        self.assertTrue(widget.ui.stopButton.enabled)
-        for _ in range(50):
-            widget.onTimer()
-            if not widget.logic.active():
-                break
-        self.assertFalse(widget.logic.active())
-        self.assertEqual(widget.ui.progressBar.value, 100)
-        p = widget._parameterNode
-        self.assertEqual(p.newModel, p.runFolder)
-        self.assertEqual(p.lossTable.GetTable().GetNumberOfRows(), 5)
-        self.assertEqual(p.validationTable.GetTable().GetNumberOfRows(), 1)
-        self.assertTrue(any("compare" in a for a in started))  # the comparison started by itself
-        self.assertEqual(widget.ui.comparisonTable.rowCount, 2)  # the case + the mean
-        self.assertTrue(widget.ui.makeDefaultButton.enabled)
-        self.delayDisplay("Fake run drove the panel")
-
-    def test_StopAndResumeButtonsWithAFakeProcess(self):
-        self.delayDisplay("Stop and Resume with a fake process")
-        pool = self._plainPool()
-        widget = self._widget(pool)
-        widget.logic.requireDependencies = False
-        widget.logic.process_factory = lambda args, env: _fakeProcessModule().FakeTrainingProcess(
-            args,
-            env,
-            _fakeProcessModule().fakeTrainingEvents(
-                args[args.index("--out") + 1] if "--out" in args else "", steps=20
-            ),
-            perPoll=3,
-        )
-        widget.onTrainButton()
-        widget.onTimer()
-        widget.onTimer()
-        widget.onStopButton()
-        self.assertIn("stopping", widget.ui.statusLabel.text)
-        for _ in range(10):
-            widget.onTimer()
-        job = widget.logic.jobs["train"]
-        self.assertEqual(job.state.status, "cancelled")
-        self.assertFalse(widget.ui.stopButton.enabled)
-        # a checkpoint file makes the run resumable
-        checkpoint = os.path.join(widget._parameterNode.runFolder, ".training", "checkpoint.pt")
-        with open(checkpoint, "wb") as f:
-            f.write(b"fake")
-        widget.updateButtons()
-        self.assertTrue(widget.ui.resumeButton.enabled)
-        resumed = []
-        widget.logic.process_factory = lambda args, env: (
-            resumed.append(args) or _fakeProcessModule().FakeTrainingProcess(args, env, [])
-        )
-        widget.onResumeButton()
-        self.assertIn("--resume", resumed[0])
-        widget.logic.wait(30)
-        self.delayDisplay("Stop and Resume work")
-
-    def test_RealFiveStepTraining(self):
-        self.delayDisplay("A real 5-step training on a tiny phantom pool")
-        missing = dependencies.missing_dependencies()
-        if missing:
-            raise RuntimeError(f"this test needs {missing} installed in Slicer's Python")
-        pool = self._phantomPool()
-        widget = self._widget(pool)
-        widget.logic.requireDependencies = True
-        widget.logic.process_factory = default_process_factory
-        widget.onTrainButton()
-        deadline = time.monotonic() + 900
-        while widget.logic.active() and time.monotonic() < deadline:
-            slicer.app.processEvents()  # the panel's QTimer polls the process
-            time.sleep(0.05)
-        widget.onTimer()
-        job = widget.logic.jobs["train"]
-        self.assertEqual(job.state.status, "finished", job.state.message)
-        out = widget._parameterNode.runFolder
-        self.assertTrue(os.path.isfile(os.path.join(out, "model.json")))
-        self.assertIn(out, [m["path"] for m in _engine().scan_models()])
-        self.assertEqual(widget._parameterNode.lossTable.GetTable().GetNumberOfRows(), 5)
-        widget.logic.wait(600)  # the comparison started when training finished
-        widget.onTimer()
-        self.assertEqual(
-            widget.logic.jobs["tool"].state.status, "finished", widget.logic.jobs["tool"].state.message
-        )
-        self.assertGreaterEqual(widget.ui.comparisonTable.rowCount, 2)
-        widget.onMakeDefault()
-        self.assertEqual(os.path.abspath(default_model()), os.path.abspath(out))
-        self.delayDisplay("Real training, comparison and adoption passed")
+        _testingModule("training_selftest").run_all(self)
