@@ -530,16 +530,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         if state.status != "finished" or not state.result:
             self.ui.estimateLabel.text = f"estimate failed: {state.message}"
             return
-        r = state.result
-        total = r["seconds_per_step"] * self._parameterNode.steps
-        text = (
-            f"{r['seconds_per_step']:.2f} s per step on {r['device']}: about "
-            f"{_engine().format_seconds(total)} for {self._parameterNode.steps} steps"
-        )
-        if r.get("peak_memory_mb") and r.get("gpu_memory_mb"):
-            text += f"; GPU memory {r['peak_memory_mb']:.0f} of {r['gpu_memory_mb']:.0f} MB"
-            if r["peak_memory_mb"] > 0.8 * r["gpu_memory_mb"]:
-                text += " - lower the batch or the patch size"
+        text = _engine().estimate_text(state.result, self._parameterNode.steps)
         self._parameterNode.estimateText = text
         self.ui.estimateLabel.text = text
 
@@ -591,19 +582,7 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             for c, text in enumerate(row):
                 table.setItem(r, c, qt.QTableWidgetItem(text))
         table.resizeColumnsToContents()
-        result = state.result
-        summary = result["summary"]
-        verdict = ""
-        if result.get("better") is not None:
-            word = "better than or as good as" if result["better"] else "worse than"
-            verdict = (
-                f"\nThe new model is {word} '{result['current']['name']}' "
-                f"(mean Dice {summary['new']['dice']:.3f} vs {summary['current']['dice']:.3f})."
-            )
-        self.ui.resultLabel.text = (
-            f"New model: {result['new']['path']}\ncompared on {len(result['rows'])} "
-            f"{result['cases_from']} case(s).{verdict}"
-        )
+        self.ui.resultLabel.text = _engine().comparison_text(state.result)
         self.updateButtons()
 
     def onMakeDefault(self) -> None:

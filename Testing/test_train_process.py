@@ -415,6 +415,11 @@ def test_compare_new_and_current_model_side_by_side(stopped_and_resumed, tiny_ph
     table = tp.comparison_table(result)
     assert table[0] == ["case", "dice new", "dice current", "hd95_mm new", "hd95_mm current"]
     assert table[-1][0] == "mean" and len(table) == 3
+    text = tp.comparison_text(result)
+    verdict = "better than or as good as" if result["better"] else "worse than"
+    assert "compared on 1 validation case(s)" in text
+    assert f"is {verdict} '{result['current']['name']}'" in text
+    assert "The new model is" not in tp.comparison_text({**result, "better": None})
     # the same through the child-process entry point: protocol lines ending with the result
     assert tp.main(["compare", "--new", str(stopped_and_resumed["out"]), "--device", "cpu"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -479,6 +484,14 @@ class _StepClock:
 
     def perf_counter(self) -> float:
         return self.now
+
+
+def test_estimate_text_names_the_total_time_and_warns_near_the_gpu_memory():
+    cpu = {"seconds_per_step": 0.5, "device": "cpu"}
+    assert tp.estimate_text(cpu, 7200) == "0.50 s per step on cpu: about 1:00:00 for 7200 steps"
+    gpu = {"seconds_per_step": 0.1, "device": "cuda", "peak_memory_mb": 900.0, "gpu_memory_mb": 1000.0}
+    assert tp.estimate_text(gpu, 10).endswith("GPU memory 900 of 1000 MB - lower the batch or the patch size")
+    assert "lower" not in tp.estimate_text({**gpu, "peak_memory_mb": 500.0}, 10)
 
 
 def test_estimate_of_seconds_per_step_on_a_dry_run(capsys, monkeypatch):

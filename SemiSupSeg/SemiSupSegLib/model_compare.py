@@ -106,3 +106,25 @@ def comparison_table(result: dict, metrics: Sequence[str] = ("dice", "hd95_mm"))
     return table
 
 
+def comparison_text(result: dict) -> str:
+    """The panel's summary of :func:`compare_models`'s answer: where the new model is, how many cases
+    were compared, and (with a current model) whether the new one is better by mean Dice.
+
+    Args:
+        result: :func:`compare_models`'s answer.
+
+    Returns:
+        Two or three lines of text.
+    """
+    verdict = ""
+    if result.get("better") is not None:
+        word = "better than or as good as" if result["better"] else "worse than"
+        summary = result["summary"]
+        verdict = (
+            f"\nThe new model is {word} '{result['current']['name']}' "
+            f"(mean Dice {summary['new']['dice']:.3f} vs {summary['current']['dice']:.3f})."
+        )
+    return (
+        f"New model: {result['new']['path']}\ncompared on {len(result['rows'])} "
+        f"{result['cases_from']} case(s).{verdict}"
+    )

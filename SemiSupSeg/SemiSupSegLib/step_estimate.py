@@ -97,3 +97,27 @@ def estimate_seconds_per_step(
     return result
 
 
+def estimate_text(result: dict, steps: int) -> str:
+    """The panel's line for an estimate, e.g. ``"0.52 s per step on cpu: about 17:20 for 2000 steps"``.
+
+    Args:
+        result: :func:`estimate_seconds_per_step`'s answer (``seconds_per_step``, ``device``, and on
+            CUDA ``peak_memory_mb`` and ``gpu_memory_mb``).
+        steps: the steps the run would take.
+
+    Returns:
+        One line; above 80 % of the GPU's memory it advises a lighter setting.
+    """
+    from .run_state import format_seconds
+
+    total = result["seconds_per_step"] * steps
+    text = (
+        f"{result['seconds_per_step']:.2f} s per step on {result['device']}: about "
+        f"{format_seconds(total)} for {steps} steps"
+    )
+    peak, memory = result.get("peak_memory_mb"), result.get("gpu_memory_mb")
+    if peak and memory:
+        text += f"; GPU memory {peak:.0f} of {memory:.0f} MB"
+        if peak > 0.8 * memory:
+            text += " - lower the batch or the patch size"
+    return text

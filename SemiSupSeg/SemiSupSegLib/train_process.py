@@ -23,7 +23,13 @@ import sys
 from collections.abc import Sequence
 
 from .errors import SemiSupSegError
-from .model_compare import COMPARED_METRICS, compare_models, comparison_cases, comparison_table
+from .model_compare import (
+    COMPARED_METRICS,
+    compare_models,
+    comparison_cases,
+    comparison_table,
+    comparison_text,
+)
 from .run_data import (
     RUN_DATASET,
     DataSummary,
@@ -40,7 +46,7 @@ from .run_data import (
     summarize_data,
 )
 from .run_state import RunState, format_seconds
-from .step_estimate import estimate_seconds_per_step
+from .step_estimate import estimate_seconds_per_step, estimate_text
 from .train_commands import (
     ENGINE_DIR,
     TrainRequest,
@@ -67,8 +73,10 @@ __all__ = [
     "compare_models",
     "comparison_cases",
     "comparison_table",
+    "comparison_text",
     "default_pool",
     "estimate_seconds_per_step",
+    "estimate_text",
     "format_seconds",
     "locator_command",
     "locators_folder",
