@@ -1,7 +1,7 @@
 """A test double of the training child process for the panel's self-test (never used in production).
 
 It replays protocol events as ``semisupseg train --progress json`` would, a few per poll, through the
-same interface as :class:`SemiSupSegLib.train_process.TrainingProcess`.
+same interface as :class:`SemiSupSegLib.childprocess.ChildProcess`.
 """
 
 
