@@ -231,10 +231,10 @@ KINDS = [
          CLI, r"label has values \[3\] outside the declared classes \[0, 1\]"),
     Kind("float label", api(dataset.load_dataset, lambda r: with_label(r, box_label(dtype=np.float32, value=0.5))),
          DatasetError, r"label has values \[0\.5\] outside the declared classes"),
-    Kind("panel: segmentation on another grid", api(lambda r: slicer_bridge.add_to_pool(
+    Kind("panel: segmentation on another grid", api(lambda r: dataset.add_to_pool(
         r, "a", random_image(), box_label(spacing=(0.7, 0.5, 1.0)))),
          InputError, r"segmentation does not match the volume's grid: spacing"),
-    Kind("panel: empty (constant) segmentation", api(lambda r: slicer_bridge.add_to_pool(
+    Kind("panel: empty (constant) segmentation", api(lambda r: dataset.add_to_pool(
         r, "a", random_image(), box_label(value=0))),
          InputError, r"instrument segment is empty"),
     # --- dataset.json
@@ -271,7 +271,7 @@ KINDS = [
     Kind("adding to a malformed dataset.json", api(lambda p: dataset.upsert_case(p, "unlabeled", p.parent / "images/a.nii.gz"),
              lambda r: pool(r, raw={"training": "x"})),
          DatasetError, r"'training' is not a list"),
-    Kind("panel: case name without letters", api(lambda r: slicer_bridge.add_to_pool(r, "#?!", random_image())),
+    Kind("panel: case name without letters", api(lambda r: dataset.add_to_pool(r, "#?!", random_image())),
          InputError, r"case name '#\?!' has no letters or digits"),
     # --- options
     Kind("patch not divisible by the network stride", lambda r: train(r, pool(r), "--patch", "18,16,16"),

@@ -20,9 +20,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from SemiSupSegLib import atomic, dataset, slicer_bridge
+from SemiSupSegLib import atomic, dataset
 from SemiSupSegLib.atomic import WriteError
 from SemiSupSegLib.checkpoints import read_checkpoint, write_checkpoint
+from SemiSupSegLib.errors import InputError
 from SemiSupSegLib.model_store import load_model, save_model
 from SemiSupSegLib.networks import CompactUNet
 from SemiSupSegLib.progress import Reporter
@@ -127,7 +128,7 @@ def case_volume(seed: int) -> tuple[sitk.Image, sitk.Image]:
 @pytest.mark.parametrize("fault", ["label write", "labels folder refused", "dataset.json rename"])
 def test_a_failed_pool_update_keeps_the_previous_entry(fault, tmp_path, monkeypatch):
     pool = tmp_path / "pool"
-    slicer_bridge.add_to_pool(pool, "case", *case_volume(0))
+    dataset.add_to_pool(pool, "case", *case_volume(0))
     before = folder_hashes(pool)
     real_replace, real_write, real_mkstemp = os.replace, sitk.WriteImage, tempfile.mkstemp
 
@@ -149,8 +150,8 @@ def test_a_failed_pool_update_keeps_the_previous_entry(fault, tmp_path, monkeypa
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(sitk, "WriteImage", write_image)
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    with pytest.raises((WriteError, slicer_bridge.InputError), match="cannot write"):
-        slicer_bridge.add_to_pool(pool, "case", *case_volume(1))
+    with pytest.raises((WriteError, InputError), match="cannot write"):
+        dataset.add_to_pool(pool, "case", *case_volume(1))
     monkeypatch.undo()
     if fault == "dataset.json rename":  # documented: the new image and label are in place, together
         assert folder_hashes(pool)["dataset.json"] == before["dataset.json"]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from . import dataset, model_index
+from . import model_index
 from .errors import InputError, ModelError, SemiSupSegError
 from .train_commands import cli_command
 
@@ -35,10 +35,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "LPS_FROM_RAS",
     "SMALL_VOLUME_VOXELS",
-    "PoolResult",
-    "add_to_pool",
     "array_from_image",
-    "case_name",
     "check_volume_array",
     "choose_device",
     "choose_execution",
@@ -467,14 +464,6 @@ def result_summary(seconds: float, mode: str, device: str, precision: str = "") 
     where = {"roi": "around the point", "sliding-window": "full volume"}.get(mode, mode)
     details = ", ".join(x for x in (where, device, precision) if x)
     return f"Segmented in {float(seconds):.1f} s ({details})"
-
-
-# ------------------------------------------------------------------------- moved, kept for callers
-# The pool is written by :func:`SemiSupSegLib.dataset.add_to_pool`; these names remain for the tests
-# that still import them from here.
-add_to_pool = dataset.add_to_pool
-PoolResult = dataset.PoolResult
-case_name = dataset.case_name
 
 
 # -------------------------------------------------------------------------------------- messages
