@@ -6,7 +6,8 @@ process (``PythonSlicer -m SemiSupSegLib.cli train ... --progress json``) whose 
 panel reads with a ``QTimer``. The scene work is ``SemiSupSegMRML.training`` and ``.plots``; what needs
 no scene (commands, the run state, the data summary, the estimate, the comparison) is the engine's
 ``SemiSupSegLib.train_process`` and ``.childprocess``; both are tested with pytest. This file holds the
-parameter node, the widgets and their wiring; the self-test cases are in ``Testing/Python``.
+parameter node, the widgets and their wiring (the data and compare sections are mixins in
+``SemiSupSegTrainingLib``); the self-test cases are in ``Testing/Python``.
 """
 
 import importlib
@@ -22,7 +23,6 @@ import qt
 import slicer
 import vtk
 from SemiSupSegMRML import dependencies
-from SemiSupSegMRML.models import default_model
 from SemiSupSegMRML.plots import TrainingPlot, plot_view_node
 from SemiSupSegMRML.training import (
     FALLBACK_METHODS,
@@ -31,6 +31,9 @@ from SemiSupSegMRML.training import (
     methods,
 )
 from SemiSupSegMRML.training import path_or_empty as _pathOrEmpty
+from SemiSupSegTrainingLib import engine as _engine
+from SemiSupSegTrainingLib.compare_section import CompareSection
+from SemiSupSegTrainingLib.data_section import DataSection
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -42,13 +45,6 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 POLL_MS = 250
-
-
-def _engine():
-    """The scene-free engine side of this panel (imports no torch at import time)."""
-    from SemiSupSegLib import train_process
-
-    return train_process
 
 
 #
@@ -117,7 +113,11 @@ class SemiSupSegTrainingParameterNode:
 #
 
 
-class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SemiSupSegTrainingWidget(
+    ScriptedLoadableModuleWidget, VTKObservationMixin, CompareSection, DataSection
+):
+    """The panel; its data and compare sections are the mixins in ``SemiSupSegTrainingLib``."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -288,109 +288,6 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         description = next((m["description"] for m in self._methods if m["name"] == name), "")
         self.ui.methodDescriptionLabel.text = description
 
-    def populateModels(self) -> None:
-        """Fill "Start from" (scratch + every model) and "Compare with" (default model first)."""
-        models = _engine().scan_models()
-        default = default_model()
-        start = self.ui.startModelComboBox
-        start.blockSignals(True)
-        start.clear()
-        start.addItem("From scratch", "")
-        for entry in models:
-            start.addItem(self._modelLabel(entry), entry["path"])
-        start.blockSignals(False)
-        current = self.ui.currentModelComboBox
-        current.blockSignals(True)
-        previous = current.currentData
-        current.clear()
-        current.addItem("(no current model)", "")
-        ordered = sorted(models, key=lambda m: m["path"] != default)
-        for entry in ordered:
-            suffix = " [default]" if entry["path"] == default else ""
-            current.addItem(self._modelLabel(entry) + suffix, entry["path"])
-        # The current model: the one chosen before, else the default, else the fine-tuned parent.
-        preferred = previous or default or (self._parameterNode.initModel if self._parameterNode else "")
-        current.currentIndex = max(0, current.findData(preferred)) if preferred else 0
-        current.blockSignals(False)
-        if self._parameterNode:
-            if start.findData(self._parameterNode.initModel) < 0:
-                self._parameterNode.initModel = ""
-            self._selectComboData(start, self._parameterNode.initModel)
-
-    @staticmethod
-    def _modelLabel(entry: dict) -> str:
-        dice = f", val Dice {entry['dice']:.3f}" if entry.get("dice") is not None else ""
-        origin = " (shipped)" if entry.get("origin") == "shipped" else ""
-        return f"{entry['name']} ({entry['method']}{dice}){origin}"
-
-    # --- data -----------------------------------------------------------------------------------
-    def onAddFolder(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to add the folder.", waitCursor=False):
-            start = self._parameterNode.unlabeledFolders[-1] if self._parameterNode.unlabeledFolders else ""
-            folder = qt.QFileDialog.getExistingDirectory(None, "Folder of unlabelled scans", start)
-            if folder:
-                self.addUnlabeledFolder(folder)
-
-    def addUnlabeledFolder(self, folder: str) -> None:
-        folders = list(self._parameterNode.unlabeledFolders)
-        if folder not in folders:
-            self._parameterNode.unlabeledFolders = folders + [str(folder)]
-
-    def onRemoveFolder(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to remove the folder.", waitCursor=False):
-            selected = {item.text() for item in self.ui.unlabeledFoldersList.selectedItems()}
-            self._parameterNode.unlabeledFolders = [
-                f for f in self._parameterNode.unlabeledFolders if f not in selected
-            ]
-
-    def onPoolChanged(self, path=None) -> None:
-        """List the pool's labelled cases for the validation choice (errors go to the summary box)."""
-        try:
-            names = self.logic.labelled_case_names(self.ui.poolPathLineEdit.currentPath)
-        except Exception as exc:
-            names = []
-            self.ui.dataSummaryText.setPlainText(f"Cannot read the labelled pool: {exc}")
-        self._updatingGui = True
-        try:
-            self.ui.validationList.clear()
-            chosen = set(self._parameterNode.validationCases) if self._parameterNode else set()
-            for name in names:
-                item = qt.QListWidgetItem(name)
-                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-                item.setCheckState(qt.Qt.Checked if name in chosen else qt.Qt.Unchecked)
-                self.ui.validationList.addItem(item)
-        finally:
-            self._updatingGui = False
-
-    def onChooseValidationToggled(self, checked) -> None:
-        self.ui.validationList.enabled = bool(checked)
-
-    def onValidationItemChanged(self, item) -> None:
-        if self._updatingGui or self._parameterNode is None:
-            return
-        checked = []
-        for i in range(self.ui.validationList.count):
-            it = self.ui.validationList.item(i)
-            if it.checkState() == qt.Qt.Checked:
-                checked.append(it.text())
-        self._parameterNode.validationCases = checked
-
-    def _validation(self):
-        p = self._parameterNode
-        return list(p.validationCases) if p.chooseValidation else None
-
-    def onCheckData(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to check the data.", waitCursor=True):
-            self.checkData()
-
-    def checkData(self):
-        p = self._parameterNode
-        summary = self.logic.data_summary(
-            _pathOrEmpty(p.poolPath), list(p.unlabeledFolders), self._validation()
-        )
-        self.ui.dataSummaryText.setPlainText(summary.text())
-        return summary
-
     # --- method ---------------------------------------------------------------------------------
     def onMethodChanged(self, index) -> None:
         self._showMethodDescription()
@@ -549,53 +446,6 @@ class SemiSupSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay("Failed to show the plot.", waitCursor=False):
             chart = self.logic.plot(self._parameterNode).ensure_nodes()
             slicer.modules.plots.logic().ShowChartInLayout(chart)
-
-    # --- compare and adopt ------------------------------------------------------------------------
-    def onCompare(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to start the comparison.", waitCursor=True):
-            self.logic.ensureDependencies()
-            self.startComparison()
-
-    def startComparison(self) -> None:
-        new = self._parameterNode.newModel
-        if not new:
-            raise ValueError("No new model to compare: train one first.")
-        current = self.ui.currentModelComboBox.currentData or None
-        if current and os.path.normcase(os.path.abspath(current)) == os.path.normcase(os.path.abspath(new)):
-            current = None
-        self.logic.start_comparison(new, current, self._parameterNode.device)
-        self.ui.resultLabel.text = "comparing the new and the current model on the validation cases..."
-        self.startPolling()
-
-    def showComparison(self, state) -> None:
-        if state.status != "finished" or not state.result:
-            self.ui.resultLabel.text = f"comparison failed: {state.message}"
-            return
-        self.comparison = state.result
-        rows = _engine().comparison_table(state.result, ("dice", "hd95_mm", "asd_mm"))
-        table = self.ui.comparisonTable
-        table.clear()
-        table.setColumnCount(len(rows[0]))
-        table.setRowCount(len(rows) - 1)
-        table.setHorizontalHeaderLabels(rows[0])
-        for r, row in enumerate(rows[1:]):
-            for c, text in enumerate(row):
-                table.setItem(r, c, qt.QTableWidgetItem(text))
-        table.resizeColumnsToContents()
-        self.ui.resultLabel.text = _engine().comparison_text(state.result)
-        self.updateButtons()
-
-    def onMakeDefault(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to make the model the default.", waitCursor=True):
-            folder = self.logic.set_default_model(self._parameterNode.newModel)
-            self.populateModels()
-            self.ui.resultLabel.text = f"{folder} is now the default model of the SemiSupSeg panel."
-
-    def onOpenModelsFolder(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Failed to open the models folder.", waitCursor=False):
-            folder = _engine().models_folder()
-            folder.mkdir(parents=True, exist_ok=True)
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
 
     # --- buttons ----------------------------------------------------------------------------------
     def updateButtons(self) -> None:

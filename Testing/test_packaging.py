@@ -9,6 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "SemiSupSeg" / "SemiSupSegLib"
+TRAINING_WIDGETS = REPO / "SemiSupSegTraining" / "SemiSupSegTrainingLib"
 SCENE_LAYER = REPO / "SemiSupSeg" / "SemiSupSegMRML"
 FORBIDDEN = {"slicer", "qt", "ctk", "vtk", "sitkUtils", "mrml"}
 FORBIDDEN_IN_SCENE_LAYER = {"qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper"}
@@ -69,9 +70,7 @@ def test_scene_layer_imports_no_qt_ctk_or_scripted_module():
 
 def test_cmake_lists_every_engine_file():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "update_cmake_lists.py"), "--check"])
-    assert result.returncode == 0, (
-        "SemiSupSeg/CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
-    )
+    assert result.returncode == 0, "a CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
     cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
     for module in ("cli.py", "training.py", "inference.py", "methods/base.py"):
         assert f"SemiSupSegLib/{module}" in cmake
@@ -82,6 +81,14 @@ def test_cmake_lists_every_engine_file():
         assert f"  {path}\n" in cmake, path
 
 
+def test_training_cmake_lists_every_widget_section():
+    files = sorted(TRAINING_WIDGETS.glob("*.py"))
+    assert len(files) >= 3
+    cmake = (REPO / "SemiSupSegTraining" / "CMakeLists.txt").read_text()
+    for path in files:
+        assert f"  SemiSupSegTrainingLib/{path.name}\n" in cmake, path.name
+
+
 def test_extension_cmake_declares_both_modules_and_pytorch():
     text = (REPO / "CMakeLists.txt").read_text()
     assert "add_subdirectory(SemiSupSeg)" in text and "add_subdirectory(SemiSupSegTraining)" in text
@@ -89,8 +96,9 @@ def test_extension_cmake_declares_both_modules_and_pytorch():
 
 
 def test_slicer_module_files_compile(tmp_path):
-    for module in ("SemiSupSeg/SemiSupSeg.py", "SemiSupSegTraining/SemiSupSegTraining.py"):
-        py_compile.compile(str(REPO / module), cfile=str(tmp_path / "x.pyc"), doraise=True)
+    modules = [REPO / "SemiSupSeg/SemiSupSeg.py", REPO / "SemiSupSegTraining/SemiSupSegTraining.py"]
+    for module in modules + sorted(TRAINING_WIDGETS.glob("*.py")):
+        py_compile.compile(str(module), cfile=str(tmp_path / "x.pyc"), doraise=True)
 
 
 def test_shipped_models_are_valid_json_and_listed_in_cmake():
