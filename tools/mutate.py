@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LIB = "SemiSupSeg/SemiSupSegLib"
 RESULTS = REPO / "docs" / "mutation_results.json"
+TESTING_DOC = REPO / "docs" / "TESTING.md"
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,29 @@ def _write(rows: list[dict], path: Path, tree: str) -> None:
     print(f"score: {caught}/{len(rows)} caught ({100 * report['score']:.0f} %); written to {path}")
 
 
+def summary_lines(report: dict) -> list[str]:
+    """Markdown for docs/TESTING.md: the score, a per-kind table and the survivors, from the results JSON."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks._report import markdown_table
+
+    kinds: dict[str, list[dict]] = {}
+    for row in report["rows"]:
+        kinds.setdefault(row["kind"], []).append(row)
+    table = markdown_table(
+        ["kind", "mutations", "caught", "names"],
+        [[k, len(rows), sum(r["caught"] for r in rows), ", ".join(f"`{r['name']}`" for r in rows)]
+         for k, rows in kinds.items()],
+    )
+    survivors = ", ".join(f"`{name}`" for name in report["survivors"]) or "none"
+    return [
+        f"**{report['caught']} of {report['mutations']} mutations caught ({100 * report['score']:.0f} %)** "
+        f"on {report['tree']}, {report['date']} (`{report['command']}`; raw results "
+        "[mutation_results.json](mutation_results.json)). Survivors: " + survivors + ".",
+        "",
+        *table,
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", default=[], help="run only this mutation (repeatable)")
@@ -324,12 +348,26 @@ def main(argv: list[str] | None = None) -> int:
     worktree = "mutate the checkout with its uncommitted changes (default: the committed HEAD)"
     parser.add_argument("--worktree", action="store_true", help=worktree)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation (default 300)")
+    parser.add_argument("--tabulate", type=Path, help="measure nothing: render this results JSON")
+    parser.add_argument("--write", type=Path, help=f"replace the marked block of a file ({TESTING_DOC.name})")
     where = f"results file (default {RESULTS}; a partial run writes only with --json)"
     parser.add_argument("--json", type=Path, default=None, help=where)
     args = parser.parse_args(argv)
     if args.list:
         for m in MUTATIONS:
             print(f"{m.name:34s} {m.kind:12s} {m.file}")
+        return 0
+    if args.tabulate:
+        try:
+            lines = summary_lines(json.loads(args.tabulate.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {args.tabulate} is not a mutation_results JSON: {exc}", file=sys.stderr)
+            return 2
+        if args.write:
+            from benchmarks._report import write_block
+
+            write_block(args.write, "tools/mutate.py", "mutation_results", lines)
+        print("\n".join(lines))
         return 0
     if args.check:
         stale = [m.name for m in MUTATIONS if (REPO / m.file).read_text().count(m.old) != 1]
