@@ -44,7 +44,7 @@ from .errors import InputError, ModelError
 from .imageio import check_point_inside
 from .model_store import LoadedModel
 from .networks import set_mc_dropout
-from .preprocessing import Preprocessing
+from .preprocessing import Preprocessing, check_resampled_size
 
 __all__ = [
     "AUTO_CHANNELS_LAST",
@@ -330,11 +330,9 @@ def foreground_probability(probabilities: torch.Tensor) -> torch.Tensor:
 
 def _target_size(image: sitk.Image, spacing: Sequence[float]) -> np.ndarray:
     """Size of ``image`` resampled to ``spacing`` (the grid of :func:`resample_to_spacing`)."""
-    old_spacing = np.asarray(image.GetSpacing(), dtype=float)
-    if np.allclose(old_spacing, spacing, rtol=1e-4):
+    if np.allclose(image.GetSpacing(), spacing, rtol=1e-4):
         return np.asarray(image.GetSize(), dtype=int)
-    extent = np.asarray(image.GetSize()) * old_spacing
-    return np.maximum(1, np.round(extent / np.asarray(spacing, dtype=float))).astype(int)
+    return np.asarray(check_resampled_size(image, spacing), dtype=int)
 
 
 def roi_start(
