@@ -75,13 +75,13 @@ class RunState:
         self.validation_history = [h for h in self.validation_history if h[0] <= self.start_step]
 
     def _on_progress(self, e: dict) -> None:
-        if self.status not in ("stopping",):
+        if self.status != "stopping":
             self.status = "running"
         self.step = int(e.get("step") or self.step)
         self.total = int(e.get("total") or self.total)
         self.seconds_per_step = e.get("seconds_per_step")
         self.eta_seconds = e.get("eta_seconds")
-        losses = {k: v for k, v in (e.get("losses") or {}).items()}
+        losses = dict(e.get("losses") or {})
         self.losses = losses
         if losses:
             self.loss_history.append((self.step, losses))
@@ -165,11 +165,7 @@ class RunState:
         return None
 
     def loss_series(self, key: str | None = None) -> tuple[list[int], list[float]]:
-        key = key or self.loss_key()
-        if key is None:
-            return [], []
-        pairs = [(s, v[key]) for s, v in self.loss_history if isinstance(v.get(key), (int, float))]
-        return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+        return _series(self.loss_history, key or self.loss_key())
 
     def validation_key(self) -> str | None:
         for _, metrics in self.validation_history:
@@ -179,11 +175,15 @@ class RunState:
         return None
 
     def validation_series(self, key: str | None = None) -> tuple[list[int], list[float]]:
-        key = key or self.validation_key()
-        if key is None:
-            return [], []
-        pairs = [(s, m[key]) for s, m in self.validation_history if isinstance(m.get(key), (int, float))]
-        return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+        return _series(self.validation_history, key or self.validation_key())
+
+
+def _series(history: list, key: str | None) -> tuple[list[int], list[float]]:
+    """The steps and numeric values of ``key`` in a ``[(step, {name: value})]`` history."""
+    if key is None:
+        return [], []
+    pairs = [(s, v[key]) for s, v in history if isinstance(v.get(key), (int, float))]
+    return [p[0] for p in pairs], [float(p[1]) for p in pairs]
 
 
 def _fmt(value, digits: int) -> str:

@@ -14,7 +14,8 @@ from SemiSupSegLib import model_index
 from SemiSupSegLib import slicer_bridge as bridge
 
 
-def _same(a: str, b: str) -> bool:
+def same_path(a: str, b: str) -> bool:
+    """Both given and naming the same folder (case-insensitively where the system is)."""
     return (
         bool(a) and bool(b) and os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
     )
@@ -43,8 +44,8 @@ def choose_model(paths: Sequence[str], current: str, default: str, prefer_defaul
         The default when preferred or when nothing valid is chosen, else ``current``; else the first
         listed model; "" when nothing is listed.
     """
-    listed_default = next((p for p in paths if _same(p, default)), "")
-    listed_current = next((p for p in paths if _same(p, current)), "")
+    listed_default = next((p for p in paths if same_path(p, default)), "")
+    listed_current = next((p for p in paths if same_path(p, current)), "")
     if listed_default and (prefer_default or not listed_current):
         return listed_default
     return listed_current or (paths[0] if paths else "")

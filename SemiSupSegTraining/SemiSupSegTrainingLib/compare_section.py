@@ -1,11 +1,9 @@
 """The training panel's models: the "Start from" and "Compare with" lists, the comparison of the
 new model with the current one, and adopting it as the default."""
 
-import os
-
 import qt
 import slicer
-from SemiSupSegMRML.models import default_model
+from SemiSupSegMRML.models import default_model, same_path
 
 from SemiSupSegTrainingLib import engine as _engine
 
@@ -59,7 +57,7 @@ class CompareSection:
         if not new:
             raise ValueError("No new model to compare: train one first.")
         current = self.ui.currentModelComboBox.currentData or None
-        if current and os.path.normcase(os.path.abspath(current)) == os.path.normcase(os.path.abspath(new)):
+        if current and same_path(current, new):
             current = None
         self.logic.start_comparison(new, current, self._parameterNode.device)
         self.ui.resultLabel.text = "comparing the new and the current model on the validation cases..."
