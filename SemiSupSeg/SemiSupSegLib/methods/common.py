@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError, checked_number
-from ..inference import entropy, mc_inputs, mc_probabilities, resolve_precision
+from ..inference import _autocast, entropy, mc_inputs, mc_probabilities, resolve_precision
 
 __all__ = [
     "MC_BATCHNORM",
@@ -167,11 +167,7 @@ def _mc_batch_statistics(net: nn.Module, x: torch.Tensor, samples: int, precisio
     if samples < 1:
         raise InputError(f"Monte-Carlo samples must be >= 1, got {samples}")
     inputs = mc_inputs(x, samples, None)
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else contextlib.nullcontext()
-    )
+    autocast = _autocast(precision, x.device)
     with torch.no_grad(), _train_mode_without_running_statistics(net, samples), autocast:
         logits = net(inputs)
     probs = torch.softmax(logits.float(), dim=1)
