@@ -105,9 +105,12 @@ def python_command(python: str | None = None) -> list[str]:
     return [str(python or sys.executable)]
 
 
+def _module_command(module: str, arguments: Sequence, python: str | None) -> list[str]:
+    return [str(a) for a in (*python_command(python), "-m", module, *arguments)]
+
+
 def cli_command(subcommand: Sequence[str], arguments: Sequence[str], python: str | None = None) -> list[str]:
-    command = [*python_command(python), "-m", "SemiSupSegLib.cli", *subcommand, *arguments]
-    return [str(a) for a in command]
+    return _module_command("SemiSupSegLib.cli", [*subcommand, *arguments], python)
 
 
 def training_command(request: TrainRequest, python: str | None = None) -> list[str]:
@@ -146,8 +149,7 @@ def locator_command(
 
 def tool_command(subcommand: str, arguments: Sequence[str], python: str | None = None) -> list[str]:
     """``python -m SemiSupSegLib.train_process estimate|compare ...`` (JSON lines on stdout)."""
-    command = [*python_command(python), "-m", "SemiSupSegLib.train_process", subcommand, *arguments]
-    return [str(a) for a in command]
+    return _module_command("SemiSupSegLib.train_process", [subcommand, *arguments], python)
 
 
 def child_environment(
