@@ -72,7 +72,7 @@ def test_cmake_lists_every_engine_file():
     result = subprocess.run([sys.executable, str(REPO / "tools" / "update_cmake_lists.py"), "--check"])
     assert result.returncode == 0, "a CMakeLists.txt is stale: run python tools/update_cmake_lists.py"
     cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
-    for module in ("cli.py", "training.py", "inference.py", "methods/base.py"):
+    for module in ("cli/__init__.py", "cli/train.py", "training.py", "inference.py", "methods/base.py"):
         assert f"SemiSupSegLib/{module}" in cmake
     tracked = subprocess.run(
         ["git", "ls-files", "--", "SemiSupSegMRML"], cwd=REPO / "SemiSupSeg", capture_output=True, text=True

@@ -209,7 +209,7 @@ MUTATIONS: list[Mutation] = [
     _m("constant-image-accepted", "validation", "inference.py",
        "    if low == high:  # z-scoring", "    if False:  # z-scoring",
        (T + "test_bad_input_catalogue.py",)),
-    _m("resume-ignores-steps", "reliability", "cli.py",
+    _m("resume-ignores-steps", "reliability", "cli/train.py",
        'steps = fields.get("steps", stored.steps)', "steps = stored.steps", (T + "test_cli_bad_input.py",)),
     _m("model-json-after-weights", "reliability", "atomic.py",
        "            before_rename()", "            pass", (T + "test_write_faults.py",)),

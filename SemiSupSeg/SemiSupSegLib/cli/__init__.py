@@ -1,0 +1,112 @@
+"""The ``semisupseg`` command line: everything the Slicer panels do, headless.
+
+Run ``semisupseg COMMAND --help`` for each command's options. Errors on bad input are printed
+as one line naming the problem, with exit status 2; a cancelled training exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import SemiSupSegError, TrainingCancelled
+from .arguments import _Parser
+from .catalogue import _add_catalogue
+from .demo import DEMO_LOCATOR, DEMO_MODEL, _add_demo
+from .evaluate import _add_evaluate
+from .locator import _add_locate, _add_train_locator
+from .phantom import _add_phantom
+from .segment import _add_segment
+from .train import _add_train
+
+__all__ = ["DEMO_LOCATOR", "DEMO_MODEL", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="semisupseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_phantom,
+        _add_train,
+        _add_train_locator,
+        _add_locate,
+        _add_segment,
+        _add_evaluate,
+        _add_demo,
+        _add_catalogue,
+    ):
+        add(sub)
+    return parser
+
+
+_NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(e[-+]?\d+)?([,;]\s*-?\d*\.?\d+(e[-+]?\d+)?)*$", re.I)
+
+
+def _glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """Let ``--center -6.5,-0.6,1.1`` work: argparse would take the value for an option."""
+    out: list[str] = []
+    for token in argv:
+        if (
+            out
+            and out[-1] in ("--center", "--target-spacing")
+            and token.startswith("-")
+            and _NUMBER_LIST.match(token)
+        ):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _asks_json_progress(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for ``--progress json``: read by hand when parsing it failed."""
+    return any(
+        token == "--progress=json" or (token == "--progress" and following == "json")
+        for token, following in zip(argv, [*argv[1:], ""], strict=True)
+    )
+
+
+def _report_error(message: str, args: argparse.Namespace | None, argv: Sequence[str]) -> None:
+    """One line naming the problem: an ``error`` event on stdout with ``--progress json``, else on stderr."""
+    from ..progress import JsonLinesReporter
+
+    if args is not None and getattr(args, "progress", None) == "json":
+        args.reporter.emit("error", message=message)
+    elif args is None and _asks_json_progress(argv):
+        JsonLinesReporter().emit("error", message=message)
+    else:
+        print(f"semisupseg: error: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (0, 2 on bad input, 130 when cancelled).
+
+    Every bad input, from the command line to the data, is reported once, as one line that names it
+    (with ``--progress json``, as the protocol's ``error`` event on stdout) and gives status 2.
+    """
+    from ..progress import make_reporter
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
+    try:
+        args = build_parser().parse_args(_glue_negative_values(argv))
+        if hasattr(args, "progress"):
+            args.reporter = make_reporter(args.progress)
+        return args.func(args)
+    except TrainingCancelled as exc:
+        print(f"semisupseg: {exc}", file=sys.stderr)
+        return 130
+    except SemiSupSegError as exc:
+        _report_error(str(exc), args, argv)
+        return 2
+    except KeyboardInterrupt:
+        print("semisupseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "progress", None) == "json":  # a bug: the reader still learns that the run ended
+            args.reporter.emit("error", message=f"internal error, {type(exc).__name__}: {exc}")
+        raise

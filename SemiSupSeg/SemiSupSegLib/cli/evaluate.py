@@ -1,0 +1,152 @@
+"""``semisupseg evaluate``: segment labelled cases and report the metrics (shared with the demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import InputError
+from .arguments import _AMOUNT, _device
+from .locator import _load_locator, _localisation_row
+
+
+def _write_figure(figures_dir: Path, case, image, reference, result, row: dict) -> None:
+    """A PNG of the case: slices through the centre used (else the reference), contours, uncertainty."""
+    from ..figures import write_case_figure
+
+    write_case_figure(
+        figures_dir / f"{case.name}.png",
+        image,
+        truth=reference,
+        prediction=result.label,
+        uncertainty=result.uncertainty,
+        center_lps=result.center,
+        title=f"{case.name}: Dice {row['dice']:.3f}, {result.mode}",
+    )
+
+
+def _evaluate_cases(
+    model,
+    cases,
+    use_center: bool,
+    precision: str,
+    pred_dir: Path | None,
+    locator=None,
+    figures_dir: Path | None = None,
+    mc_samples: int = 0,
+) -> list[dict]:
+    import SimpleITK as sitk
+
+    from ..imageio import read_image, write_image
+    from ..inference import segment
+    from ..metrics import segmentation_metrics
+
+    rows = []
+    for case in cases:
+        image = read_image(case.image)
+        reference = read_image(case.label, what="label")
+        located, center = {}, case.center if use_center else None
+        if locator is not None:
+            located, center = _localisation_row(locator, image, case)
+        result = segment(model, image, center, precision=precision, mc_samples=mc_samples)
+        pred = sitk.GetArrayViewFromImage(result.label) > 0
+        ref = sitk.GetArrayViewFromImage(reference) > 0
+        row = {"case": case.name, **segmentation_metrics(pred, ref, image.GetSpacing()[::-1])}
+        row["seconds"] = result.seconds
+        row.update(located)
+        rows.append(row)
+        if pred_dir is not None:
+            write_image(result.label, pred_dir / f"{case.name}.nii.gz")
+        if figures_dir is not None:
+            _write_figure(figures_dir, case, image, reference, result, row)
+        where = f"; located {row['loc_vox']:.1f} vox, {row['loc_mm']:.1f} mm off" if "loc_mm" in row else ""
+        dice, hd95 = row["dice"], row["hd95_mm"]
+        print(
+            f"{case.name}: Dice {dice:.3f}  HD95 {hd95:.2f} mm  {row['seconds']:.2f} s{where}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+EVALUATE_KEYS = (
+    "dice",
+    "jaccard",
+    "hd95_mm",
+    "asd_mm",
+    "hd95_vox",
+    "asd_vox",
+    "seconds",
+    "loc_mm",
+    "loc_vox",
+    "loc_grid_vox",
+    "loc_seconds",
+)
+
+
+def _print_summary(summary: dict, keys: Sequence[str]) -> None:
+    for key in keys:
+        if key in summary:
+            s = summary[key]
+            print(f"{key:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..atomic import atomic_write_json
+    from ..dataset import labelled_cases, load_dataset
+    from ..metrics import summarize
+    from ..model_store import load_model
+    from ..training import resolve_device
+
+    if args.locator and args.no_center:
+        raise InputError("--no-center (sliding window) and --locator (located centre) exclude each other")
+    cases = labelled_cases(load_dataset(args.data), args.section, "to evaluate")
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    locator = _load_locator(args.locator, device) if args.locator else None
+    pred_dir = Path(args.predictions) if args.predictions else None
+    figures_dir = Path(args.figures) if args.figures else None
+    rows = _evaluate_cases(
+        model, cases, not args.no_center, args.precision, pred_dir, locator, figures_dir, args.mc_samples
+    )
+    summary = summarize(rows)
+    _print_summary(summary, EVALUATE_KEYS)
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {
+                "model": str(model.path),
+                "data": str(args.data),
+                "section": args.section,
+                "cases": rows,
+                "summary": summary,
+            },
+        )
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="segment labelled cases and report Dice, Jaccard, HD95, ASD")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="dataset.json")
+    p.add_argument("--section", choices=("test", "training"), default="test")
+    p.add_argument("--no-center", action="store_true", help="ignore centre points: sliding window")
+    p.add_argument(
+        "--locator", help="segment from the centre this DQN locator finds; report its localisation error"
+    )
+    p.add_argument("--json", help="write per-case metrics and the summary here")
+    p.add_argument("--predictions", help="write the segmentations into this folder")
+    p.add_argument(
+        "--figures", help="write a PNG per case into this folder: slices through the centre, contours"
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=_AMOUNT,
+        default=0,
+        help="Monte-Carlo passes for an uncertainty map, drawn in the figures (default 0: none)",
+    )
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--device", type=_device, default="auto")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,218 @@
+"""``semisupseg train-locator`` and ``locate``: the DQN instrument locator on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..errors import InputError
+from .arguments import _AMOUNT, _COUNT, _POSITIVE, _PROBABILITY, _default, _device, _number, _scales
+from .train import _given, _resume_folder, _resumed_config, _run_trainer, _unless
+
+
+def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~SemiSupSegLib.locator.train.LocatorTrainConfig` fields given on the command line."""
+    return _given(
+        {
+            "data": list(args.data) if args.data else None,
+            "steps": args.steps,
+            "agents": args.agents,
+            "batch": args.batch,
+            "lr": args.lr,
+            "gamma": args.gamma,
+            "double": _unless(args.no_double),
+            "augment": _unless(args.no_augment),
+            "dueling": _unless(args.no_dueling),
+            "all_actions": args.all_actions,
+            "keep_best": _unless(args.keep_last),
+            "grid": args.grid,
+            "crop": args.crop,
+            "scales": args.scales,
+            "levels": args.levels,
+            "context": args.context,
+            "width": args.width,
+            "memory": args.memory,
+            "starts": args.starts,
+            "val_cases": args.val_cases,
+            "val_every": args.val_every,
+            "checkpoint_every": args.checkpoint_every,
+            "seed": args.seed,
+            "device": args.device,
+            "name": args.name,
+            "description": args.description,
+        }
+    )
+
+
+def cmd_train_locator(args: argparse.Namespace) -> int:
+    from ..locator.store import locators_dir
+    from ..locator.train import LocatorTrainConfig, LocatorTrainer
+
+    fields = _locator_fields(args)
+    if args.resume:
+        config = _resumed_config(args, LocatorTrainer.stored_config(_resume_folder(args)), fields)
+    elif "data" not in fields:
+        raise InputError("train-locator needs --data dataset.json (cases with a 'center')")
+    else:
+        name = args.name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}"
+        config = LocatorTrainConfig(out=args.out or str(locators_dir() / name), **fields)
+    return _run_trainer(args, LocatorTrainer, config, "locator")
+
+
+def cmd_locate(args: argparse.Namespace) -> int:
+    from ..imageio import lps_to_ras, read_image
+    from ..locator import load_locator, locate
+    from ..training import resolve_device
+
+    locator = load_locator(args.locator, resolve_device(args.device))
+    found = locate(locator, read_image(args.input), starts=args.starts)
+    if args.json:
+        record = {
+            "input": str(args.input),
+            "locator": str(locator.path),
+            "point_lps": list(found.point_lps),
+            "point_ras": list(lps_to_ras(found.point_lps)),
+            "index_xyz": list(found.index_xyz),
+            "q_value": found.q_value,
+            "seconds": found.seconds,
+        }
+        print(json.dumps(record))
+        return 0
+    fmt = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
+    print(f"point (LPS mm): {fmt(found.point_lps)}")
+    print(f"point (RAS mm): {fmt(lps_to_ras(found.point_lps))}")
+    print(f"voxel (x, y, z): {fmt(found.index_xyz)}")
+    print(f"confidence (final Q): {found.q_value:.4f}  ({found.seconds:.2f} s)")
+    return 0
+
+
+def _load_locator(name: str, device):
+    from ..locator import load_locator
+
+    return load_locator(name, device)
+
+
+def _locate_for_segmentation(locator_name: str, image, device) -> tuple[float, float, float]:
+    from ..locator import load_locator, locate
+
+    found = locate(load_locator(locator_name, device), image)
+    point = ", ".join(f"{v:.2f}" for v in found.point_lps)
+    print(f"located the instrument at ({point}) LPS mm (Q {found.q_value:.3f}, {found.seconds:.2f} s)")
+    return found.point_lps
+
+
+def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, float]]:
+    """Locate the instrument; the row has the error to the case's centre (if any) in voxels and mm."""
+    import numpy as np
+
+    from ..locator import locate
+    from ..locator.locate import grid_index_of
+    from ..metrics import localisation_error
+
+    found = locate(locator, image)
+    row = {"loc_q": found.q_value, "loc_seconds": found.seconds}
+    if case.center is not None:
+        error = localisation_error(found.point_lps, case.center, image.GetSpacing())
+        true_grid = grid_index_of(locator, image, case.center)
+        row.update(
+            loc_mm=error["mm"],
+            loc_vox=error["vox"],
+            loc_grid_vox=float(np.linalg.norm(np.subtract(found.grid_index_zyx, true_grid))),
+        )
+    return row, found.point_lps
+
+
+def _add_train_locator(sub) -> None:
+    from ..locator.train import LocatorTrainConfig as C
+
+    p = sub.add_parser(
+        "train-locator",
+        help="train a DQN locator of the instrument centre from centre points",
+        description="Train a DQN locator. --resume works as for train: only --steps may change.",
+    )
+    p.add_argument(
+        "--data",
+        action="append",
+        help="dataset.json whose training/unlabeled cases have a 'center' (repeatable)",
+    )
+    p.add_argument("--out", help="locator folder to write (default: the locators folder / NAME)")
+    p.add_argument("--name", help="locator name (default: the folder name)")
+    p.add_argument("--description")
+    p.add_argument(
+        "--steps", type=_COUNT, help=f"agent steps, one replay update each ({_default(C, 'steps')})"
+    )
+    p.add_argument("--agents", type=_COUNT, help=f"episodes run in parallel ({_default(C, 'agents')})")
+    p.add_argument("--batch", type=_COUNT, help=f"replay batch ({_default(C, 'batch')})")
+    p.add_argument("--lr", type=_POSITIVE, help=_default(C, "lr"))
+    p.add_argument("--gamma", type=_PROBABILITY, help=_default(C, "gamma"))
+    p.add_argument(
+        "--no-double", action="store_true", default=None, help="plain DQN targets instead of Double DQN"
+    )
+    p.add_argument(
+        "--no-augment", action="store_true", default=None, help="no mirroring of the volumes in x and y"
+    )
+    p.add_argument(
+        "--no-dueling",
+        action="store_true",
+        default=None,
+        help="one Q head instead of value + advantage heads",
+    )
+    p.add_argument(
+        "--all-actions",
+        action="store_true",
+        default=None,
+        help="TD targets for all 6 actions of each replayed state, not only the action taken (2x per step)",
+    )
+    p.add_argument(
+        "--keep-last",
+        action="store_true",
+        default=None,
+        help="write the last network, not the one of the best validation",
+    )
+    p.add_argument("--grid", type=_COUNT, help=f"volumes are resampled to GRID^3 ({_default(C, 'grid')})")
+    p.add_argument("--crop", type=_COUNT, help=f"odd crop size in voxels ({_default(C, 'crop')})")
+    p.add_argument("--scales", type=_scales, help=f"search steps, coarse to fine ({_default(C, 'scales')})")
+    p.add_argument(
+        "--levels",
+        choices=("box", "peak"),
+        help=f"what coarse crops sample: box-filtered volume, or running max of a band-pass "
+        f"({_default(C, 'levels')})",
+    )
+    p.add_argument(
+        "--context",
+        action="store_true",
+        default=None,
+        help="add the crop one scale coarser to the state (1 more channel)",
+    )
+    p.add_argument("--width", type=_COUNT, help=f"channels of the first convolution ({_default(C, 'width')})")
+    p.add_argument("--memory", type=_COUNT, help=f"replay capacity in transitions ({_default(C, 'memory')})")
+    p.add_argument(
+        "--starts",
+        type=_number(int, 1, 9),
+        help=f"agents per volume at inference, 1-9 ({_default(C, 'starts')})",
+    )
+    p.add_argument("--val-cases", type=_AMOUNT, help="cases held out (default 10%%)")
+    p.add_argument("--val-every", type=_COUNT, help=_default(C, "val_every"))
+    p.add_argument("--checkpoint-every", type=_COUNT, help=_default(C, "checkpoint_every"))
+    p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
+    p.add_argument("--device", type=_device, help=f"auto, cpu, cuda ({_default(C, 'device')})")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (only --steps may change)",
+    )
+    p.add_argument("--progress", choices=("human", "json", "none"), default="human")
+    p.set_defaults(func=cmd_train_locator)
+
+
+def _add_locate(sub) -> None:
+    p = sub.add_parser("locate", help="find the instrument centre point with a DQN locator")
+    p.add_argument("--locator", required=True, help="locator folder or name")
+    p.add_argument("--input", required=True)
+    p.add_argument(
+        "--starts", type=_number(int, 1, 9), default=None, help="agents (1-9; default: the locator's)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--device", type=_device, default="auto")
+    p.set_defaults(func=cmd_locate)

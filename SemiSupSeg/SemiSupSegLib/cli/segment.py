@@ -1,0 +1,110 @@
+"""``semisupseg segment``: one volume, with the panels' background protocol (``--progress json``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from .arguments import _COUNT, _PROBABILITY, _device, _image_output, _triple
+from .locator import _locate_for_segmentation
+
+
+def _read_center(args: argparse.Namespace):
+    if args.center is None:
+        return None
+    from ..imageio import ras_to_lps
+
+    return ras_to_lps(args.center) if args.ras else args.center
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """``semisupseg segment``; with ``--progress json`` the panels' background segmentation: the
+    protocol's ``started``, ``progress`` (``stage``, ``fraction``) and ``finished`` (``seconds``,
+    ``mode``, ``precision``, ``device``, ``outputs``: name -> file written) events on stdout."""
+    from ..imageio import read_image, write_image
+    from ..model_store import load_model
+    from ..training import resolve_device
+
+    reporter = args.reporter if args.progress == "json" else None
+    device = resolve_device(args.device)
+    center = _read_center(args)
+    if reporter:
+        mode = "roi" if center is not None or args.locator else "sliding-window"
+        summary = {"model": str(args.model), "device": str(device), "mode": mode}
+        reporter.emit("started", task="segmentation", summary=summary)
+        reporter.emit("progress", stage="load model", fraction=0.0)
+    model = load_model(args.model, device)
+    image = read_image(args.input)
+    if center is None and args.locator:
+        center = _locate_for_segmentation(args.locator, image, device)
+    result = _segment_reporting(args, model, image, center, str(device), reporter)
+    outputs = {"label": args.output, "probability": args.probability, "uncertainty": args.uncertainty}
+    outputs = {name: path for name, path in outputs.items() if path}
+    write_image(result.label, args.output)
+    if args.probability:
+        write_image(result.probability, args.probability)
+    if args.uncertainty:
+        write_image(result.uncertainty, args.uncertainty)
+    message = f"segmented {args.input} in {result.seconds:.2f} s ({result.mode}); wrote {args.output}"
+    if reporter:
+        reporter.emit(
+            "finished",
+            seconds=result.seconds,
+            mode=result.mode,
+            precision=result.precision,
+            device=str(device),
+            outputs=outputs,
+            message=message,
+        )
+    else:
+        print(message)
+    return 0
+
+
+def _segment_reporting(args: argparse.Namespace, model, image, center, device: str, reporter):
+    """:func:`~.inference.segment` with its stages sent to ``reporter`` (when given); running out of
+    memory becomes one line of advice (:func:`~.slicer_bridge.user_message`)."""
+    from ..inference import segment
+    from ..slicer_bridge import is_out_of_memory, user_message
+
+    def progress(stage: str, fraction: float) -> None:
+        reporter.emit("progress", stage=stage, fraction=float(fraction))
+
+    try:
+        return segment(
+            model,
+            image,
+            center,
+            mc_samples=args.mc_samples if args.uncertainty else 0,
+            precision=args.precision,
+            threshold=args.threshold,
+            progress=progress if reporter else None,
+        )
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise InputError(user_message(exc, device)) from exc
+
+
+def _add_segment(sub) -> None:
+    p = sub.add_parser("segment", help="segment the instrument in one volume")
+    p.add_argument("--model", required=True, help="model folder or name")
+    p.add_argument("--input", required=True)
+    p.add_argument(
+        "--output", required=True, type=_image_output, help="label file to write (.nrrd, .nii.gz, .mha)"
+    )
+    p.add_argument("--center", type=_triple(float, "x,y,z"), help="instrument centre x,y,z in LPS mm")
+    p.add_argument("--ras", action="store_true", help="--center is in RAS (Slicer) instead of LPS")
+    p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
+    p.add_argument("--probability", type=_image_output, help="also write the foreground probability")
+    p.add_argument(
+        "--uncertainty", type=_image_output, help="also write the Monte-Carlo uncertainty (entropy)"
+    )
+    p.add_argument("--mc-samples", type=_COUNT, default=8, help="Monte-Carlo passes for --uncertainty (8)")
+    p.add_argument("--threshold", type=_PROBABILITY, default=0.5)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--device", type=_device, default="auto")
+    p.add_argument(
+        "--progress", choices=("human", "json", "none"), default="human", help="json: protocol events"
+    )
+    p.set_defaults(func=cmd_segment)

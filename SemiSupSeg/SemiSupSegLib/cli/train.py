@@ -1,0 +1,211 @@
+"""``semisupseg train``: train or fine-tune a segmentation model, new or resumed (shared with the locator)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from .arguments import _AMOUNT, _COUNT, _POSITIVE, _default, _device, _method_option, _number, _shown, _triple
+
+# Config fields whose flag is not ``--`` + the field's name.
+_FLAGS = {
+    "patch_size": "--patch",
+    "augment": "--no-augment",
+    "method_options": "--option",
+    "double": "--no-double",
+    "dueling": "--no-dueling",
+    "keep_best": "--keep-last",
+}
+
+
+def _given(fields: dict[str, object]) -> dict[str, object]:
+    """The config fields given on the command line: argparse leaves every other one ``None``."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _unless(flag: bool | None) -> bool | None:
+    """The config value of a ``--no-X`` flag: False when given, None (the config's default) when not."""
+    return None if flag is None else not flag
+
+
+def _train_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The :class:`~SemiSupSegLib.training.TrainConfig` fields given on the command line."""
+    return _given(
+        {
+            "data": args.data,
+            "method": args.method,
+            "steps": args.steps,
+            "batch": args.batch,
+            "patch_size": args.patch,
+            "width": args.width,
+            "dropout": args.dropout,
+            "lr": args.lr,
+            "seed": args.seed,
+            "val_cases": args.val_cases,
+            "val_every": args.val_every,
+            "checkpoint_every": args.checkpoint_every,
+            "target_spacing": args.target_spacing,
+            "translation": args.translation,
+            "augment": _unless(args.no_augment),
+            "device": args.device,
+            "precision": args.precision,
+            "init": args.init,
+            "name": args.name,
+            "description": args.description,
+            "method_options": dict(args.option) if args.option else None,
+        }
+    )
+
+
+def _same(field: str, given: object, stored: object) -> bool:
+    """Whether a flag's value equals the stored configuration's (tuples and lists alike)."""
+    if field == "data":  # paths: the same file however it is written
+        as_list = lambda v: [v] if isinstance(v, str) else list(v)  # noqa: E731
+        return [Path(p).resolve() for p in as_list(given)] == [Path(p).resolve() for p in as_list(stored)]
+    return json.loads(json.dumps(given)) == json.loads(json.dumps(stored))
+
+
+def _resume_folder(args: argparse.Namespace) -> str:
+    if not args.out:
+        raise InputError("--resume needs --out, the folder of the interrupted run")
+    return args.out
+
+
+def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object]):
+    """The stored configuration of the run in ``--out`` with ``--steps`` applied.
+
+    ``--steps`` extends or shortens the run (not below the step the checkpoint reached); any other flag
+    given with a value other than the stored one is refused, naming it.
+    """
+    from ..checkpoints import checkpoint_path, read_checkpoint
+
+    differing = [
+        f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {_shown(v)} (stored: {_shown(getattr(stored, k))})"
+        for k, v in fields.items()
+        if k != "steps" and not _same(k, v, getattr(stored, k))
+    ]
+    if differing:
+        raise InputError(
+            f"--resume continues the run in {args.out} as it was configured; only --steps may change, "
+            f"but {', '.join(differing)} differ from it"
+        )
+    steps = fields.get("steps", stored.steps)
+    if steps < stored.steps:
+        done = int(read_checkpoint(checkpoint_path(args.out))["step"])
+        if steps < done:
+            raise InputError(
+                f"--steps {steps} is below step {done}, where the checkpoint in {args.out} stands"
+            )
+    return dataclasses.replace(stored, steps=steps, out=str(args.out))
+
+
+def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
+    """A new run's configuration: the flags given, the dataclass's defaults for the others."""
+    from ..dataset import labelled_cases, load_dataset
+    from ..model_store import models_dir, resolve_model
+    from ..training import TrainConfig
+
+    if "data" not in fields:
+        raise InputError("train needs --data dataset.json")
+    if "init" in fields:
+        resolve_model(fields["init"])
+    labelled_cases(load_dataset(fields["data"], validate=False), "training", "to train on")
+    method = fields.get("method", TrainConfig.method)
+    out = args.out or str(models_dir() / (args.name or f"{method}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    return TrainConfig(out=out, **fields)
+
+
+def _run_trainer(args: argparse.Namespace, trainer_cls, config, what: str) -> int:
+    """Shared by ``train`` and ``train-locator``: run a checked configuration, new or resumed."""
+    folder = trainer_cls(config, args.reporter).run(resume=args.resume)
+    if args.progress != "json":
+        print(f"{what} written to {folder}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..methods import get_method
+    from ..training import TrainConfig, Trainer
+
+    fields = _train_fields(args)
+    stored = Trainer.stored_config(_resume_folder(args)) if args.resume else None
+    method = get_method(fields.get("method") or (stored.method if stored else TrainConfig.method))
+    if "method_options" in fields:
+        fields["method_options"] = method.parse_options(fields["method_options"])
+    config = _resumed_config(args, stored, fields) if stored else _new_train_config(args, fields)
+    return _run_trainer(args, Trainer, config, "model")
+
+
+TRAIN_HELP = """Train a segmentation model, or continue an interrupted run with --resume.
+
+--resume continues the run in --out exactly as it was configured (read from its checkpoint). --steps
+may change its length: more steps extend it, fewer shorten it, but not below the step its checkpoint
+reached; schedules that scale with the run length (learning-rate decay, ramps without an explicit
+option) follow the new length from there on. Any other flag given with --resume must repeat the stored
+value: a different one is refused and named.
+"""
+
+
+def _add_train(sub) -> None:
+    from ..methods import METHODS
+    from ..training import TrainConfig as C
+
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a segmentation model",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", help="dataset.json (training + unlabeled sections)")
+    p.add_argument("--method", choices=sorted(METHODS), help=_default(C, "method"))
+    p.add_argument("--out", help="model folder to write (default: the models folder / NAME)")
+    p.add_argument("--name", help="model name (default: the folder name)")
+    p.add_argument("--description")
+    p.add_argument("--steps", type=_COUNT, help=f"training steps ({_default(C, 'steps')})")
+    p.add_argument(
+        "--batch", type=_COUNT, help=f"labelled patches per step, as many unlabelled ({_default(C, 'batch')})"
+    )
+    p.add_argument(
+        "--patch",
+        type=_triple(int, "z,y,x", positive=True),
+        help=f"patch size z,y,x ({_default(C, 'patch_size')})",
+    )
+    p.add_argument(
+        "--width", type=_POSITIVE, help=f"channel width multiplier, 1.0 = paper ({_default(C, 'width')})"
+    )
+    p.add_argument("--dropout", type=_number(float, 0.0, 1.0, high_open=True), help=_default(C, "dropout"))
+    p.add_argument("--lr", type=_POSITIVE, help="learning rate (default: the method's)")
+    p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
+    p.add_argument("--val-cases", type=_AMOUNT, help="labelled cases held out (default 20%%)")
+    p.add_argument("--val-every", type=_COUNT, help=_default(C, "val_every"))
+    p.add_argument("--checkpoint-every", type=_COUNT, help=_default(C, "checkpoint_every"))
+    p.add_argument(
+        "--target-spacing",
+        type=_triple(float, "x,y,z", positive=True),
+        help="x,y,z mm (default: median spacing of the training images)",
+    )
+    p.add_argument(
+        "--translation",
+        type=_AMOUNT,
+        help=f"random shift of patches around the centre, voxels ({_default(C, 'translation')})",
+    )
+    p.add_argument("--no-augment", action="store_true", default=None)
+    p.add_argument("--device", type=_device, help=f"auto, cpu, cuda ({_default(C, 'device')})")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "auto"),
+        help=f"bf16 autocast halves a CPU step on CPUs with AVX512-BF16/AMX ({_default(C, 'precision')})",
+    )
+    p.add_argument("--init", help="fine-tune from this model (folder or name)")
+    p.add_argument("--option", type=_method_option, action="append", help="method option KEY=VALUE")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (only --steps may change)",
+    )
+    p.add_argument("--progress", choices=("human", "json", "none"), default="human")
+    p.set_defaults(func=cmd_train)
