@@ -16,9 +16,24 @@ Pipeline (see :func:`segment`):
    (1 - background) is resampled linearly onto exactly the input's grid (0 outside the region) and
    thresholded into the label.
 
-Optional Monte-Carlo dropout uncertainty: dropout active, BatchNorm in eval, input noise
-``clamp(N(0, 0.1^2), -0.2, 0.2)``; the T passes run as one batched forward (chunked only above a memory
-budget); the uncertainty is the predictive entropy ``-sum_c P log(P + 1e-6)`` of the mean softmax.
+Optional uncertainty map, by one of :data:`UNCERTAINTY_METHODS` (issue 20; measured side by side by
+``benchmarks/uncertainty.py``). Every method runs in the same predictor as the deterministic probability
+(one sliding-window / region call returns both), its passes batched and chunked to at most
+:data:`UNCERTAINTY_MEMORY_BUDGET_BYTES` of activations per forward:
+
+- ``mc-dropout``: Monte-Carlo dropout as before issue 20 (dropout active, BatchNorm in eval, input noise
+  ``clamp(N(0, 0.1^2), -0.2, 0.2)``, T full passes); the predictive entropy ``-sum_c P log(P + 1e-6)`` of
+  the mean softmax. Reproducible: the passes draw from torch's generator seeded with ``uncertainty_seed``.
+- ``decoder-mc``: the encoder runs once without dropout and its features are reused by T decoder passes
+  with dropout (plus the deterministic decoder pass, which gives the probability); entropy of the MC mean.
+- ``last-block-mc``: everything up to the last 3^3 convolution block runs once; T passes of that block
+  (its dropout) and the 1x1 head; entropy of the MC mean.
+- ``flips``: test-time flips (identity, then all three axes, x, y, z, ...; at most 8); entropy of the
+  mean softmax over the flipped passes, each flipped back.
+- ``entropy``: the entropy of the deterministic mean softmax (for a two-network model: the entropy of the
+  networks' mean); no extra pass.
+- ``disagreement``: two-network models: total-variation distance ``0.5 sum_c |P_a - P_b|`` between the
+  networks' softmax (mean over pairs); no extra pass.
 
 Precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"``: :data:`AUTO_PRECISION` for the device when it
 supports bfloat16, else fp32. The convolutions run in ``channels_last_3d`` memory format where
@@ -49,8 +64,12 @@ from .preprocessing import Preprocessing, check_resampled_size
 __all__ = [
     "AUTO_CHANNELS_LAST",
     "AUTO_PRECISION",
+    "DEFAULT_UNCERTAINTY",
     "MEMORY_BUDGET_BYTES",
     "SegmentationResult",
+    "UNCERTAINTY_MEMORY_BUDGET_BYTES",
+    "UNCERTAINTY_METHODS",
+    "UncertaintyMethod",
     "bf16_supported",
     "entropy",
     "foreground_probability",
@@ -64,6 +83,7 @@ __all__ = [
     "roi_start",
     "segment",
     "to_input_grid",
+    "uncertainty_method",
     "use_channels_last",
 ]
 
@@ -75,6 +95,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 AUTO_PRECISION = {"cpu": "bf16", "cuda": "bf16"}
 AUTO_CHANNELS_LAST = {"cpu": True, "cuda": False}
 MEMORY_BUDGET_BYTES = 3 * 1024**3
+# Activations of one chunk of uncertainty passes: one full-width 96^3 region pass (about 0.9 GB in bf16 by
+# _bytes_per_patch) per chunk, so the passes add no more than the plain pass to the peak (issue 20: the
+# former single batch of T = 8 passes peaked at 3.9 GB against the 2 GB inference budget).
+UNCERTAINTY_MEMORY_BUDGET_BYTES = 1024**3
 MC_NOISE_STD = 0.1
 MC_NOISE_CLIP = 0.2
 ENTROPY_EPS = 1e-6
@@ -94,6 +118,7 @@ class SegmentationResult:
     center: tuple[float, float, float] | None
     seconds: float
     precision: str = "fp32"
+    uncertainty_method: str | None = None
 
 
 # --------------------------------------------------------------------------- precision and layout
@@ -325,6 +350,212 @@ def foreground_probability(probabilities: torch.Tensor) -> torch.Tensor:
     return (1.0 - probabilities[:, 0]).clamp_(0.0, 1.0)
 
 
+# --------------------------------------------------------------------------- uncertainty estimators
+
+
+def _tile(x: torch.Tensor, repeats: int, layout: torch.memory_format) -> torch.Tensor:
+    """``x`` repeated ``repeats`` times along the batch axis (pass-major), in ``layout``."""
+    tiled = x.repeat(repeats, *([1] * (x.dim() - 1))) if repeats > 1 else x
+    return tiled.contiguous(memory_format=layout)
+
+
+def _passes_per_chunk(ctx: _Context, batch: torch.Tensor) -> int:
+    """How many uncertainty passes of ``batch`` fit one forward within the uncertainty memory budget."""
+    per_pass = batch.shape[0] * _bytes_per_patch(ctx.nets, int(np.prod(batch.shape[2:])), ctx.precision)
+    return max(1, int(ctx.uncertainty_budget // per_pass))
+
+
+def _pass_chunks(passes: int, per_chunk: int) -> Iterator[range]:
+    """Consecutive ranges of pass indices, ``per_chunk`` passes each (the last one shorter)."""
+    for first in range(0, passes, per_chunk):
+        yield range(first, min(passes, first + per_chunk))
+
+
+def _sum_over_passes(probs: torch.Tensor, count: int) -> torch.Tensor:
+    """Sum of ``[count * B, K, ...]`` pass-major probabilities over the passes: ``[B, K, ...]``."""
+    return probs.reshape(count, probs.shape[0] // count, *probs.shape[1:]).sum(dim=0)
+
+
+def _network_probabilities(ctx: _Context, batch: torch.Tensor) -> list[torch.Tensor]:
+    """Deterministic softmax of each inference network (eval state is the caller's)."""
+    return [
+        _mean_probabilities([net], batch, ctx.precision, ctx.chunk, 1, ctx.channels_last) for net in ctx.nets
+    ]
+
+
+def _plain_entropy(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``entropy``: the deterministic mean softmax, twice (its entropy is taken after blending)."""
+    plain = ctx.probabilities(batch)
+    return plain, plain
+
+
+def _disagreement(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``disagreement``: mean softmax and ``[B, 1, ...]`` total-variation distance, mean over pairs."""
+    probs = _network_probabilities(ctx, batch)
+    pairs = [(a, b) for i, a in enumerate(probs) for b in probs[i + 1 :]]
+    distance = sum(0.5 * (a - b).abs().sum(dim=1, keepdim=True) for a, b in pairs) / len(pairs)
+    return torch.stack(probs).mean(dim=0), distance
+
+
+def _mc_dropout(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mc-dropout``: deterministic mean softmax and the mean of T noisy full dropout passes."""
+    plain = ctx.probabilities(batch)
+    mc = _mc_mean(ctx.nets, batch, ctx.passes, None, ctx.precision, ctx.uncertainty_budget, ctx.channels_last)
+    return plain, mc
+
+
+FLIPS: tuple[tuple[int, ...], ...] = ((), (2, 3, 4), (4,), (3,), (2,), (3, 4), (2, 4), (2, 3))
+"""Axes of a ``[B, C, Z, Y, X]`` tensor flipped in test-time-flip pass t (pass 0 is the identity)."""
+
+
+def _flips(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``flips``: deterministic mean softmax and the mean over the first T :data:`FLIPS`, flipped back.
+
+    Pass 0 (the identity) is the deterministic pass itself; the others run batched, chunked by passes.
+    """
+    plain = ctx.probabilities(batch)
+    total = plain.clone()
+    for passes in _pass_chunks(ctx.passes - 1, _passes_per_chunk(ctx, batch)):
+        axes = [FLIPS[1 + t] for t in passes]
+        flipped = torch.cat([batch.flip(dims) for dims in axes])
+        probs = _mean_probabilities(ctx.nets, flipped, ctx.precision, len(flipped), 1, ctx.channels_last)
+        for i, dims in enumerate(axes):
+            total += probs[i * batch.shape[0] : (i + 1) * batch.shape[0]].flip(dims)
+    return plain, total / ctx.passes
+
+
+def _check_compact_unet(net: nn.Module, method: str) -> None:
+    parts = ("enc1", "enc2", "enc3", "pool", "up2", "dec2", "up1", "dec1", "head")
+    if not all(hasattr(net, part) for part in parts):
+        raise ModelError(
+            f"uncertainty method {method!r} needs Compact-UNet networks (enc1 ... head); "
+            f"{type(net).__name__} has no such parts: use --uncertainty-method mc-dropout"
+        )
+
+
+def _decoder_input(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The encoder (seed 000, Table I) up to the first decoder block's input: ``(cat(up2(e3), e2), e1)``."""
+    e1 = net.enc1(x)
+    e2 = net.enc2(net.pool(e1))
+    e3 = net.enc3(net.pool(e2))
+    return torch.cat([net.up2(e3), e2], dim=1), e1
+
+
+def _decoder_output(net: nn.Module, state: tuple, repeats: int, layout) -> torch.Tensor:
+    """Logits of ``repeats`` decoder passes (pass-major) from :func:`_decoder_input`'s state."""
+    u2, e1 = state
+    d2 = net.dec2(_tile(u2, repeats, layout))
+    return net.head(net.dec1(torch.cat([net.up1(d2), _tile(e1, repeats, layout)], dim=1)))
+
+
+def _last_block_input(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Everything before the last 3^3 block (``dec1[1]``, whose dropout comes first): its input."""
+    u2, e1 = _decoder_input(net, x)
+    d2 = net.dec2(u2)
+    return (net.dec1[0](torch.cat([net.up1(d2), e1], dim=1)),)
+
+
+def _last_block_output(net: nn.Module, state: tuple, repeats: int, layout) -> torch.Tensor:
+    """Logits of ``repeats`` passes of the last 3^3 block and the 1x1 head."""
+    return net.head(net.dec1[1](_tile(state[0], repeats, layout)))
+
+
+def _split_mc(ctx: _Context, batch: torch.Tensor, stem: Callable, tail: Callable, method: str):
+    """Deterministic mean softmax and the mean of T dropout passes of the network's tail only.
+
+    The stem runs once per network without dropout; its output feeds the deterministic tail pass (the
+    probability, identical to the plain forward) and T tail passes with dropout, chunked by passes. No input
+    noise: the stem, where the noise would act, is shared by the passes.
+    """
+    layout = torch.channels_last_3d if ctx.channels_last else torch.contiguous_format
+    per_chunk = _passes_per_chunk(ctx, batch)
+    plain, mc = 0.0, 0.0
+    for net in ctx.nets:
+        _check_compact_unet(net, method)
+        with _autocast(ctx.precision, batch.device):
+            with _inference_state([net], mc_dropout=False):
+                state = stem(net, batch.contiguous(memory_format=layout))
+                plain = plain + torch.softmax(tail(net, state, 1, layout).float(), dim=1)
+            with _inference_state([net], mc_dropout=True):
+                for passes in _pass_chunks(ctx.passes, per_chunk):
+                    logits = tail(net, state, len(passes), layout)
+                    mc = mc + _sum_over_passes(torch.softmax(logits.float(), dim=1), len(passes))
+    return plain / len(ctx.nets), mc / (len(ctx.nets) * ctx.passes)
+
+
+def _decoder_mc(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decoder-mc``: the encoder once, T decoder passes with dropout (:func:`_split_mc`)."""
+    return _split_mc(ctx, batch, _decoder_input, _decoder_output, "decoder-mc")
+
+
+def _last_block_mc(ctx: _Context, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``last-block-mc``: all but the last 3^3 block once, T passes of that block (:func:`_split_mc`)."""
+    return _split_mc(ctx, batch, _last_block_input, _last_block_output, "last-block-mc")
+
+
+def _first_channel(extra: torch.Tensor) -> torch.Tensor:
+    return extra[:, 0].float()
+
+
+@dataclass(frozen=True)
+class UncertaintyMethod:
+    """One uncertainty estimator: how to predict, and how the blended prediction becomes the map.
+
+    ``predict(ctx, batch)`` returns the deterministic mean softmax ``[B, K, ...]`` and the method's
+    extra channels; ``to_map(extra)`` (after blending) gives the ``[B, Z, Y, X]`` uncertainty.
+    """
+
+    name: str
+    passes: int
+    min_networks: int
+    predict: Callable
+    to_map: Callable = entropy
+    max_passes: int | None = None
+    summary: str = ""
+
+
+UNCERTAINTY_METHODS: dict[str, UncertaintyMethod] = {
+    m.name: m
+    for m in (
+        UncertaintyMethod("mc-dropout", 8, 1, _mc_dropout, summary="T full MC-dropout passes, input noise"),
+        UncertaintyMethod("decoder-mc", 8, 1, _decoder_mc, summary="encoder once, T decoder dropout passes"),
+        UncertaintyMethod(
+            "last-block-mc", 8, 1, _last_block_mc, summary="all but the last block once, T passes of it"
+        ),
+        UncertaintyMethod("flips", 4, 1, _flips, max_passes=len(FLIPS), summary="T test-time flips"),
+        UncertaintyMethod("entropy", 0, 1, _plain_entropy, summary="entropy of the plain prediction"),
+        UncertaintyMethod(
+            "disagreement", 0, 2, _disagreement, _first_channel, summary="the networks' disagreement"
+        ),
+    )
+}
+DEFAULT_UNCERTAINTY = "mc-dropout"
+
+
+def uncertainty_method(name: str | None, networks: int = 1) -> UncertaintyMethod:
+    """The estimator called ``name`` (``None``: :data:`DEFAULT_UNCERTAINTY`) for a model of ``networks``.
+
+    Args:
+        name: a key of :data:`UNCERTAINTY_METHODS`, or None.
+        networks: the model's number of inference networks.
+
+    Returns:
+        The method; raises :class:`InputError` for an unknown name or too few networks.
+    """
+    name = DEFAULT_UNCERTAINTY if name is None else name
+    if name not in UNCERTAINTY_METHODS:
+        raise InputError(
+            f"uncertainty method {name!r} is not one of {', '.join(UNCERTAINTY_METHODS)}"
+        )
+    method = UNCERTAINTY_METHODS[name]
+    if networks < method.min_networks:
+        raise InputError(
+            f"uncertainty method {name!r} needs a model with at least {method.min_networks} inference "
+            f"networks; this model has {networks}"
+        )
+    return method
+
+
 # --------------------------------------------------------------------------- geometry
 
 
@@ -451,19 +682,38 @@ class _Context:
     statistics: tuple[float, float, float, float]
     spacing: tuple[float, float, float]
     patch: tuple[int, int, int]
-    mc_samples: int
+    passes: int
     chunk: int
     channels_last: bool
+    uncertainty: UncertaintyMethod | None = None
+    uncertainty_seed: int = 0
+    uncertainty_budget: int = UNCERTAINTY_MEMORY_BUDGET_BYTES
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Deterministic mean softmax of the networks (call under ``inference_mode`` and eval state)."""
         return _mean_probabilities(self.nets, batch, self.precision, self.chunk, 1, self.channels_last)
 
-    def mc_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean softmax of the Monte-Carlo passes."""
-        return _mc_mean(
-            self.nets, batch, self.mc_samples, None, self.precision, MEMORY_BUDGET_BYTES, self.channels_last
-        )
+    def predict(self, batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The deterministic mean softmax, and the uncertainty method's extra channels when one is set."""
+        if self.uncertainty is None:
+            return self.probabilities(batch)
+        return self.uncertainty.predict(self, batch)
+
+    def outputs(self, predicted) -> tuple[np.ndarray, np.ndarray | None]:
+        """Foreground probability and uncertainty map ``[Z, Y, X]`` of one blended :meth:`predict`."""
+        if self.uncertainty is None:
+            return foreground_probability(predicted)[0].cpu().numpy(), None
+        probs, extra = predicted
+        uncertainty = self.uncertainty.to_map(extra)[0].cpu().numpy()
+        return foreground_probability(probs)[0].cpu().numpy(), uncertainty
+
+    @contextlib.contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Torch's generators seeded with ``uncertainty_seed`` for the passes, restored after."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.uncertainty_seed)
+            yield
 
     @property
     def background(self) -> float:
@@ -529,16 +779,9 @@ def _segment_roi(
     grid = roi_grid(image, center, ctx.spacing, region_size(image, ctx.spacing, ctx.patch, roi_patches))
     region = ctx.tensor(_resample_onto(image, grid, ctx.background))[None, None]
     progress("predict", 0.2)
-    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
-        probs = _region_probabilities(ctx, region, ctx.probabilities)
-    foreground = foreground_probability(probs)[0]
-    uncertainty = None
-    if ctx.mc_samples:
-        progress("uncertainty", 0.5)
-        with torch.no_grad():
-            mean = _region_probabilities(ctx, region, ctx.mc_probabilities)
-        uncertainty = entropy(mean)[0].cpu().numpy()
-    return foreground.cpu().numpy(), uncertainty, grid
+    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False), ctx.seeded():
+        predicted = _region_probabilities(ctx, region, ctx.predict)
+    return (*ctx.outputs(predicted), grid)
 
 
 def _sliding_window(ctx: _Context, volume: torch.Tensor, predictor: Callable, overlap: float) -> torch.Tensor:
@@ -562,22 +805,63 @@ def _segment_whole(
     grid = ctx.preprocessing.resample(image)
     volume = ctx.tensor(sitk.GetArrayViewFromImage(grid))
     progress("predict", 0.2)
+    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False), ctx.seeded():
+        predicted = _sliding_window(ctx, volume, ctx.predict, overlap)
+    return (*ctx.outputs(predicted), grid)
 
-    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
-        probs = _sliding_window(ctx, volume, ctx.probabilities, overlap)
-    foreground = foreground_probability(probs)[0]
-    uncertainty = None
-    if ctx.mc_samples:
-        progress("uncertainty", 0.5)
-        with torch.no_grad():
-            mean = _sliding_window(ctx, volume, ctx.mc_probabilities, overlap)
-        uncertainty = entropy(mean)[0].cpu().numpy()
-    return foreground.cpu().numpy(), uncertainty, grid
+
+def predict_uncertainty(
+    networks: Sequence[nn.Module],
+    batch: torch.Tensor,
+    method: str | None = None,
+    passes: int = 0,
+    *,
+    seed: int = 0,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    memory_budget: int = UNCERTAINTY_MEMORY_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic mean softmax and uncertainty map of ``method`` on ``batch``, as :func:`segment` does.
+
+    Args:
+        networks: the inference networks (left in the state they were in).
+        batch: ``[B, C, Z, Y, X]`` normalised input.
+        method: a key of :data:`UNCERTAINTY_METHODS` (None: :data:`DEFAULT_UNCERTAINTY`).
+        passes: the method's passes (0: its default).
+        seed: seeds torch's generators for the passes (restored after).
+        precision: "fp32", "bf16" or "auto".
+        channels_last: convolution layout (None: the device's measured default).
+        memory_budget: activation bytes of one chunk of passes.
+
+    Returns:
+        ``[B, K, Z, Y, X]`` float32 probabilities and the ``[B, Z, Y, X]`` uncertainty.
+    """
+    _check_batch(batch)
+    chosen = uncertainty_method(method, len(networks))
+    precision = resolve_precision(precision, batch.device)
+    channels_last = use_channels_last(batch.device, channels_last)
+    nets = _prepare_networks(networks, channels_last)
+    ctx = _Context(
+        nets, batch.device, precision, Preprocessing(), (0.0, 1.0, 0.0, 1.0), (1.0, 1.0, 1.0),
+        tuple(batch.shape[2:]), _passes(chosen, int(passes)),
+        _chunk_size(nets, batch[:1], precision, MEMORY_BUDGET_BYTES), channels_last, chosen, int(seed),
+        int(memory_budget),
+    )  # fmt: skip
+    with torch.inference_mode(), _inference_state(nets, mc_dropout=False), ctx.seeded():
+        probs, extra = ctx.predict(batch)
+    return probs, chosen.to_map(extra)
 
 
 def _make_context(
-    model: LoadedModel, image: sitk.Image, precision: str, mc_samples: int, channels_last: bool | None
+    model: LoadedModel,
+    image: sitk.Image,
+    precision: str,
+    mc_samples: int,
+    channels_last: bool | None,
+    uncertainty: UncertaintyMethod | None = None,
+    uncertainty_seed: int = 0,
 ) -> _Context:
+    """What both modes need; ``mc_samples`` (0: the method's default) is the uncertainty's passes."""
     patch = _check_patch_size(model)
     device = torch.device(model.device)
     precision = resolve_precision(precision, device)
@@ -600,10 +884,29 @@ def _make_context(
         statistics,
         spacing,
         patch,
-        int(mc_samples),
+        _passes(uncertainty, int(mc_samples)),
         chunk,
         channels_last,
+        uncertainty,
+        int(uncertainty_seed),
     )
+
+
+def _passes(method: UncertaintyMethod | None, mc_samples: int) -> int:
+    """The passes of ``method``: ``mc_samples`` when given (> 0), else the method's default."""
+    if method is None or method.passes == 0:
+        return 0
+    passes = mc_samples or method.passes
+    if method.max_passes is not None and passes > method.max_passes:
+        raise InputError(f"uncertainty method {method.name!r} takes at most {method.max_passes} passes")
+    return passes
+
+
+def _wanted_uncertainty(model: LoadedModel, mc_samples: int, method: str | None) -> UncertaintyMethod | None:
+    """The uncertainty method to run: ``method``, or the default one when only ``mc_samples > 0`` asks."""
+    if method is None and int(mc_samples) == 0:
+        return None
+    return uncertainty_method(method, len(model.inference_networks))
 
 
 def segment(
@@ -618,16 +921,22 @@ def segment(
     overlap: float = 0.25,
     progress: ProgressCallback | None = None,
     channels_last: bool | None = None,
+    uncertainty_method: str | None = None,
+    uncertainty_seed: int = 0,
 ) -> SegmentationResult:
     """Segment ``image`` with ``model``; every output is on exactly the input's grid.
 
     With ``center`` (LPS mm, inside the volume): coarse-to-fine ``"roi"`` mode, a region of
     ``roi_patches`` x patch size voxels at the model's spacing around the point (no larger than the
     volume allows), predicted as one window without seams.
-    Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``mc_samples > 0`` adds the
-    Monte-Carlo entropy map (the probability stays the deterministic one). ``label`` is
+    Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``label`` is
     ``probability > threshold``. ``channels_last=None`` uses the measured default for the device.
-    ``progress(stage, fraction)`` is called at "preprocess", "predict", "uncertainty", "map back", "done".
+    ``progress(stage, fraction)`` is called at "preprocess", "predict", "map back", "done".
+
+    Uncertainty: with ``uncertainty_method`` (a key of :data:`UNCERTAINTY_METHODS`), or with
+    ``mc_samples > 0`` alone (then :data:`DEFAULT_UNCERTAINTY`), the result carries that method's map,
+    computed with ``mc_samples`` passes (0: the method's default) and torch's generator seeded with
+    ``uncertainty_seed``; the probability stays the deterministic one.
 
     Raises :class:`InputError` (bad image, point outside the volume, bad option) or :class:`ModelError`.
     """
@@ -636,7 +945,8 @@ def segment(
     _check_options(mc_samples, threshold, roi_patches, overlap)
     _check_image(image)
     report("preprocess", 0.0)
-    ctx = _make_context(model, image, precision, mc_samples, channels_last)
+    method = _wanted_uncertainty(model, mc_samples, uncertainty_method)
+    ctx = _make_context(model, image, precision, mc_samples, channels_last, method, uncertainty_seed)
     if center is not None:
         check_point_inside(image, center, what="centre point")
         center = tuple(float(c) for c in center)
@@ -657,4 +967,5 @@ def segment(
         center=center,
         seconds=time.perf_counter() - started,
         precision=ctx.precision,
+        uncertainty_method=method.name if method is not None else None,
     )
