@@ -36,6 +36,7 @@ def _evaluate_cases(
     locator=None,
     figures_dir: Path | None = None,
     mc_samples: int = 0,
+    uncertainty_method: str | None = None,
 ) -> list[dict]:
     import SimpleITK as sitk
 
@@ -50,7 +51,8 @@ def _evaluate_cases(
         located, center = {}, case.center if use_center else None
         if locator is not None:
             located, center = _localisation_row(locator, image, case)
-        result = segment(model, image, center, precision=precision, mc_samples=mc_samples)
+        options = {"mc_samples": mc_samples, "uncertainty_method": uncertainty_method}
+        result = segment(model, image, center, precision=precision, **options)
         pred = sitk.GetArrayViewFromImage(result.label) > 0
         ref = sitk.GetArrayViewFromImage(reference) > 0
         row = {"case": case.name, **segmentation_metrics(pred, ref, image.GetSpacing()[::-1])}
@@ -108,7 +110,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred_dir = Path(args.predictions) if args.predictions else None
     figures_dir = Path(args.figures) if args.figures else None
     rows = _evaluate_cases(
-        model, cases, not args.no_center, args.precision, pred_dir, locator, figures_dir, args.mc_samples
+        model,
+        cases,
+        not args.no_center,
+        args.precision,
+        pred_dir,
+        locator,
+        figures_dir,
+        args.mc_samples,
+        args.uncertainty_method,
     )
     summary = summarize(rows)
     _print_summary(summary, EVALUATE_KEYS)
@@ -145,7 +155,11 @@ def _add_evaluate(sub) -> None:
         "--mc-samples",
         type=_AMOUNT,
         default=0,
-        help="Monte-Carlo passes for an uncertainty map, drawn in the figures (default 0: none)",
+        help="passes for an uncertainty map, drawn in the figures (default 0: none)",
+    )
+    p.add_argument(
+        "--uncertainty-method",
+        help="estimator of that map (default: inference.DEFAULT_UNCERTAINTY; see semisupseg segment --help)",
     )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", type=_device, default="auto")

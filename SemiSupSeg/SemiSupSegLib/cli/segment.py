@@ -75,7 +75,8 @@ def _segment_reporting(args: argparse.Namespace, model, image, center, device: s
             model,
             image,
             center,
-            mc_samples=args.mc_samples if args.uncertainty else 0,
+            mc_samples=(args.mc_samples or 0) if args.uncertainty else 0,
+            uncertainty_method=_uncertainty_method(args),
             precision=args.precision,
             threshold=args.threshold,
             progress=progress if reporter else None,
@@ -84,6 +85,17 @@ def _segment_reporting(args: argparse.Namespace, model, image, center, device: s
         if not is_out_of_memory(exc):
             raise
         raise InputError(user_message(exc, device)) from exc
+
+
+def _uncertainty_method(args: argparse.Namespace) -> str | None:
+    """The estimator for ``--uncertainty`` (its default when unnamed); None without ``--uncertainty``."""
+    if not args.uncertainty:
+        return None
+    if args.uncertainty_method is None:
+        from ..inference import DEFAULT_UNCERTAINTY
+
+        return DEFAULT_UNCERTAINTY
+    return args.uncertainty_method
 
 
 def _add_segment(sub) -> None:
@@ -98,9 +110,18 @@ def _add_segment(sub) -> None:
     p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
     p.add_argument("--probability", type=_image_output, help="also write the foreground probability")
     p.add_argument(
-        "--uncertainty", type=_image_output, help="also write the Monte-Carlo uncertainty (entropy)"
+        "--uncertainty", type=_image_output, help="also write an uncertainty map (see --uncertainty-method)"
     )
-    p.add_argument("--mc-samples", type=_COUNT, default=8, help="Monte-Carlo passes for --uncertainty (8)")
+    p.add_argument(
+        "--uncertainty-method",
+        help="estimator for --uncertainty: mc-dropout (T full Monte-Carlo dropout passes, as before "
+        "issue 20), decoder-mc, last-block-mc, flips, entropy, disagreement (two-network models); "
+        "default: the one "
+        "measured best (inference.DEFAULT_UNCERTAINTY, see docs/BENCHMARKS.md)",
+    )
+    p.add_argument(
+        "--mc-samples", type=_COUNT, default=None, help="passes of the estimator (default: its own, 8 for MC)"
+    )
     p.add_argument("--threshold", type=_PROBABILITY, default=0.5)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", type=_device, default="auto")
