@@ -34,6 +34,7 @@ from SemiSupSegMRML.training import path_or_empty as _pathOrEmpty
 from SemiSupSegTrainingLib import engine as _engine
 from SemiSupSegTrainingLib.compare_section import CompareSection
 from SemiSupSegTrainingLib.data_section import DataSection
+from SemiSupSegTrainingLib.suggest_section import SuggestSection
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -114,9 +115,9 @@ class SemiSupSegTrainingParameterNode:
 
 
 class SemiSupSegTrainingWidget(
-    ScriptedLoadableModuleWidget, VTKObservationMixin, CompareSection, DataSection
+    ScriptedLoadableModuleWidget, VTKObservationMixin, CompareSection, DataSection, SuggestSection
 ):
-    """The panel; its data and compare sections are the mixins in ``SemiSupSegTrainingLib``."""
+    """The panel; its data, compare and suggest sections are the mixins in ``SemiSupSegTrainingLib``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -169,6 +170,7 @@ class SemiSupSegTrainingWidget(
         self.ui.makeDefaultButton.connect("clicked(bool)", self.onMakeDefault)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
 
+        self.setupSuggestSection()
         self.initializeParameterNode()
         self.populateMethods()
         self.populateModels()
@@ -396,6 +398,7 @@ class SemiSupSegTrainingWidget(
         tool = self.logic.jobs.get("tool")
         if tool is not None and tool.kind == "comparison" and tool.state.active:
             self.ui.resultLabel.text = f"comparing: {tool.state.status_text()}"
+        self.updateSuggestProgress()
         self.updateButtons()
 
     def onJobEnded(self, kind: str) -> None:
@@ -418,6 +421,8 @@ class SemiSupSegTrainingWidget(
             self.showEstimate(state)
         elif job.kind == "comparison":
             self.showComparison(state)
+        elif job.kind == "suggestion":
+            self.showSuggestions(state)
         if state.status == "error":
             self.ui.statusLabel.text = f"{job.kind}: {state.message}"
             if not slicer.app.testingEnabled():

@@ -1,9 +1,9 @@
 """The training panel's child-process commands and their environment (torch-free).
 
 ``[python, "-m", "SemiSupSegLib.cli", "train", ...]``, always an argument list, never a shell string
-(:func:`training_command`, :func:`resume_command`, :func:`locator_command`, :func:`tool_command`,
-:func:`cli_command`), and the child's environment (:func:`child_environment`: the engine on
-``PYTHONPATH``; CPU mode hides the GPUs with ``CUDA_VISIBLE_DEVICES=-1``).
+(:func:`training_command`, :func:`resume_command`, :func:`locator_command`, :func:`suggest_command`,
+:func:`tool_command`, :func:`cli_command`), and the child's environment (:func:`child_environment`: the
+engine on ``PYTHONPATH``; CPU mode hides the GPUs with ``CUDA_VISIBLE_DEVICES=-1``).
 """
 
 from __future__ import annotations
@@ -145,6 +145,21 @@ def locator_command(
     if checkpoint_every is not None:
         args += ["--checkpoint-every", str(int(checkpoint_every))]
     return cli_command(["train-locator"], [*args, "--progress", "json"], python)
+
+
+def suggest_command(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    device: str = "auto",
+    top: int | None = None,
+    python: str | None = None,
+) -> list[str]:
+    """``semisupseg suggest --json --progress json``: the unlabelled cases of ``data`` ranked by the
+    model's doubt; the ranking arrives in the ``finished`` event's ``result["ranking"]``."""
+    args = ["--model", str(model), "--data", str(data), "--device", device_argument(device)]
+    if top is not None:
+        args += ["--top", str(int(top))]
+    return cli_command(["suggest"], [*args, "--json", "--progress", "json"], python)
 
 
 def tool_command(subcommand: str, arguments: Sequence[str], python: str | None = None) -> list[str]:

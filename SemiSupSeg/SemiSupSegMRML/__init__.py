@@ -10,6 +10,9 @@ wheel, where ``Testing/mrml`` tests it. One module per concept:
 - :mod:`.pool` - writing the pool from nodes;
 - :mod:`.models` - which model the segmentation panel selects (honours the default model);
 - :mod:`.segmentation` - locate, segment in-process or in a child process, read its outputs back;
+- :mod:`.suggested` - load the next suggested (most doubted) unlabelled case with its centre, segment it;
+- :mod:`.refine` - "Refine here": the region around a point added to the result as a union, undoable;
+- :mod:`.overlay` - the uncertainty volume as a coloured slice overlay, legend, opacity, one-line summary;
 - :mod:`.training` - the training panel's child processes and the default model;
 - :mod:`.plots` - table and chart nodes of the training curves;
 - :mod:`.dependencies` - the one installer of torch/MONAI/SciPy for both panels.

@@ -25,7 +25,7 @@ from SemiSupSegLib.errors import InputError
 
 from .markups import center_lps, set_center_lps
 from .segments import import_results
-from .volumes import volume_to_image
+from .volumes import check_volume, volume_to_image
 
 MC_SAMPLES = 8
 MODULE_DIR = pathlib.Path(__file__).resolve().parents[1]  # holds SemiSupSegLib and SemiSupSegMRML
@@ -211,6 +211,29 @@ class SegmentationLogic:
         Returns:
             The :class:`SegmentationRequest`; ``execution`` is "in-process" or "background".
         """
+        check_volume(volume_node)  # named before the point is read in the volume's frame
+        return self.prepare_at(
+            volume_node,
+            center_lps(point_node, volume_node),
+            model_path,
+            device_choice,
+            probability=probability,
+            uncertainty=uncertainty,
+            force_background=force_background,
+        )
+
+    def prepare_at(
+        self,
+        volume_node,
+        center: tuple | None,
+        model_path: str,
+        device_choice: str = "Auto",
+        *,
+        probability: bool = False,
+        uncertainty: bool = False,
+        force_background: bool = False,
+    ) -> SegmentationRequest:
+        """:meth:`prepare` for a centre given as an LPS point in the volume's own frame (or None)."""
         from SemiSupSegLib.imageio import check_point_inside
         from SemiSupSegLib.model_store import resolve_model
 
@@ -218,7 +241,6 @@ class SegmentationLogic:
         if not model_path:
             raise InputError("no model is chosen; pick one in the Model section (or choose its folder)")
         model_folder = resolve_model(model_path)
-        center = center_lps(point_node, volume_node)
         if center is not None:
             check_point_inside(image, center, what="the centre point")
         voxels = int(np.prod(image.GetSize()))
@@ -245,6 +267,12 @@ class SegmentationLogic:
             self._models.clear()  # keep one model in memory
             self._models[key] = load_model(model_path, device)
         return self._models[key]
+
+    def loaded_model(self, model_path: str, device_choice: str = "Auto"):
+        """The model, loaded once and kept for the next call (segmentation, ranking, refine)."""
+        from SemiSupSegLib.model_store import resolve_model
+
+        return self._load_model(str(resolve_model(model_path)), self.resolve_device(device_choice))
 
     def run(self, request: SegmentationRequest, progress=None) -> dict:
         """Segment in this process.

@@ -76,7 +76,7 @@ class TrainingLogic:
     def __init__(self, process_factory=None, on_models_changed: Callable[[], None] | None = None) -> None:
         self.process_factory = process_factory or default_process_factory
         self.on_models_changed = on_models_changed
-        self.jobs: dict[str, Job] = {}  # "train" -> Job, "tool" -> Job
+        self.jobs: dict[str, Job] = {}  # "train", "tool", "suggest" -> Job
         self.log: Callable[[str], None] | None = None
 
     @staticmethod
@@ -233,6 +233,25 @@ class TrainingLogic:
         self._start(
             "tool", "comparison", engine.tool_command("compare", args, self.python_executable()), device
         )
+
+    def start_suggestion(self, pool, model, device="auto") -> None:
+        """Rank the pool's unlabelled cases by the model's doubt in a child (``semisupseg suggest``);
+        :meth:`ranking` reads the result once it finished."""
+        from SemiSupSegLib.train_commands import suggest_command
+
+        if not path_or_empty(pool):
+            raise ValueError("Choose the pool's dataset.json first.")
+        if not model:
+            raise ValueError("Choose the model that ranks the cases (the current model).")
+        args = suggest_command(model, pool, device, python=self.python_executable())
+        self._start("suggest", "suggestion", args, device)
+
+    def ranking(self) -> list[dict]:
+        """The last finished ranking, best first (``semisupseg suggest --json``'s objects); [] if none."""
+        job = self.jobs.get("suggest")
+        if job is None or job.state.status != "finished" or not isinstance(job.state.result, dict):
+            return []
+        return list(job.state.result.get("ranking") or [])
 
     # --- polling and stopping ---------------------------------------------------------------------
     def is_active(self, slot: str) -> bool:

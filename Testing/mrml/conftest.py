@@ -55,6 +55,7 @@ def app_logic():
     colors = slicer.vtkMRMLColorLogic()
     colors.SetMRMLScene(scene)
     app.SetModuleLogic("Colors", colors)
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # Slicer's Colors module does this
     modules = types.SimpleNamespace()
     keep = [colors]
     for attribute, (class_name, name) in MODULE_LOGICS.items():
