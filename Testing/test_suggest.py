@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,6 +50,16 @@ def test_higher_entropy_in_the_region_ranks_first_and_outside_it_does_not_count(
     assert [s.case for s in ranking] == ["unsure", "hesitant", "confident"]
     assert ranking[0].score == pytest.approx(np.log(2), abs=1e-4)  # p = 0.5 everywhere in the region
     assert seen == [(1, 3, "confident"), (2, 3, "unsure"), (3, 3, "hesitant")]
+
+
+def test_two_network_models_are_ranked_by_the_networks_disagreement():
+    one, two = (SimpleNamespace(inference_networks=[object()] * n) for n in (1, 2))
+    assert suggest.measure_for(one) == "mc-dropout" and suggest.measure_for(two) == "disagreement"
+    region = np.ones(SHAPE, bool)
+    doubt = _doubt_from_probability(np.full(SHAPE, 0.6), region)
+    doubt.measure = "disagreement"
+    (ranked,) = suggest.rank_cases([_case("dual")], lambda c: doubt)
+    assert ranked.measure == "disagreement" and ranked.uncertain_fraction is None  # no entropy threshold
 
 
 def test_uncertain_fraction_counts_instrument_voxels_above_the_p08_entropy():
@@ -131,6 +142,7 @@ def test_cli_json_ranking_best_first_and_the_protocol_carries_it(pool, capsys):
     by_case = {r["case"]: r for r in ranking}
     assert by_case["u1"]["region"] == "whole volume" and by_case["u1"]["center"] is None
     assert by_case["u0"]["region"] == "centre" and Path(by_case["u0"]["image"]).name == "u0.nii.gz"
+    assert {r["measure"] for r in ranking} == {"mc-dropout"}  # one network: the MC entropy
 
     assert main([*base, "--top", "1", "--progress", "json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -139,6 +151,17 @@ def test_cli_json_ranking_best_first_and_the_protocol_carries_it(pool, capsys):
     first = events[-1]["result"]["ranking"]
     assert len(first) == 1 and first[0]["case"] == ranking[0]["case"]
     assert first[0]["score"] == pytest.approx(ranking[0]["score"], abs=1e-6)
+
+
+def test_a_two_network_model_is_measured_by_inference_disagreement(pool, tmp_path):
+    root, model_dir = pool
+    twin = load_model(model_dir).networks["net"]
+    meta = {**load_model(model_dir).meta, "inference_networks": ["a", "b"]}
+    model = load_model(save_model(tmp_path / "twins", {"a": twin, "b": twin}, meta))
+    case = load_dataset(root / "dataset.json").unlabeled[0]
+    doubt = suggest.measure_case(model, case, mc_samples=2, precision="fp32")
+    # identical networks never disagree, where Monte-Carlo dropout would still doubt
+    assert doubt.measure == "disagreement" and not doubt.uncertainty.any()
 
 
 def test_cli_refuses_a_pool_without_unlabelled_cases_in_one_line(pool, tmp_path, capsys):

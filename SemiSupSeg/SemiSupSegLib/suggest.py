@@ -6,24 +6,26 @@ panel's "Load next suggested case"):
     H_c(x) = -sum_k Pbar_k(x) log(Pbar_k(x) + 1e-6)        (Monte-Carlo predictive entropy)
     score(c) = (1 / |R_c|) sum_{x in R_c} H_c(x)            (nats, in [0, ln K]; ln 2 = 0.693 for 2 classes)
 
-where ``Pbar`` is the mean softmax of T noisy Monte-Carlo dropout passes (seed 000's uncertainty, as
-:func:`SemiSupSegLib.inference.segment` computes it with ``mc_samples=T``; it is not re-implemented
-here) and ``R_c`` is the region the model looks at: the coarse-to-fine region around the case's stored
-centre (the region :func:`~SemiSupSegLib.inference.segment` predicts), or the whole volume when the
-case has no centre. Higher means more doubt, so more to learn from a label; ties keep the file's order.
+where ``Pbar`` is the mean softmax of T noisy Monte-Carlo dropout passes (seed 000's uncertainty: the
+``mc-dropout`` estimator of :func:`SemiSupSegLib.inference.segment`, which computes it; it is not
+re-implemented here) and ``R_c`` is the region the model looks at: the coarse-to-fine region around the
+case's stored centre (the region :func:`~SemiSupSegLib.inference.segment` predicts), or the whole volume
+when the case has no centre. Higher means more doubt, so more to learn from a label; ties keep the
+file's order.
+
+Two-network models (``dual-unet``): ``H_c`` is replaced by the networks' disagreement, inference's
+``disagreement`` estimator (the total-variation distance ``0.5 sum_k |P_a,k - P_b,k|`` between their
+softmax, in [0, 1]), averaged over ``R_c`` the same way (:func:`measure_for`). Scores of two
+measures are not comparable; one ranking uses one model, so one measure, named in every suggestion.
 
 [decision] The mean over the region, not the sum: a case is not worth more because its volume is
 larger. Consequence: a whole-volume score averages over far more background than a regional one and
 is usually lower, so cases without a centre tend to rank after cases with one.
 
-[decision] Two-network models (``dual-unet``): :func:`~SemiSupSegLib.inference.segment` averages the
-networks' probabilities before the entropy and does not expose their disagreement, so the score is
-the MC entropy of the averaged networks (which does grow where they disagree: the entropy of a mean
-is at least the mean of the entropies). :data:`MEASURE` names what was measured in every suggestion.
-
-Each suggestion also carries the fraction of the predicted instrument that is uncertain
-(:func:`uncertain_fraction`: entropy above :data:`UNCERTAIN_ENTROPY`, the binary entropy at p = 0.8),
-the same one-line summary the segmentation panel shows under its uncertainty overlay.
+With the entropy, each suggestion also carries the fraction of the predicted instrument that is
+uncertain (:func:`uncertain_fraction`: entropy above :data:`UNCERTAIN_ENTROPY`, the binary entropy at
+p = 0.8), the summary the segmentation panel shows under its uncertainty overlay; with the disagreement
+it is None (that threshold is an entropy).
 
 Arrays are ``[z, y, x]``; points are LPS mm.
 """
@@ -41,7 +43,8 @@ import SimpleITK as sitk
 from .dataset import Case, Dataset
 from .errors import DatasetError
 
-MEASURE = "mc-entropy"
+ENTROPY_MEASURE = "mc-dropout"  # inference's estimator names
+DISAGREEMENT_MEASURE = "disagreement"
 MC_SAMPLES = 8
 # Binary entropy at p = 0.8 (0.500 nats): a voxel is "uncertain" when neither class reaches 0.8.
 UNCERTAIN_PROBABILITY = 0.8
@@ -66,6 +69,7 @@ class CaseDoubt:
     uncertainty: np.ndarray
     region: np.ndarray
     label: np.ndarray
+    measure: str = ENTROPY_MEASURE
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Suggestion:
     region: str  # "centre" or "whole volume"
     center: list[float] | None
     uncertain_fraction: float | None
-    measure: str = MEASURE
+    measure: str = ENTROPY_MEASURE
 
     def as_dict(self) -> dict:
         """The JSON object ``semisupseg suggest --json`` prints."""
@@ -137,6 +141,12 @@ def uncertainty_summary(uncertainty: np.ndarray, instrument: np.ndarray) -> str:
 # --------------------------------------------------------------------------- one case with a model
 
 
+def measure_for(model) -> str:
+    """The doubt measured for ``model``: the networks' disagreement for two or more inference networks,
+    else the Monte-Carlo dropout entropy (inference's estimator names)."""
+    return DISAGREEMENT_MEASURE if len(model.inference_networks) >= 2 else ENTROPY_MEASURE
+
+
 def region_mask(model, image: sitk.Image, center: Sequence[float] | None, roi_patches: int = 2) -> np.ndarray:
     """Where :func:`~SemiSupSegLib.inference.segment` predicts, as a ``[z, y, x]`` mask on ``image``.
 
@@ -169,32 +179,38 @@ def measure_case(
 ) -> CaseDoubt:
     """Segment one case with Monte-Carlo uncertainty and return what its score is computed from.
 
-    The dropout masks and the input noise come from torch's generator seeded with ``seed`` (inside
-    ``torch.random.fork_rng``), so a ranking is reproducible.
+    The measure is :func:`measure_for`'s; the Monte-Carlo passes draw from torch's generator seeded
+    with ``seed`` (inference's ``uncertainty_seed``), so a ranking is reproducible.
 
     Args:
         model: a loaded model.
         case: an unlabelled case (its ``center`` is used when it has one).
-        mc_samples: Monte-Carlo passes (T).
+        mc_samples: Monte-Carlo passes (T) of the entropy.
         precision: ``auto``, ``fp32`` or ``bf16``.
         seed: the seed of the passes.
 
     Returns:
         The case's :class:`CaseDoubt`.
     """
-    import torch
-
     from .imageio import read_image
     from .inference import segment
 
+    measure = measure_for(model)
     image = read_image(case.image, what=f"unlabelled case '{case.name}'")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result = segment(model, image, case.center, mc_samples=mc_samples, precision=precision)
+    result = segment(
+        model,
+        image,
+        case.center,
+        mc_samples=mc_samples if measure == ENTROPY_MEASURE else 0,
+        precision=precision,
+        uncertainty_method=measure,
+        uncertainty_seed=seed,
+    )
     return CaseDoubt(
         uncertainty=sitk.GetArrayFromImage(result.uncertainty),
         region=region_mask(model, image, case.center),
         label=sitk.GetArrayViewFromImage(result.label) > 0,
+        measure=measure,
     )
 
 
@@ -224,6 +240,8 @@ def rank_cases(
     suggestions = []
     for index, case in enumerate(cases):
         doubt = measure(case)
+        entropy_based = doubt.measure == ENTROPY_MEASURE
+        share = uncertain_fraction(doubt.uncertainty, doubt.label) if entropy_based else None
         suggestions.append(
             Suggestion(
                 case=case.name,
@@ -231,7 +249,8 @@ def rank_cases(
                 score=region_score(doubt.uncertainty, doubt.region),
                 region="centre" if case.center is not None else "whole volume",
                 center=None if case.center is None else [float(c) for c in case.center],
-                uncertain_fraction=uncertain_fraction(doubt.uncertainty, doubt.label),
+                uncertain_fraction=share,
+                measure=doubt.measure,
             )
         )
         if progress is not None:

@@ -37,7 +37,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     """
     from ..dataset import load_dataset
     from ..model_store import load_model
-    from ..suggest import MEASURE, suggest, suggestion_lines, unlabeled_cases
+    from ..suggest import measure_for, suggest, suggestion_lines, unlabeled_cases
     from ..training import resolve_device
 
     reporter = args.reporter
@@ -45,7 +45,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     cases = unlabeled_cases(dataset)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
-    summary = {"model": str(model.path), "data": str(args.data), "device": str(device), "measure": MEASURE}
+    summary = {"model": str(model.path), "data": str(args.data), "device": str(device)}
+    summary["measure"] = measure_for(model)
     reporter.emit("started", task="suggestion", step=0, total=len(cases), summary=summary)
     ranking = suggest(
         model,
