@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from SemiSupSegLib.networks import CompactUNet, NetworkConfig, build_network, count_parameters, set_mc_dropout
+from SemiSupSegLib.networks import (
+    CompactUNet,
+    NetworkConfig,
+    VNet,
+    build_network,
+    count_parameters,
+    set_mc_dropout,
+    size_divisor,
+)
 
 
 def test_full_width_parameter_count_matches_table_one():
@@ -60,3 +68,39 @@ def test_mask_dropout_matches_torch_dropout_statistics():
     y.sum().backward()
     assert torch.equal(x.grad != 0, kept)  # gradient flows through the kept elements only
     assert torch.equal(layer.eval()(x), x) and torch.equal(MaskDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_vnet_follows_the_methods_md_stages_and_returns_named_features_on_non_cubic_input():
+    """Catches a changed stage (1, 2, 3, 3, 3 / 3, 3, 2, 1 convs), concatenated skips, or a lost feature."""
+    # 9,448,866 parameters at n_filters 16 (UA-MT's VNet is cited at 9.44 M)
+    with torch.device("meta"):  # no memory, no initialisation: only the count
+        assert count_parameters(VNet(width=1.0)) == 9_448_866
+    net = VNet(width=0.125, num_classes=3, dropout=0.0).eval()
+    x = torch.randn(1, 1, 16, 32, 48)
+    logits, features = net.forward_features(x)
+    assert logits.shape == (1, 3, 16, 32, 48)
+    assert list(features) == ["enc1", "enc2", "enc3", "enc4", "enc5", "dec4", "dec3", "dec2", "dec1"]
+    assert features["enc5"].shape[2:] == (1, 2, 3) and features["dec4"].shape[2:] == (2, 4, 6)
+    assert all(features[k].shape[1] == net.feature_channels[k] for k in features)
+    assert torch.equal(net(x), logits) and size_divisor("vnet") == 16 and size_divisor("compact-unet") == 4
+    # the decoder's first stage sees enc4 added to the upsampled bottleneck (an additive skip)
+    with torch.no_grad():
+        upsampled = net.ups[0](features["enc5"])
+        assert torch.allclose(net.decoders[0](upsampled + features["enc4"]), features["dec4"])
+
+
+def test_a_vnet_with_a_head_block_saves_and_loads_back_through_the_model_store(tmp_path):
+    """Catches ``architecture``/``head_block`` not stored in model.json or not rebuilt from it."""
+    from SemiSupSegLib.model_store import load_model, save_model
+
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(architecture="vnet", width=0.125, dropout=0.5, head_block=True)).eval()
+    meta = {"name": "v", "method": "coranet", "classes": {"0": "bg", "1": "fg"}, "patch_size": [16] * 3}
+    save_model(tmp_path / "v", {"net": net}, {**meta, "preprocessing": {}})
+    loaded = load_model(tmp_path / "v").networks["net"]
+    assert isinstance(loaded, VNet) and loaded.config == net.config
+    x = torch.randn(1, 1, 16, 16, 32)
+    assert torch.equal(loaded(x), net(x))
+    plain = CompactUNet(width=0.125)
+    assert isinstance(plain.head_block, torch.nn.Identity)
+    assert not any(k.startswith("head_block") for k in plain.state_dict())  # old models still load

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
 
@@ -97,3 +98,72 @@ def uncertainty_consistency(
     mask = mask.unsqueeze(1).to(p_student.dtype)
     k = p_student.shape[1]
     return (mask * (p_student - p_teacher) ** 2).sum() / (k * mask.sum() + 1e-16)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    class_weights: tuple[float, ...] | None = None,
+) -> torch.Tensor:
+    """Voxel cross-entropy averaged over ``mask`` with class weights: sum(m w_y CE) / sum(m w_y).
+
+    Without a mask it is torch's weighted ``cross_entropy`` (the weighted mean of ``nn.CrossEntropyLoss``,
+    which CoraNet's weighted CE is); without weights and mask the plain voxel mean. An empty mask gives 0.
+
+    Args:
+        logits: ``[B, K, ...]``.
+        target: class indices ``[B, ...]`` or ``[B, 1, ...]`` (long).
+        mask: ``[B, ...]`` boolean or 0/1, or None for every voxel.
+        class_weights: one weight per class, or None for 1 each.
+
+    Returns:
+        The scalar loss.
+    """
+    target = target[:, 0] if target.dim() == logits.dim() else target
+    voxel = F.cross_entropy(logits.float(), target, reduction="none")
+    weights = torch.ones_like(voxel)
+    if class_weights is not None:
+        weights = torch.as_tensor(class_weights, dtype=voxel.dtype, device=voxel.device)[target]
+    if mask is not None:
+        weights = weights * mask.to(voxel.dtype)
+    return (weights * voxel).sum() / weights.sum().clamp_min(1e-12)
+
+
+def masked_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Soft Dice on the foreground classes restricted to ``mask``, averaged over those classes.
+
+    Per class c >= 1: 1 - (2 sum(m s y) + 1e-5) / (sum(m s^2) + sum(m y^2) + 1e-5), summed over the whole
+    batch, ``s`` the softmax of class c and ``y`` its one-hot target: with no mask this is the Dice of
+    :func:`supervised_loss`.
+
+    Args:
+        logits: ``[B, K, ...]``.
+        target: class indices ``[B, ...]`` or ``[B, 1, ...]``.
+        mask: ``[B, ...]`` boolean or 0/1, or None.
+
+    Returns:
+        The scalar loss.
+    """
+    target = target[:, 0] if target.dim() == logits.dim() else target
+    probs = torch.softmax(logits.float(), dim=1)[:, 1:]
+    onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    m = torch.ones_like(probs[:, :1]) if mask is None else mask.unsqueeze(1).to(probs.dtype)
+    dims = [0, *range(2, probs.dim())]
+    overlap = (m * probs * onehot).sum(dims)
+    denominator = (m * probs * probs).sum(dims) + (m * onehot).sum(dims)
+    return (1.0 - (2.0 * overlap + 1e-5) / (denominator + 1e-5)).mean()
+
+
+def masked_ce_dice(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: tuple[float, float] = (0.5, 0.5),
+) -> torch.Tensor:
+    """w_ce :func:`masked_cross_entropy` + w_dice :func:`masked_dice_loss`: METHODS.md's supervised loss
+    0.5 (CE + Dice) on the voxels of ``mask`` (all of them without one, equal to :func:`supervised_loss`)."""
+    ce = masked_cross_entropy(logits, target, mask)
+    return weights[0] * ce + weights[1] * masked_dice_loss(logits, target, mask)

@@ -26,11 +26,14 @@ from .imageio import read_image
 from .inference import resolve_precision
 from .methods import Batch, Method, OptimizerSpec, get_method
 from .model_store import LoadedModel, load_model, save_model
-from .networks import NetworkConfig
+from .networks import ARCHITECTURES, NetworkConfig, size_divisor
 from .patches import PatchSampler, PreparedCase, prepare_case
 from .preprocessing import Preprocessing, median_spacing
 from .progress import Reporter
 from .runlock import RunLock
+
+DEFAULT_DROPOUT = 0.5
+"""The networks' dropout rate when neither ``--dropout`` nor the method (``default_dropout``) sets one."""
 
 
 @dataclass
@@ -44,7 +47,8 @@ class TrainConfig:
     batch: int = 2
     patch_size: tuple[int, int, int] = (48, 48, 48)
     width: float = 1.0
-    dropout: float = 0.5
+    dropout: float | None = None  # None: the method's default (0.5; embedding-matching 0.15)
+    network: str = "compact-unet"
     lr: float | None = None
     seed: int = 0
     val_cases: int | None = None
@@ -136,7 +140,10 @@ class Trainer:
         if init is not None:
             first = next(iter(init.meta["networks"].values()))
             return NetworkConfig.from_dict(first)
-        return NetworkConfig(width=self.config.width, dropout=self.config.dropout)
+        dropout = self.config.dropout
+        if dropout is None:
+            dropout = getattr(get_method(self.config.method), "default_dropout", DEFAULT_DROPOUT)
+        return NetworkConfig(architecture=self.config.network, width=self.config.width, dropout=dropout)
 
     def _prepare(self, cases: list[Case], preprocessing: Preprocessing, labeled: bool) -> list[PreparedCase]:
         prepared = []
@@ -310,8 +317,15 @@ class Trainer:
 
     def run(self, resume: bool = False) -> Path:
         """Train (or continue with ``resume``) holding the lock on the output folder throughout."""
-        if any(s % 4 for s in self.config.patch_size):
-            raise InputError(f"patch size {self.config.patch_size} must be divisible by 4 on every axis")
+        if self.config.network not in ARCHITECTURES:
+            known = ", ".join(sorted(ARCHITECTURES))
+            raise InputError(f"unknown network {self.config.network!r}; known: {known}")
+        divisor = size_divisor(self.config.network)
+        if any(s % divisor for s in self.config.patch_size):
+            raise InputError(
+                f"patch size {self.config.patch_size} must be divisible by {divisor} on every axis "
+                f"for the {self.config.network} network"
+            )
         lock = RunLock(self.out)
         lock.acquire()  # before any data is read; InputError if another run writes this folder
         try:

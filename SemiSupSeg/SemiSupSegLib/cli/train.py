@@ -43,6 +43,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, object]:
             "patch_size": args.patch,
             "width": args.width,
             "dropout": args.dropout,
+            "network": args.network,
             "lr": args.lr,
             "seed": args.seed,
             "val_cases": args.val_cases,
@@ -152,6 +153,7 @@ value: a different one is refused and named.
 
 def _add_train(sub) -> None:
     from ..methods import METHODS
+    from ..networks import ARCHITECTURES
     from ..training import TrainConfig as C
 
     p = sub.add_parser(
@@ -177,7 +179,17 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--width", type=_POSITIVE, help=f"channel width multiplier, 1.0 = paper ({_default(C, 'width')})"
     )
-    p.add_argument("--dropout", type=_number(float, 0.0, 1.0, high_open=True), help=_default(C, "dropout"))
+    p.add_argument(
+        "--dropout",
+        type=_number(float, 0.0, 1.0, high_open=True),
+        help="dropout rate of the networks (default: the method's, 0.5; embedding-matching 0.15)",
+    )
+    p.add_argument(
+        "--network",
+        choices=sorted(ARCHITECTURES),
+        help=f"backbone; patch sides must be multiples of 4 (compact-unet) or 16 (vnet) "
+        f"({_default(C, 'network')})",
+    )
     p.add_argument("--lr", type=_POSITIVE, help="learning rate (default: the method's)")
     p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
     p.add_argument("--val-cases", type=_AMOUNT, help="labelled cases held out (default 20%%)")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from .base import Batch, Method, OptimizerSpec
+from .coranet import CoraNet
 from .dual_unet import DualUNet
+from .embedding_matching import EmbeddingMatching
 from .mean_teacher import MeanTeacher
 from .supervised import Supervised
 from .ua_mt import UAMT
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Supervised, MeanTeacher, UAMT, DualUNet)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Supervised, MeanTeacher, UAMT, DualUNet, EmbeddingMatching, CoraNet)
+}
 
 
 def get_method(name: str) -> type[Method]:
