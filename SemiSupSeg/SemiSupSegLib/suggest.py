@@ -19,8 +19,9 @@ softmax, in [0, 1]), averaged over ``R_c`` the same way (:func:`measure_for`). S
 measures are not comparable; one ranking uses one model, so one measure, named in every suggestion.
 
 [decision] The mean over the region, not the sum: a case is not worth more because its volume is
-larger. Consequence: a whole-volume score averages over far more background than a regional one and
-is usually lower, so cases without a centre tend to rank after cases with one.
+larger. A whole-volume score and a regional one average over different regions, so they are only
+roughly comparable (on one pool of 64^3 phantoms, where the region covers most of the volume, the case
+without a centre ranked first).
 
 With the entropy, each suggestion also carries the fraction of the predicted instrument that is
 uncertain (:func:`uncertain_fraction`: entropy above :data:`UNCERTAIN_ENTROPY`, the binary entropy at
