@@ -170,3 +170,10 @@ def test_cli_refuses_a_pool_without_unlabelled_cases_in_one_line(pool, tmp_path,
     assert main(["suggest", "--model", str(model), "--data", str(tmp_path / "dataset.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no 'unlabeled' cases" in err
+    root, _ = pool
+    far = {"unlabeled": [{"image": str(root / "images" / "u0.nii.gz"), "center": [500.0, 0.0, 0.0]}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(far))
+    argv = ["suggest", "--model", str(model), "--data", str(tmp_path / "dataset.json"), "--progress", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "case 'u0'" in err and "outside the volume" in err

@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dataset import Case, Dataset
-from .errors import DatasetError
+from .errors import DatasetError, InputError
 
 ENTROPY_MEASURE = "mc-dropout"  # inference's estimator names
 DISAGREEMENT_MEASURE = "disagreement"
@@ -198,15 +198,18 @@ def measure_case(
 
     measure = measure_for(model)
     image = read_image(case.image, what=f"unlabelled case '{case.name}'")
-    result = segment(
-        model,
-        image,
-        case.center,
-        mc_samples=mc_samples if measure == ENTROPY_MEASURE else 0,
-        precision=precision,
-        uncertainty_method=measure,
-        uncertainty_seed=seed,
-    )
+    try:
+        result = segment(
+            model,
+            image,
+            case.center,
+            mc_samples=mc_samples if measure == ENTROPY_MEASURE else 0,
+            precision=precision,
+            uncertainty_method=measure,
+            uncertainty_seed=seed,
+        )
+    except InputError as exc:  # e.g. a stored centre outside its volume: say which case
+        raise InputError(f"unlabelled case '{case.name}': {exc}") from None
     return CaseDoubt(
         uncertainty=sitk.GetArrayFromImage(result.uncertainty),
         region=region_mask(model, image, case.center),
@@ -284,7 +287,8 @@ def suggest(
         The suggestions, best first.
 
     Raises:
-        DatasetError: no unlabelled case. InputError: an unreadable image or a centre outside it.
+        DatasetError: no unlabelled case. InputError: an unreadable image or a centre outside it (naming
+        the case).
     """
     cases = unlabeled_cases(dataset)
     ranking = rank_cases(
