@@ -124,7 +124,7 @@ def test_child_environment_cpu_mode_and_engine_path():
     assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PATH"] == "/bin"
     assert env["PYTHONPATH"].split(os.pathsep) == [str(tp.ENGINE_DIR), "/elsewhere"]
     assert "CUDA_VISIBLE_DEVICES" not in tp.child_environment("auto", base={})
-    assert (tp.ENGINE_DIR / "SemiSupSegLib" / "cli.py").is_file()
+    assert (tp.ENGINE_DIR / "SemiSupSegLib" / "cli" / "__init__.py").is_file()
 
 
 def _panel_parameter_defaults() -> dict:
