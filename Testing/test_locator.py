@@ -50,19 +50,35 @@ def _blob_image(rng: np.random.Generator, size: int = GRID, spacing: float = 0.8
     return image, image.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre[::-1]))
 
 
-def _write_blob_dataset(folder, n: int, seed: int, with_center: bool = True):
+def _blob_label(image: sitk.Image, centre_lps, radius_mm: float = 2.4) -> sitk.Image:
+    """The blob's mask: voxels within ``radius_mm`` of its centre."""
+    index = np.array(image.TransformPhysicalPointToContinuousIndex(centre_lps))[::-1]
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in image.GetSize()[::-1]], indexing="ij")
+    d = np.sqrt((zz - index[0]) ** 2 + (yy - index[1]) ** 2 + (xx - index[2]) ** 2) * image.GetSpacing()[0]
+    label = sitk.GetImageFromArray((d <= radius_mm).astype(np.uint8))
+    label.CopyInformation(image)
+    return label
+
+
+def _write_blob_dataset(folder, n: int, seed: int, with_center: bool = True, labelled: int = 0):
+    """``n`` blob volumes: the first ``labelled`` in ``training`` with a mask, the others ``unlabeled``."""
     rng = np.random.default_rng(seed)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    entries = []
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    training, unlabeled = [], []
     for i in range(n):
         image, centre = _blob_image(rng)
         sitk.WriteImage(image, str(folder / "images" / f"blob_{i:02d}.nii.gz"))
         entry = {"image": f"images/blob_{i:02d}.nii.gz"}
         if with_center:
             entry["center"] = list(centre)
-        entries.append(entry)
+        if i < labelled:
+            sitk.WriteImage(_blob_label(image, centre), str(folder / "labels" / f"blob_{i:02d}.nii.gz"))
+            training.append({**entry, "label": f"labels/blob_{i:02d}.nii.gz"})
+        else:
+            unlabeled.append(entry)
     path = folder / "dataset.json"
-    path.write_text(json.dumps({"name": "blobs", "training": [], "unlabeled": entries}))
+    path.write_text(json.dumps({"name": "blobs", "training": training, "unlabeled": unlabeled}))
     return path
 
 
@@ -88,6 +104,7 @@ def _config(data, out, **overrides) -> LocatorTrainConfig:
         checkpoint_every=10_000,
         device="cpu",
         seed=0,
+        recognition=False,  # the DQN alone; the recognition tests below turn it on
     )
     settings.update(overrides)
     return LocatorTrainConfig(**settings)

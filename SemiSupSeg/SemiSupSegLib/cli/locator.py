@@ -31,6 +31,10 @@ def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
             "scales": args.scales,
             "levels": args.levels,
             "context": args.context,
+            "recognition": _unless(args.points_only),
+            "recognition_steps": args.recognition_steps,
+            "recognition_width": args.recognition_width,
+            "refine": _unless(args.no_refine),
             "width": args.width,
             "memory": args.memory,
             "starts": args.starts,
@@ -75,6 +79,8 @@ def cmd_locate(args: argparse.Namespace) -> int:
             "point_ras": list(lps_to_ras(found.point_lps)),
             "index_xyz": list(found.index_xyz),
             "q_value": found.q_value,
+            "confidence": found.confidence,
+            "low_confidence": found.low_confidence,
             "seconds": found.seconds,
         }
         print(json.dumps(record))
@@ -83,8 +89,18 @@ def cmd_locate(args: argparse.Namespace) -> int:
     print(f"point (LPS mm): {fmt(found.point_lps)}")
     print(f"point (RAS mm): {fmt(lps_to_ras(found.point_lps))}")
     print(f"voxel (x, y, z): {fmt(found.index_xyz)}")
-    print(f"confidence (final Q): {found.q_value:.4f}  ({found.seconds:.2f} s)")
+    print(f"{_confidence_text(found)}  ({found.seconds:.2f} s)")
     return 0
+
+
+def _confidence_text(found) -> str:
+    """The confidence line: the likelihood at the point and a warning when it is low (locator II)."""
+    if found.confidence is None:
+        return f"confidence: none (points-only locator; final Q {found.q_value:.4f})"
+    text = f"confidence {found.confidence:.2f}"
+    if found.low_confidence:
+        text += " - LOW: the instrument may not be there; place the point by hand"
+    return text
 
 
 def _load_locator(name: str, device):
@@ -98,7 +114,7 @@ def _locate_for_segmentation(locator_name: str, image, device) -> tuple[float, f
 
     found = locate(load_locator(locator_name, device), image)
     point = ", ".join(f"{v:.2f}" for v in found.point_lps)
-    print(f"located the instrument at ({point}) LPS mm (Q {found.q_value:.3f}, {found.seconds:.2f} s)")
+    print(f"located the instrument at ({point}) LPS mm ({_confidence_text(found)}, {found.seconds:.2f} s)")
     return found.point_lps
 
 
@@ -112,6 +128,8 @@ def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, f
 
     found = locate(locator, image)
     row = {"loc_q": found.q_value, "loc_seconds": found.seconds}
+    if found.confidence is not None:
+        row["loc_confidence"] = found.confidence
     if case.center is not None:
         error = localisation_error(found.point_lps, case.center, image.GetSpacing())
         true_grid = grid_index_of(locator, image, case.center)
@@ -128,8 +146,11 @@ def _add_train_locator(sub) -> None:
 
     p = sub.add_parser(
         "train-locator",
-        help="train a DQN locator of the instrument centre from centre points",
-        description="Train a DQN locator. --resume works as for train: only --steps may change.",
+        help="train the instrument locator: recognition from masks, DQN search from centre points",
+        description="Train a DQN locator: a small instrument-likelihood network learns from the voxel masks "
+        "of the labelled cases, then the DQN learns the search from the centre points of every case "
+        "(--points-only: the paper's agent, centre points only). --resume works as for train: only "
+        "--steps may change.",
     )
     p.add_argument(
         "--data",
@@ -184,6 +205,28 @@ def _add_train_locator(sub) -> None:
         action="store_true",
         default=None,
         help="add the crop one scale coarser to the state (1 more channel)",
+    )
+    p.add_argument(
+        "--points-only",
+        action="store_true",
+        default=None,
+        help="no recognition network: the paper's agent, learning from centre points only",
+    )
+    p.add_argument(
+        "--recognition-steps",
+        type=_COUNT,
+        help=f"training steps of the instrument-likelihood network ({_default(C, 'recognition_steps')})",
+    )
+    p.add_argument(
+        "--recognition-width",
+        type=_COUNT,
+        help=f"channels of the likelihood network's first layer ({_default(C, 'recognition_width')})",
+    )
+    p.add_argument(
+        "--no-refine",
+        action="store_true",
+        default=None,
+        help="keep the search's point instead of moving it to the middle of the recognised instrument",
     )
     p.add_argument("--width", type=_COUNT, help=f"channels of the first convolution ({_default(C, 'width')})")
     p.add_argument("--memory", type=_COUNT, help=f"replay capacity in transitions ({_default(C, 'memory')})")

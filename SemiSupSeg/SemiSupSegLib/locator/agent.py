@@ -25,6 +25,12 @@ class QNetworkConfig:
     actions: int = len(ACTIONS)
     dueling: int = 1  # 1: Q = V + A - mean(A) (dueling heads); 0: one head
     context: int = 0  # 1: one more input channel, the crop one scale coarser (see environment)
+    recognition: int = 0  # 2: the likelihood crops at this scale and one coarser (locator II); 0: points only
+
+    @property
+    def channels(self) -> int:
+        """Input channels: the history crops plus the context and recognition channels."""
+        return self.history + self.context + self.recognition
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +57,7 @@ class QNetwork(nn.Module):
         self.config = config
         w = config.width
         self.features = nn.Sequential(
-            nn.Conv3d(config.history + config.context, w, 3, stride=2),
+            nn.Conv3d(config.channels, w, 3, stride=2),
             nn.LeakyReLU(0.01),
             nn.Conv3d(w, 2 * w, 3, stride=2, padding=1),
             nn.LeakyReLU(0.01),
@@ -60,8 +66,7 @@ class QNetwork(nn.Module):
             nn.Flatten(),
         )
         with torch.no_grad():
-            channels = config.history + config.context
-            n = self.features(torch.zeros(1, channels, *(config.crop,) * 3)).shape[1]
+            n = self.features(torch.zeros(1, config.channels, *(config.crop,) * 3)).shape[1]
         self.head = nn.Sequential(
             nn.Linear(n + config.n_scales, config.hidden),
             nn.LeakyReLU(0.01),

@@ -20,6 +20,10 @@ Conventions (see ``docs/`` and ``METHODS.md``, "DQN instrument pre-selection"):
 * With ``context`` the state has one more channel: the crop at the agent's position sampled at the next
   coarser scale, so an agent at scale 1 or 3 also sees the surroundings of its crop (where along the
   instrument it stands). At the coarsest scale the context is the current-scale crop itself.
+* With ``recognition`` (locator II) the volume also carries an instrument-likelihood map (see
+  :mod:`.recognition`) and the state has two more channels: the likelihood crop at the agent's
+  position and scale, and the same one scale coarser (so the agent sees the whole instrument around
+  it and where along it it stands). The crops sample a running maximum of width ``scale``.
 * Multi-scale search (step 9 → 3 → 1): when an agent oscillates (a position seen :data:`OSC_REPEATS`
   times in the last :data:`OSC_WINDOW`) or exhausts its steps at a scale, it jumps to the position of
   its history at that scale with the lowest max-Q (the state from which it expects the least further
@@ -123,6 +127,12 @@ def check_levels(levels: str) -> str:
     return levels
 
 
+def band_pass(array: np.ndarray) -> np.ndarray:
+    """Box mean of width 3 minus box mean of width 9: thin bright structures kept, slow shading removed."""
+    smooth = lambda w: ndimage.uniform_filter(array, size=w, mode="nearest")  # noqa: E731
+    return smooth(3) - smooth(9)
+
+
 def scale_levels(array: np.ndarray, scales: Sequence[int], levels: str = "box") -> np.ndarray:
     """[n_scales, z, y, x]: one array per scale (scale 1: unchanged); see the module notes on ``levels``.
 
@@ -134,8 +144,7 @@ def scale_levels(array: np.ndarray, scales: Sequence[int], levels: str = "box") 
     if levels == "box":
         coarse = lambda s: ndimage.uniform_filter(array, size=s, mode="nearest")  # noqa: E731
     else:
-        smooth = lambda w: ndimage.uniform_filter(array, size=w, mode="nearest")  # noqa: E731
-        band = smooth(3) - smooth(9)
+        band = band_pass(array)
         coarse = lambda s: ndimage.maximum_filter(band, size=s, mode="nearest")  # noqa: E731
     stack = [array if s <= 1 else coarse(int(s)) for s in scales]
     return np.stack(stack).astype(np.float32, copy=False)
@@ -143,17 +152,48 @@ def scale_levels(array: np.ndarray, scales: Sequence[int], levels: str = "box") 
 
 @dataclass
 class GridVolume:
-    """A volume prepared for the agent: its grid geometry and one normalised array per scale."""
+    """A volume prepared for the agent: its grid geometry and one normalised array per scale.
+
+    With a recognition network, also the instrument likelihood on the grid and its per-scale levels.
+    """
 
     geometry: GridGeometry
     levels: np.ndarray  # [n_scales, g, g, g] float32 or float16
+    likelihood: np.ndarray | None = None  # [g, g, g] in [0, 1]
+    recognition: np.ndarray | None = None  # [n_scales, g, g, g]: running maxima of the likelihood
 
 
-def prepare_volume(image: sitk.Image, grid: int, scales: Sequence[int], levels: str = "box") -> GridVolume:
-    """Resample ``image`` onto a ``grid³`` grid, normalise it and build its per-scale levels."""
+Recognizer = Callable[[np.ndarray], np.ndarray]  # normalised grid [g, g, g] -> likelihood [g, g, g]
+
+
+def prepare_volume(
+    image: sitk.Image,
+    grid: int,
+    scales: Sequence[int],
+    levels: str = "box",
+    recognizer: Recognizer | None = None,
+) -> GridVolume:
+    """Resample ``image`` onto a ``grid³`` grid, normalise it and build its per-scale levels.
+
+    Args:
+        image: the volume (any size, spacing and direction).
+        grid: voxels per axis of the locator's grid.
+        scales: the search's step sizes, coarse to fine.
+        levels: what coarse crops sample (``"box"`` or ``"peak"``).
+        recognizer: the instrument-likelihood function of a locator with recognition, else None.
+
+    Returns:
+        The prepared volume (with its likelihood and recognition levels when ``recognizer`` is given).
+    """
+    from .recognition import likelihood_levels
+
     geometry = grid_geometry(image, grid)
     array = Preprocessing().normalize(resample_to_grid(image, geometry))
-    return GridVolume(geometry=geometry, levels=scale_levels(array, scales, levels))
+    volume = GridVolume(geometry=geometry, levels=scale_levels(array, scales, levels))
+    if recognizer is not None:
+        volume.likelihood = recognizer(array)
+        volume.recognition = likelihood_levels(volume.likelihood, scales)
+    return volume
 
 
 # --------------------------------------------------------------------------------------------- crops
@@ -163,7 +203,8 @@ class CropSampler:
     """Cuts crops from one or many prepared volumes with one vectorised gather (no per-voxel Python).
 
     All levels of all volumes are concatenated into one flat array; a crop of volume ``v`` at scale
-    index ``k`` reads the block ``v * n_scales + k``.
+    index ``k`` reads the block ``v * n_scales + k``. With ``recognition`` the volumes' likelihood
+    levels are held the same way in a second flat array.
     """
 
     def __init__(
@@ -173,6 +214,7 @@ class CropSampler:
         crop: int,
         dtype=np.float32,
         context: bool = False,
+        recognition: bool = False,
     ):
         if not volumes:
             raise InputError("no volume to sample crops from")
@@ -180,7 +222,15 @@ class CropSampler:
         self.scales = np.asarray(scales, dtype=np.int64)
         self.crop = int(crop)
         self.context = bool(context)
+        self.recognition = bool(recognition)
         self.flat = np.concatenate([v.levels.astype(dtype, copy=False).reshape(-1) for v in volumes])
+        self.flat_recognition: np.ndarray | None = None
+        if self.recognition:
+            if any(v.recognition is None for v in volumes):
+                raise InputError("a volume lacks the likelihood map its locator's recognition needs")
+            self.flat_recognition = np.concatenate(
+                [v.recognition.astype(dtype, copy=False).reshape(-1) for v in volumes]
+            )
         self.block = self.grid**3
         self._offsets = np.arange(self.crop, dtype=np.int64) - self.crop // 2
 
@@ -190,11 +240,13 @@ class CropSampler:
         positions: np.ndarray,
         scale_index: np.ndarray,
         flips: np.ndarray | None = None,
+        source: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[N, crop, crop, crop]`` float32 crops centred on ``positions`` ([N, 3] z, y, x).
 
         ``flips`` ([N, 3] bool, optional) mirrors the volume along those axes (augmentation): positions
-        are then in the mirrored frame.
+        are then in the mirrored frame. ``source``: the flat array to cut from (default: the image
+        levels; :meth:`add_channels` passes the likelihood levels).
         """
         positions = np.asarray(positions, dtype=np.int64).reshape(-1, 3)
         scale_index = np.asarray(scale_index, dtype=np.int64).reshape(-1)
@@ -213,7 +265,7 @@ class CropSampler:
             + coords[:, 2, None, None, :]
         )
         base = (np.asarray(volume, dtype=np.int64).reshape(-1) * len(self.scales) + scale_index) * self.block
-        values = np.take(self.flat, flat + base[:, None, None, None])
+        values = np.take(self.flat if source is None else source, flat + base[:, None, None, None])
         inside = valid[:, 0, :, None, None] & valid[:, 1, None, :, None] & valid[:, 2, None, None, :]
         return np.where(inside, values, 0).astype(np.float32, copy=False)
 
@@ -230,7 +282,7 @@ class CropSampler:
         crops = self.crops(np.repeat(volume, h), history.reshape(-1, 3), np.repeat(scale_index, h), flips)
         return crops.reshape(n, h, self.crop, self.crop, self.crop)
 
-    def add_context(
+    def add_channels(
         self,
         frames: np.ndarray,
         volume: np.ndarray,
@@ -238,11 +290,22 @@ class CropSampler:
         scale_index: np.ndarray,
         flips: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``frames`` plus, with ``context``, the crop at ``positions`` one scale coarser (last channel)."""
-        if not self.context:
+        """``frames`` plus the extra channels of the state (see the module notes), in this order:
+
+        with ``context``, the image crop at ``positions`` one scale coarser; with ``recognition``, the
+        likelihood crop at the current scale and the one a scale coarser.
+        """
+        scale_index = np.asarray(scale_index, dtype=np.int64).reshape(-1)
+        coarser = np.maximum(scale_index - 1, 0)
+        extra = []
+        if self.context:
+            extra.append(self.crops(volume, positions, coarser, flips))
+        if self.recognition:
+            for k in (scale_index, coarser):
+                extra.append(self.crops(volume, positions, k, flips, source=self.flat_recognition))
+        if not extra:
             return frames
-        coarser = np.maximum(np.asarray(scale_index, dtype=np.int64).reshape(-1) - 1, 0)
-        return np.concatenate([frames, self.crops(volume, positions, coarser, flips)[:, None]], axis=1)
+        return np.concatenate([frames, np.stack(extra, axis=1)], axis=1)
 
     def states(
         self,
@@ -251,9 +314,9 @@ class CropSampler:
         scale_index: np.ndarray,
         flips: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``[N, H (+1 with context), c, c, c]`` states from position histories ``[N, H, 3]``."""
+        """``[N, H + extra channels, c, c, c]`` states from position histories ``[N, H, 3]``."""
         frames = self.frames(volume, history, scale_index, flips)
-        return self.add_context(frames, volume, np.asarray(history)[:, -1], scale_index, flips)
+        return self.add_channels(frames, volume, np.asarray(history)[:, -1], scale_index, flips)
 
 
 # --------------------------------------------------------------------------------------------- dynamics
@@ -345,7 +408,7 @@ class _Agents:
     def states(self, idx: np.ndarray) -> np.ndarray:
         """The Q-network input of agents ``idx``: their cached frames (plus the context crop)."""
         volume = np.full(len(idx), self.volume_index)
-        return self.sampler.add_context(self.frames[idx], volume, self.pos[idx], self.scale[idx])
+        return self.sampler.add_channels(self.frames[idx], volume, self.pos[idx], self.scale[idx])
 
     def _cut(self, agents: list[int]) -> np.ndarray:
         volume = np.full(len(agents), self.volume_index)

@@ -22,6 +22,7 @@ from .environment import (
     prepare_volume,
     start_positions,
 )
+from .recognition import instrument_middle, likelihood_map, point_confidence
 from .store import Locator
 
 
@@ -31,8 +32,10 @@ class LocateResult:
 
     ``point_lps``: physical point (LPS mm); ``index_xyz``: continuous voxel index (x, y, z) in the
     input image; ``grid_index_zyx``: the point on the locator's grid; ``q_value``: the agent's final
-    max-Q, its confidence (near 0 or below: the agent expects no further approach, as at the target;
-    clearly positive: it still expected to move); ``seconds``: wall time including resampling.
+    max-Q (it does not tell a good point from a bad one); ``seconds``: wall time including resampling.
+    With recognition, ``confidence`` is the instrument likelihood at the point (:func:`point_confidence`)
+    and ``low_confidence`` says it is below the threshold calibrated on the locator's validation cases
+    (then a clinician should place the point by hand); both are None for a points-only locator.
     """
 
     point_lps: tuple[float, float, float]
@@ -41,6 +44,8 @@ class LocateResult:
     seconds: float
     grid_index_zyx: tuple[float, float, float] = (0.0, 0.0, 0.0)
     agents: int = 1
+    confidence: float | None = None
+    low_confidence: bool | None = None
 
 
 @contextlib.contextmanager
@@ -69,16 +74,28 @@ def search_volume(
     how: str,
     max_steps: int,
     device: torch.device,
+    refine: bool = False,
 ) -> tuple[np.ndarray, float]:
-    """Grid point (z, y, x) and final Q of a multi-agent multi-scale search on a prepared volume."""
-    sampler = CropSampler([volume], scales, crop, context=context)
+    """Grid point (z, y, x) and final Q of a multi-agent multi-scale search on a prepared volume.
+
+    The network's input channels say whether it expects the recognition channels (the volume must then
+    carry its likelihood); with ``refine`` the point moves to the middle of the recognised instrument
+    nearest it (:func:`~.recognition.instrument_middle`), if there is one.
+    """
+    recognition = bool(network.config.recognition)
+    sampler = CropSampler([volume], scales, crop, context=context, recognition=recognition)
     result = multiscale_search(
         lambda s, k: q_values(network, s, k, device),
         sampler,
         start_positions(sampler.grid, starts),
         max_steps=max_steps,
     )
-    return combine(result, how)
+    point, q = combine(result, how)
+    if refine and volume.likelihood is not None:
+        middle = instrument_middle(volume.likelihood, point)
+        if middle is not None:
+            point = middle
+    return point, q
 
 
 def locate(
@@ -89,13 +106,25 @@ def locate(
     how: str | None = None,
     max_steps: int | None = None,
 ) -> LocateResult:
-    """Find the instrument centre in ``image``; search options default to the locator's ``search``."""
+    """Find the instrument centre in ``image``; search options default to the locator's ``search``.
+
+    Args:
+        locator: a loaded locator (:func:`~.store.load_locator`).
+        image: the volume.
+        starts: agents (1-9); how: ``"q"`` or ``"median"``; max_steps: per agent and scale.
+
+    Returns:
+        The point, its confidence (with recognition) and the time taken (file reading excluded).
+    """
     t0 = time.monotonic()
     search = locator.search
     starts = int(search["starts"] if starts is None else starts)
     check_volume(image, locator.crop, locator.grid)
-    volume = prepare_volume(image, locator.grid, locator.scales, locator.levels)
     with torch.inference_mode(), _one_thread(locator.device):
+        recognizer = None
+        if locator.recognizer is not None:
+            recognizer = lambda a: likelihood_map(locator.recognizer, a, locator.device)  # noqa: E731
+        volume = prepare_volume(image, locator.grid, locator.scales, locator.levels, recognizer)
         grid_point, q = search_volume(
             locator.network,
             volume,
@@ -106,7 +135,12 @@ def locate(
             how=how or search["combine"],
             max_steps=int(max_steps or search["max_steps"]),
             device=locator.device,
+            refine=bool(search.get("refine", False)),
         )
+    confidence = low = None
+    if volume.likelihood is not None:
+        confidence = point_confidence(volume.likelihood, grid_point)
+        low = confidence < locator.confidence_threshold
     point = volume.geometry.to_physical(grid_point)
     index = image.TransformPhysicalPointToContinuousIndex(tuple(float(v) for v in point))
     return LocateResult(
@@ -116,6 +150,8 @@ def locate(
         seconds=time.monotonic() - t0,
         grid_index_zyx=tuple(float(v) for v in grid_point),
         agents=starts,
+        confidence=confidence,
+        low_confidence=low,
     )
 
 

@@ -1,9 +1,13 @@
 """Locators are folders, like models: ``locator.json`` (what it is) plus ``weights.pt`` (plain tensors).
 
-``weights.pt`` maps ``"q_network"`` to the Q-network's state dict and is loaded with
+``weights.pt`` maps ``"q_network"`` to the Q-network's state dict (and, for a locator with
+recognition, ``"recognition"`` to the likelihood network's) and is loaded with
 ``torch.load(..., weights_only=True)``. ``locator.json`` records the grid size, crop size, scales,
 history length, the network configuration, the search defaults, the training summary, software
-versions and the creation date. Locators live in ``$SEMISUPSEG_HOME/locators``; shipped ones in
+versions and the creation date; with recognition also ``recognition`` (network shape, training,
+mask overlap) and ``confidence`` (the threshold calibrated on validation cases). Locators written
+before recognition existed (points-only, format 1) load unchanged; a newer format is refused by name.
+Locators live in ``$SEMISUPSEG_HOME/locators``; shipped ones in
 ``SemiSupSegLib/pretrained`` (a folder there with a ``locator.json``).
 """
 
@@ -22,12 +26,14 @@ from ..errors import ModelError
 from ..model_store import PRETRAINED_DIR, home_dir, refused_load_reason, software_versions
 from .agent import QNetwork, QNetworkConfig
 from .environment import LEVEL_KINDS
+from .recognition import RecognitionConfig, RecognitionNet
 
 LOCATOR_JSON = "locator.json"
 WEIGHTS = "weights.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional recognition network (locator II); 1: points-only
 KIND = "dqn-locator"
-DEFAULT_SEARCH = {"starts": 9, "combine": "q", "max_steps": 40}
+DEFAULT_SEARCH = {"starts": 9, "combine": "q", "max_steps": 40, "refine": False}
+DEFAULT_CONFIDENCE_THRESHOLD = 0.5
 
 
 def locators_dir() -> Path:
@@ -42,6 +48,7 @@ class Locator:
     meta: dict
     network: QNetwork
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    recognizer: RecognitionNet | None = None
 
     @property
     def name(self) -> str:
@@ -73,15 +80,29 @@ class Locator:
     def search(self) -> dict:
         return {**DEFAULT_SEARCH, **self.meta.get("search", {})}
 
+    @property
+    def confidence_threshold(self) -> float:
+        """Below this likelihood at the found point, the point is reported as doubtful."""
+        return float((self.meta.get("confidence") or {}).get("threshold", DEFAULT_CONFIDENCE_THRESHOLD))
 
-def save_locator(out_dir: str | os.PathLike, network: QNetwork, meta: dict) -> Path:
+
+def save_locator(
+    out_dir: str | os.PathLike, network: QNetwork, meta: dict, recognition: RecognitionNet | None = None
+) -> Path:
     """Write ``weights.pt`` then ``locator.json`` atomically; return the folder."""
     for key in ("name", "grid_size", "crop_size", "scales"):
         if key not in meta:
             raise ModelError(f"locator description lacks {key!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {"q_network": {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}}
+    plain = lambda net: {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}  # noqa: E731
+    state = {"q_network": plain(network)}
+    if recognition is not None:
+        state["recognition"] = plain(recognition)
+        meta = {
+            **meta,
+            "recognition": {**meta.get("recognition", {}), "config": recognition.config.to_dict()},
+        }
     full = {
         "format": FORMAT_VERSION,
         "kind": KIND,
@@ -121,6 +142,11 @@ def read_locator_json(folder: Path) -> dict:
         raise ModelError(f"{path} is corrupt: {exc}") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ModelError(f"{path} does not describe a DQN locator")
+    if not isinstance(meta.get("format", 1), int) or meta.get("format", 1) > FORMAT_VERSION:
+        raise ModelError(
+            f"{path} has locator format {meta.get('format')!r}; this SemiSupSeg reads up to "
+            f"{FORMAT_VERSION}: update SemiSupSeg"
+        )
     missing = [k for k in ("grid_size", "crop_size", "scales", "network") if k not in meta]
     if missing:
         raise ModelError(f"{path} lacks {', '.join(missing)}")
@@ -136,7 +162,18 @@ def _load_weights(path: Path) -> dict:
         raise ModelError(f"cannot load locator weights {path}: {refused_load_reason(exc)}") from None
     if not isinstance(state, dict) or not isinstance(state.get("q_network"), dict):
         raise ModelError(f"locator weights {path} hold no 'q_network' state dict")
-    return state["q_network"]
+    return state
+
+
+def _recognizer(folder: Path, meta: dict, state: dict) -> RecognitionNet | None:
+    """The recognition network of a locator II, None for a points-only locator."""
+    if "recognition" not in meta:
+        return None
+    if not isinstance(state.get("recognition"), dict):
+        raise ModelError(f"locator {folder} describes a recognition network but its weights hold none")
+    net = RecognitionNet(RecognitionConfig.from_dict(meta["recognition"].get("config", {})))
+    net.load_state_dict(state["recognition"])
+    return net
 
 
 def load_locator(locator: str | os.PathLike, device: str | torch.device = "cpu") -> Locator:
@@ -146,13 +183,20 @@ def load_locator(locator: str | os.PathLike, device: str | torch.device = "cpu")
     state = _load_weights(folder / WEIGHTS)
     try:
         network = QNetwork(QNetworkConfig.from_dict(meta["network"]))
-        network.load_state_dict(state)
+        network.load_state_dict(state["q_network"])
+        recognizer = _recognizer(folder, meta, state)
     except (TypeError, ValueError, RuntimeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"locator {folder} does not match its weights: {first[:300]}") from None
     if network.config.crop != int(meta["crop_size"]) or network.config.n_scales != len(meta["scales"]):
         raise ModelError(f"{folder / LOCATOR_JSON}: crop size or scales disagree with the network")
+    if bool(network.config.recognition) != (recognizer is not None):
+        raise ModelError(f"{folder / LOCATOR_JSON}: the Q-network and the recognition network disagree")
     if meta.get("levels", "box") not in LEVEL_KINDS:
         raise ModelError(f"{folder / LOCATOR_JSON}: unknown levels {meta.get('levels')!r}")
     device = torch.device(device)
-    return Locator(path=folder, meta=meta, network=network.to(device).eval(), device=device)
+    if recognizer is not None:
+        recognizer = recognizer.to(device).eval()
+    return Locator(
+        path=folder, meta=meta, network=network.to(device).eval(), device=device, recognizer=recognizer
+    )

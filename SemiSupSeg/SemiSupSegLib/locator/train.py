@@ -1,7 +1,13 @@
-"""Training the DQN locator from centre points only (``semisupseg train-locator``).
+"""Training the DQN locator (``semisupseg train-locator``): recognition from masks, search from points.
+
+**[decision] (locator II, issue 11).** With ``recognition`` (the default) a small instrument-likelihood
+network is first trained on the voxel masks of the labelled (``training``) cases
+(:mod:`.recognition`); its map becomes state channels of the DQN. The DQN learns the search from the
+centre points of every case with a ``center``, labelled and unlabelled. ``recognition=False`` is the
+paper's points-only agent (labels never read). ``test`` is left for evaluation.
 
 Every case with a ``center`` in the ``training`` and ``unlabeled`` sections of the given datasets is
-used (labels are never read; ``test`` is left for evaluation). A few are held out to report the
+used for the search. A few are held out to report the
 localisation error as training goes. ``agents`` episodes run in parallel: each picks a volume and a
 scale; at the coarsest scale it starts anywhere, at finer scales mostly near the target (within 3
 steps of the coarser scale, where the coarser search leaves it), as in the multi-scale search. Every
@@ -51,9 +57,21 @@ from .environment import (
     reward,
 )
 from .locate import search_volume
+from .recognition import (
+    RecognitionConfig,
+    RecognitionNet,
+    confidence_threshold,
+    grid_mask,
+    likelihood_map,
+    mask_overlap,
+    point_confidence,
+    train_recognition,
+)
 from .store import DEFAULT_SEARCH, save_locator
 
 NEAR_PROBABILITY = 0.85
+HIT_VOXELS = 10.0  # a located point within this many grid voxels of the centre is a hit (confidence)
+RECOGNITION_CHANNELS = 2  # likelihood crops at the agent's scale and one coarser
 # Augmentation: each volume also appears mirrored along y, x or both (the probe stays on top, along z).
 VARIANTS = 4
 
@@ -77,6 +95,10 @@ class LocatorTrainConfig:
     scales: tuple[int, ...] = DEFAULT_SCALES
     levels: str = "box"
     context: bool = False
+    recognition: bool = True
+    recognition_steps: int = 3000
+    recognition_width: int = 12
+    refine: bool = True
     width: int = 16
     memory: int = 100_000
     warmup: int = 1000
@@ -102,6 +124,7 @@ class LocatorTrainConfig:
     def from_json(cls, text: str) -> LocatorTrainConfig:
         data = json.loads(text)
         data["scales"] = tuple(data["scales"])
+        data.setdefault("recognition", False)  # runs started before locator II were points-only
         return cls(**data)
 
     def check(self) -> None:
@@ -116,6 +139,8 @@ class LocatorTrainConfig:
             raise InputError("steps, agents and batch must be positive")
         if not 1 <= self.starts <= 9:
             raise InputError(f"starts must be between 1 and 9, not {self.starts}")
+        if self.refine and not self.recognition:
+            self.refine = False  # refinement needs the likelihood map
 
 
 @dataclass
@@ -259,21 +284,95 @@ class LocatorTrainer:
         self.device = resolve_device(config.device)
         self.history: list[dict] = []
         self.best: dict | None = None  # {"step", "metrics", "state"}: the best validation so far
+        self.recognizer: RecognitionNet | None = None
+        self.recognition_summary: dict = {}
         self._stop_requested = False
 
     def request_stop(self) -> None:
         self._stop_requested = True
 
     # --- data -------------------------------------------------------------------------------
-    def _prepare(self, cases: list[Case]) -> list[PreparedCase]:
-        prepared = []
+    def _prepare(self, cases: list[Case], recognizer=None) -> list[PreparedCase]:
+        cfg, prepared = self.config, []
         for i, case in enumerate(cases):
             self.reporter.emit("preparing", case=case.name, index=i + 1, total=len(cases))
             image = read_image(case.image)
-            check_volume(image, self.config.crop, self.config.grid)
-            volume = prepare_volume(image, self.config.grid, self.config.scales, self.config.levels)
+            check_volume(image, cfg.crop, cfg.grid)
+            volume = prepare_volume(image, cfg.grid, cfg.scales, cfg.levels, recognizer)
             prepared.append(PreparedCase(case.name, volume, volume.geometry.to_index(case.center)))
         return prepared
+
+    # --- recognition (locator II) ---------------------------------------------------------------------
+    def _masked_grids(self, cases: list[Case]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Normalised grids and grid masks of the labelled cases (those with a ``label``)."""
+        cfg, volumes, masks = self.config, [], []
+        labelled = [c for c in cases if c.label is not None]
+        if not labelled:
+            raise InputError(
+                "locator recognition learns from voxel masks, but no training case has a label; "
+                "label some cases or train the points-only locator (--points-only)"
+            )
+        for i, case in enumerate(labelled):
+            self.reporter.emit("preparing", case=case.name, index=i + 1, total=len(labelled), stage="masks")
+            image = read_image(case.image)
+            check_volume(image, cfg.crop, cfg.grid)
+            volume = prepare_volume(image, cfg.grid, (1,), "box")
+            volumes.append(volume.levels[0])
+            masks.append(grid_mask(read_image(case.label, what="label"), volume.geometry))
+        return volumes, masks
+
+    def _train_recognition(self, cases: list[Case]) -> RecognitionNet:
+        cfg = self.config
+        volumes, masks = self._masked_grids(cases)
+        t0 = time.monotonic()
+
+        def progress(step: int, loss: float) -> None:
+            if self._stop_requested:
+                raise TrainingCancelled(
+                    "locator training stopped during recognition training; start it again"
+                )
+            if step % max(1, cfg.recognition_steps // 100) == 0 or step == cfg.recognition_steps:
+                rate = (time.monotonic() - t0) / step
+                self.reporter.emit(
+                    "progress",
+                    stage="recognition",
+                    step=step,
+                    total=cfg.recognition_steps,
+                    losses={"recognition": loss},
+                    seconds_per_step=rate,
+                    eta_seconds=rate * (cfg.recognition_steps - step),
+                )
+
+        with stop_on_signals(self.request_stop):
+            net, losses = train_recognition(
+                volumes,
+                masks,
+                config=RecognitionConfig(width=cfg.recognition_width),
+                steps=cfg.recognition_steps,
+                device=self.device,
+                seed=cfg.seed,
+                progress=progress,
+            )
+        tail = losses[-max(1, len(losses) // 10) :]
+        self.recognition_summary = {
+            "labelled_cases": len(volumes),
+            "steps": cfg.recognition_steps,
+            "first_loss": round(float(np.mean(losses[: len(tail)])), 4),
+            "final_loss": round(float(np.mean(tail)), 4),
+            "train_seconds": round(time.monotonic() - t0, 1),
+        }
+        return net
+
+    def _recognition(self, cases: list[Case], state: dict | None) -> RecognitionNet | None:
+        """The recognition network: read from the checkpoint when resuming, else trained now."""
+        if not self.config.recognition:
+            return None
+        if state is not None and "recognition" in state:
+            net = RecognitionNet(RecognitionConfig(width=self.config.recognition_width))
+            net.load_state_dict(state["recognition"])
+            self.recognition_summary = json.loads(state.get("recognition_summary", "{}"))
+            return net.to(self.device).eval()
+        return self._train_recognition(cases)
 
     # --- one step -------------------------------------------------------------------------------
     def _act(
@@ -313,8 +412,8 @@ class LocatorTrainer:
         positions = np.concatenate([batch["history"], batch["next"][:, None, :]], axis=1).astype(np.int64)
         base, _, scale, flips = _split_ids(batch["volume"], positions, batch["scale"].astype(np.int64))
         frames = sampler.frames(base, positions, scale, flips)
-        before = sampler.add_context(frames[:, :-1], base, positions[:, -2], scale, flips)
-        after = sampler.add_context(frames[:, 1:], base, positions[:, -1], scale, flips)
+        before = sampler.add_channels(frames[:, :-1], base, positions[:, -2], scale, flips)
+        after = sampler.add_channels(frames[:, 1:], base, positions[:, -1], scale, flips)
         return before, after
 
     def _learn_all_actions(self, agent: DQNAgent, sampler: CropSampler, batch: dict, episodes) -> dict:
@@ -328,17 +427,18 @@ class LocatorTrainer:
         )
         base, _, _, flips = _split_ids(ids, history, scale)
         frames = sampler.frames(base, history, scale, flips)
-        states = sampler.add_context(frames, base, history[:, -1], scale, flips)
+        states = sampler.add_channels(frames, base, history[:, -1], scale, flips)
         next_states = None
         if cfg.gamma > 0:
             each = lambda a: np.repeat(a, n_actions, axis=0)  # noqa: E731  one row per (sample, action)
             at = (each(base), new.reshape(-1, 3), each(scale), each(flips))  # every (sample, action)
             next_frames = np.concatenate([each(frames[:, 1:]), sampler.crops(*at)[:, None]], axis=1)
-            next_states = sampler.add_context(next_frames, *at)
+            next_states = sampler.add_channels(next_frames, *at)
         return agent.update_all_actions(states, next_states, rewards, scale)
 
     # --- validation ---------------------------------------------------------------------------
-    def _validate(self, agent: DQNAgent, val: list[PreparedCase]) -> dict[str, float]:
+    def _validation_rows(self, agent: DQNAgent, val: list[PreparedCase]) -> list[dict]:
+        """Per validation case: the error of the located point and its confidence (with recognition)."""
         cfg, rows = self.config, []
         agent.online.eval()
         for case in val:
@@ -352,16 +452,42 @@ class LocatorTrainer:
                 how=DEFAULT_SEARCH["combine"],
                 max_steps=DEFAULT_SEARCH["max_steps"],
                 device=self.device,
+                refine=cfg.refine,
             )
             diff = point - case.target
-            rows.append(
-                {
-                    "error_vox": float(np.linalg.norm(diff)),
-                    "error_mm": float(np.linalg.norm(diff * case.volume.geometry.spacing_zyx)),
-                }
-            )
+            row = {
+                "case": case.name,
+                "error_vox": float(np.linalg.norm(diff)),
+                "error_mm": float(np.linalg.norm(diff * case.volume.geometry.spacing_zyx)),
+            }
+            if case.volume.likelihood is not None:
+                row["confidence"] = point_confidence(case.volume.likelihood, point)
+            rows.append(row)
         agent.online.train()
-        return validation_errors(rows)
+        return rows
+
+    def _validate(self, agent: DQNAgent, val: list[PreparedCase]) -> dict[str, float]:
+        return validation_errors(self._validation_rows(agent, val))
+
+    def _calibration(self, agent: DQNAgent, val: list[PreparedCase]) -> dict:
+        """The confidence threshold separating hits (within :data:`HIT_VOXELS`) from misses on validation."""
+        if not self.config.recognition or not val:
+            return {}
+        rows = self._validation_rows(agent, val)
+        conf = [r["confidence"] for r in rows]
+        hits = [r["error_vox"] <= HIT_VOXELS for r in rows]
+        return {
+            "threshold": round(confidence_threshold(conf, hits), 4),
+            "hit_voxels": HIT_VOXELS,
+            "validation": [
+                {
+                    "case": r["case"],
+                    "confidence": round(r["confidence"], 4),
+                    "error_vox": round(r["error_vox"], 2),
+                }
+                for r in rows
+            ],
+        }
 
     # --- checkpoints ------------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:
@@ -380,10 +506,12 @@ class LocatorTrainer:
         if self.best is not None:
             state["best_state"] = self.best["state"]
             state["best"] = json.dumps({k: v for k, v in self.best.items() if k != "state"})
+        if self.recognizer is not None:
+            state["recognition"] = self.recognizer.state_dict()
+            state["recognition_summary"] = json.dumps(self.recognition_summary)
         write_checkpoint(self._checkpoint_path(), state, self.reporter)
 
-    def _load_checkpoint(self, agent: DQNAgent, memory: ReplayMemory) -> int:
-        state = read_checkpoint(self._checkpoint_path())
+    def _load_checkpoint(self, agent: DQNAgent, memory: ReplayMemory, state: dict) -> int:
         try:
             agent.online.load_state_dict(state["online"])
             agent.target.load_state_dict(state["target"])
@@ -404,9 +532,17 @@ class LocatorTrainer:
         return checkpoints.stored_config(out, LocatorTrainConfig.from_json)
 
     # --- the run --------------------------------------------------------------------------------
-    def _setup(self) -> tuple[list[PreparedCase], list[PreparedCase], list[Case], list[Case]]:
+    def _setup(
+        self, state: dict | None
+    ) -> tuple[list[PreparedCase], list[PreparedCase], list[Case], list[Case]]:
+        """Split the cases, get the recognition network (trained or resumed), prepare every volume."""
         train_cases, val_cases = split_cases(centre_cases(self.config.data), self.config.val_cases)
-        return self._prepare(train_cases), self._prepare(val_cases), train_cases, val_cases
+        self.recognizer = self._recognition(train_cases, state)
+        recognizer = None
+        if self.recognizer is not None:
+            recognizer = lambda array: likelihood_map(self.recognizer, array, self.device)  # noqa: E731
+        train, val = self._prepare(train_cases, recognizer), self._prepare(val_cases, recognizer)
+        return train, val, train_cases, val_cases
 
     def _network_config(self) -> QNetworkConfig:
         cfg = self.config
@@ -417,6 +553,7 @@ class LocatorTrainer:
             width=cfg.width,
             dueling=int(cfg.dueling),
             context=int(cfg.context),
+            recognition=RECOGNITION_CHANNELS if cfg.recognition else 0,
         )
 
     def run(self, resume: bool = False) -> Path:
@@ -427,15 +564,24 @@ class LocatorTrainer:
     def _run_locked(self, resume: bool) -> Path:
         cfg = self.config
         seed_everything(cfg.seed)
-        train, val, train_cases, val_cases = self._setup()
+        state = read_checkpoint(self._checkpoint_path()) if resume else None
+        trained_recognition = self.config.recognition and (state is None or "recognition" not in state)
+        train, val, train_cases, val_cases = self._setup(state)
         sampler = CropSampler(
-            [c.volume for c in train], cfg.scales, cfg.crop, dtype=np.float16, context=cfg.context
+            [c.volume for c in train],
+            cfg.scales,
+            cfg.crop,
+            dtype=np.float16,
+            context=cfg.context,
+            recognition=cfg.recognition,
         )
-        for case in train:
-            case.volume.levels = np.empty(0, np.float32)  # the sampler holds the only copy
+        for case in train:  # the sampler holds the only copy
+            case.volume.levels = case.volume.recognition = case.volume.likelihood = None
         agent = DQNAgent(self._network_config(), self.device, lr=cfg.lr, gamma=cfg.gamma, double=cfg.double)
         memory = ReplayMemory(cfg.memory)
-        start = self._load_checkpoint(agent, memory) if resume else 0
+        start = self._load_checkpoint(agent, memory, state) if state is not None else 0
+        if trained_recognition:  # a stop from here on resumes without training recognition again
+            self._save_checkpoint(agent, memory, start)
         rng = np.random.default_rng(cfg.seed * 1_000_003 + start)
         torch.manual_seed(cfg.seed * 1_000_003 + start)
         episodes = _Episodes(cfg, train, rng)
@@ -454,7 +600,7 @@ class LocatorTrainer:
         }
         self.reporter.emit("started", task="locator training", summary=summary, total=cfg.steps, step=start)
         last_val, elapsed = self._loop(agent, episodes, sampler, memory, val, start)
-        return self._finish(agent, memory, train_cases, val_cases, last_val, elapsed, start)
+        return self._finish(agent, memory, (train_cases, val_cases, val), last_val, elapsed, start)
 
     def _loop(self, agent, episodes, sampler, memory, val, start) -> tuple[dict, float]:
         cfg = self.config
@@ -505,12 +651,33 @@ class LocatorTrainer:
             state = {k: v.detach().clone() for k, v in agent.online.state_dict().items()}
             self.best = {"step": step, "metrics": metrics, "state": state}
 
-    def _finish(self, agent, memory, train_cases, val_cases, last_val, elapsed, start) -> Path:
+    def _recognition_meta(self, val: list[PreparedCase], val_cases: list[Case]) -> dict:
+        """What ``locator.json`` records about recognition: shape, training, mask overlap on validation."""
         cfg = self.config
+        overlaps = []
+        for case, prepared in zip(val_cases, val, strict=True):
+            if case.label is not None and prepared.volume.likelihood is not None:
+                mask = grid_mask(read_image(case.label, what="label"), prepared.volume.geometry)
+                overlaps.append(mask_overlap(prepared.volume.likelihood, mask))
+        return {
+            "config": RecognitionConfig(width=cfg.recognition_width).to_dict(),
+            "training": self.recognition_summary,
+            "validation_mask_dice": [round(v, 4) for v in overlaps],
+        }
+
+    def _finish(self, agent, memory, cases, last_val, elapsed, start) -> Path:
+        cfg = self.config
+        train_cases, val_cases, val = cases
         selected = {"step": cfg.steps, "metrics": last_val}
         if self.best is not None:
             agent.online.load_state_dict(self.best["state"])
             selected = {"step": self.best["step"], "metrics": self.best["metrics"]}
+        extra = {}
+        if self.recognizer is not None:
+            extra = {
+                "recognition": self._recognition_meta(val, val_cases),
+                "confidence": self._calibration(agent, val),
+            }
         meta = {
             "name": cfg.name or self.out.name,
             "description": cfg.description,
@@ -521,7 +688,7 @@ class LocatorTrainer:
             "context": bool(cfg.context),
             "history": HISTORY,
             "actions": ["+z", "-z", "+y", "-y", "+x", "-x"],
-            "search": {**DEFAULT_SEARCH, "starts": cfg.starts},
+            "search": {**DEFAULT_SEARCH, "starts": cfg.starts, "refine": bool(cfg.refine)},
             "training": {
                 "datasets": [str(Path(d).resolve()) for d in cfg.data],
                 "cases": len(train_cases),
@@ -537,8 +704,9 @@ class LocatorTrainer:
                 "seconds_per_step": round(elapsed / max(1, cfg.steps - start), 4),
                 "device": str(self.device),
             },
+            **extra,
         }
-        folder = save_locator(self.out, agent.online.eval(), meta)
+        folder = save_locator(self.out, agent.online.eval(), meta, recognition=self.recognizer)
         checkpoint = self._checkpoint_path()
         if checkpoint.exists():
             checkpoint.unlink()
