@@ -391,7 +391,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.confidenceLabel.text = "Searching..."
             slicer.app.processEvents()
             found = self.logic.locate(p.inputVolume, p.centerPoint, p.locatorFolder, p.device)
-            self.ui.confidenceLabel.text = bridge.confidence_text(found.q_value) + f" ({found.seconds:.1f} s)"
+            text = bridge.confidence_text(found.q_value, found.confidence, found.low_confidence)
+            self.ui.confidenceLabel.text = text + f" ({found.seconds:.1f} s)"
             return
         self.ui.confidenceLabel.text = ""
 

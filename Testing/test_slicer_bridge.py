@@ -209,6 +209,10 @@ def test_confidence_and_summary_text():
     assert "settled" in bridge.confidence_text(-0.1)
     assert "low confidence" in bridge.confidence_text(2.0)
     assert "unknown" in bridge.confidence_text(float("nan"))
+    assert "place the point by hand" in bridge.confidence_text(-0.1, 0.2, True)  # locator II: Q is ignored
+    assert "0.93" in bridge.confidence_text(3.0, 0.93, False) and "LOW" not in bridge.confidence_text(
+        3.0, 0.93, False
+    )
     assert (
         bridge.result_summary(3.21, "roi", "cpu", "bf16")
         == "Segmented in 3.2 s (around the point, cpu, bf16)"
@@ -328,9 +332,7 @@ def test_worker_command_and_progress_lines():
     assert args[args.index("--progress") + 1] == "json"
     assert "--center=-1.5,2.0,3.0" in args and args[args.index("--mc-samples") + 1] == "4"
     assert "--probability" not in args
-    assert (
-        parse_line('{"protocol": 1, "event": "progress", "fraction": 0.5}\n')["fraction"] == 0.5
-    )
+    assert parse_line('{"protocol": 1, "event": "progress", "fraction": 0.5}\n')["fraction"] == 0.5
     assert parse_line("UserWarning: something") is None
     assert parse_line(b"{broken") is None
     with pytest.raises(ProtocolError, match="protocol 2"):

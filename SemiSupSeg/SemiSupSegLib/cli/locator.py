@@ -94,13 +94,9 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
 
 def _confidence_text(found) -> str:
-    """The confidence line: the likelihood at the point and a warning when it is low (locator II)."""
-    if found.confidence is None:
-        return f"confidence: none (points-only locator; final Q {found.q_value:.4f})"
-    text = f"confidence {found.confidence:.2f}"
-    if found.low_confidence:
-        text += " - LOW: the instrument may not be there; place the point by hand"
-    return text
+    from ..slicer_bridge import confidence_text
+
+    return confidence_text(found.q_value, found.confidence, found.low_confidence)
 
 
 def _load_locator(name: str, device):

@@ -105,13 +105,15 @@ def locate(
     starts: int | None = None,
     how: str | None = None,
     max_steps: int | None = None,
+    refine: bool | None = None,
 ) -> LocateResult:
     """Find the instrument centre in ``image``; search options default to the locator's ``search``.
 
     Args:
         locator: a loaded locator (:func:`~.store.load_locator`).
         image: the volume.
-        starts: agents (1-9); how: ``"q"`` or ``"median"``; max_steps: per agent and scale.
+        starts: agents (1-9); how: ``"q"`` or ``"median"``; max_steps: per agent and scale;
+            refine: move the point to the recognised instrument's middle (default: the locator's).
 
     Returns:
         The point, its confidence (with recognition) and the time taken (file reading excluded).
@@ -135,7 +137,7 @@ def locate(
             how=how or search["combine"],
             max_steps=int(max_steps or search["max_steps"]),
             device=locator.device,
-            refine=bool(search.get("refine", False)),
+            refine=bool(search.get("refine", False) if refine is None else refine),
         )
     confidence = low = None
     if volume.likelihood is not None:
