@@ -57,6 +57,7 @@ RESUME_TESTS = (T + "test_resume_determinism.py",)
 LOSS_TESTS = (T + "test_loss_composition.py", T + "test_methods_ssl.py")
 GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_region_blending.py", T + "test_inference.py")
 LOCATOR_TESTS = (T + "test_geometry_axes.py", T + "test_locator.py")
+RECOGNITION_TESTS = (T + "test_locator_recognition.py",)
 PICKLE_TESTS = (T + "test_unsafe_pickle.py",)
 SSL_TESTS = LOSS_TESTS + (T + "test_ssl_fidelity.py",)
 
@@ -223,6 +224,31 @@ MUTATIONS: list[Mutation] = [
     _m("locator-eta-counts-done-steps", "progress", "locator/train.py",
        "eta_seconds=rate * (cfg.steps - done)", "eta_seconds=rate * done",
        (T + "test_progress_eta.py", T + "test_locator.py")),
+    # --- locator II: recognition, refinement, confidence -----------------------------------------
+    _m("recognition-channels-swapped", "locator", "locator/environment.py",
+       "for k in (scale_index, coarser):", "for k in (coarser, scale_index):", RECOGNITION_TESTS),
+    _m("recognition-levels-averaged", "locator", "locator/recognition.py",
+       "likelihood if s <= 1 else ndimage.maximum_filter(likelihood, size=int(s), mode=\"nearest\")",
+       "likelihood if s <= 1 else ndimage.uniform_filter(likelihood, size=int(s), mode=\"nearest\")",
+       RECOGNITION_TESTS),
+    _m("recognition-mask-flipped-alone", "locator", "locator/recognition.py",
+       "image, mask = np.flip(image, axis + 1), np.flip(mask, axis)",
+       "image, mask = np.flip(image, axis + 1), mask", RECOGNITION_TESTS),
+    _m("refine-centroid-not-middle", "locator", "locator/recognition.py",
+       "return np.average(coords[middle], axis=0, weights=weights[middle])", "return mean",
+       RECOGNITION_TESTS),
+    _m("refine-any-component", "locator", "locator/recognition.py",
+       "if distance[nearest] > reach:", "if distance[nearest] > 10 * reach:", RECOGNITION_TESTS),
+    _m("confidence-reads-one-voxel", "locator", "locator/recognition.py",
+       "def point_confidence(likelihood: np.ndarray, point: Sequence[float], radius: int = 2) -> float:",
+       "def point_confidence(likelihood: np.ndarray, point: Sequence[float], radius: int = 0) -> float:",
+       RECOGNITION_TESTS),
+    _m("resume-retrains-recognition", "locator", "locator/train.py",
+       'if state is not None and "recognition" in state:', "if False:", RECOGNITION_TESTS),
+    _m("old-locator-format-refused", "locator", "locator/store.py",
+       'if "recognition" not in meta:\n        return None',
+       'if "recognition" not in meta:\n        raise ModelError("old")',
+       RECOGNITION_TESTS),
 ]
 
 
