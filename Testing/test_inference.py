@@ -375,6 +375,26 @@ def test_uncertainty_in_sliding_window_mode():
     assert np.isfinite(u).all() and u.min() >= 0 and u.max() <= math.log(2) + 1e-6 and u.max() > 0.01
 
 
+
+def test_several_points_merge_their_regions_by_the_voxelwise_maximum():
+    """Issue 19: two overlapping regions; the merge is their maximum and keeps each one-point label."""
+    torch.manual_seed(6)
+    image, _ = _image(size=(48, 40, 36))
+    model = _model({"net": CompactUNet(width=0.125, dropout=0.5).eval()})
+    indices = ((18.0, 16.0, 15.0), (30.0, 24.0, 21.0))
+    points = [image.TransformContinuousIndexToPhysicalPoint(index) for index in indices]
+    singles = [inference.segment(model, image, point, precision="fp32") for point in points]
+    merged = inference.segment(model, image, centers=points, precision="fp32")
+    p1, p2 = (sitk.GetArrayFromImage(r.probability) for r in singles)
+    both = (p1 > 0) & (p2 > 0)
+    assert both.any() and np.abs(p1 - p2)[both].max() > 1e-3  # the regions overlap and disagree there
+    assert np.array_equal(sitk.GetArrayFromImage(merged.probability), np.maximum(p1, p2))
+    merged_label = sitk.GetArrayFromImage(merged.label) > 0
+    for single in singles:
+        assert np.all(merged_label[sitk.GetArrayFromImage(single.label) > 0])
+    assert merged.centers == tuple(tuple(float(c) for c in point) for point in points)
+    _assert_same_grid(merged.probability, image)
+
 # --------------------------------------------------------------------------- errors and callbacks
 
 

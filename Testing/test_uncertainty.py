@@ -188,3 +188,23 @@ def test_full_width_uncertainty_peak_stays_under_2_gb_in_a_subprocess(method):
     )  # fmt: skip
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert measured["peak_bytes"] < 2 * 1024**3, measured
+
+
+def test_unknown_method_and_too_many_flips_are_input_errors_naming_them():
+    batch = torch.zeros(1, 1, *SHAPE)
+    with pytest.raises(InputError, match="'bayes' is not one of mc-dropout"):
+        inference.predict_uncertainty([ConstantNet(0.5)], batch, "bayes")
+    with pytest.raises(InputError, match="'flips' takes at most 8 passes"):
+        inference.predict_uncertainty([ConstantNet(0.5)], batch, "flips", 9)
+
+
+@pytest.mark.parametrize("method", ["decoder-mc", "last-block-mc"])
+def test_split_passes_reproduce_the_forward_of_a_network_with_a_head_block(method):
+    """CoraNet's main head (a 3^3 block before the 1x1) is part of the split passes' tail."""
+    if "head_block" not in CompactUNet.__init__.__code__.co_varnames:
+        pytest.skip("this networks.py has no head block")
+    torch.manual_seed(7)
+    net = CompactUNet(width=0.125, dropout=0.5, head_block=True).eval()
+    batch = torch.randn(1, 1, *SHAPE)
+    probs, _ = inference.predict_uncertainty([net], batch, method, 2, channels_last=False)
+    assert torch.allclose(probs, inference.predict_batch([net], batch, channels_last=False), atol=1e-5)

@@ -119,6 +119,7 @@ class SegmentationResult:
     seconds: float
     precision: str = "fp32"
     uncertainty_method: str | None = None
+    centers: tuple[tuple[float, float, float], ...] = ()
 
 
 # --------------------------------------------------------------------------- precision and layout
@@ -441,23 +442,36 @@ def _decoder_input(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return torch.cat([net.up2(e3), e2], dim=1), e1
 
 
+def _output(net: nn.Module, d1: torch.Tensor) -> torch.Tensor:
+    """Logits from the last decoder feature: the head block (CoraNet's main head), if any, and the 1x1."""
+    head_block = getattr(net, "head_block", None)
+    return net.head(head_block(d1) if head_block is not None else d1)
+
+
 def _decoder_output(net: nn.Module, state: tuple, repeats: int, layout) -> torch.Tensor:
     """Logits of ``repeats`` decoder passes (pass-major) from :func:`_decoder_input`'s state."""
     u2, e1 = state
     d2 = net.dec2(_tile(u2, repeats, layout))
-    return net.head(net.dec1(torch.cat([net.up1(d2), _tile(e1, repeats, layout)], dim=1)))
+    return _output(net, net.dec1(torch.cat([net.up1(d2), _tile(e1, repeats, layout)], dim=1)))
+
+
+def _has_head_block(net: nn.Module) -> bool:
+    return isinstance(getattr(net, "head_block", None), nn.Sequential)
 
 
 def _last_block_input(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Everything before the last 3^3 block (``dec1[1]``, whose dropout comes first): its input."""
+    """Everything before the last 3^3 block, whose dropout comes first: the input of the head block where
+    the network has one, else of ``dec1[1]``."""
     u2, e1 = _decoder_input(net, x)
     d2 = net.dec2(u2)
-    return (net.dec1[0](torch.cat([net.up1(d2), e1], dim=1)),)
+    decoded = torch.cat([net.up1(d2), e1], dim=1)
+    return (net.dec1(decoded),) if _has_head_block(net) else (net.dec1[0](decoded),)
 
 
 def _last_block_output(net: nn.Module, state: tuple, repeats: int, layout) -> torch.Tensor:
     """Logits of ``repeats`` passes of the last 3^3 block and the 1x1 head."""
-    return net.head(net.dec1[1](_tile(state[0], repeats, layout)))
+    tiled = _tile(state[0], repeats, layout)
+    return _output(net, tiled) if _has_head_block(net) else _output(net, net.dec1[1](tiled))
 
 
 def _split_mc(ctx: _Context, batch: torch.Tensor, stem: Callable, tail: Callable, method: str):
@@ -923,12 +937,14 @@ def segment(
     channels_last: bool | None = None,
     uncertainty_method: str | None = None,
     uncertainty_seed: int = 0,
+    centers: Sequence[Sequence[float]] | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` with ``model``; every output is on exactly the input's grid.
 
     With ``center`` (LPS mm, inside the volume): coarse-to-fine ``"roi"`` mode, a region of
     ``roi_patches`` x patch size voxels at the model's spacing around the point (no larger than the
-    volume allows), predicted as one window without seams.
+    volume allows), predicted as one window without seams. With ``centers`` (several points, issue 19):
+    that region at every point, the probabilities (and uncertainties) merged by their voxel-wise maximum.
     Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``label`` is
     ``probability > threshold``. ``channels_last=None`` uses the measured default for the device.
     ``progress(stage, fraction)`` is called at "preprocess", "predict", "map back", "done".
@@ -947,25 +963,65 @@ def segment(
     report("preprocess", 0.0)
     method = _wanted_uncertainty(model, mc_samples, uncertainty_method)
     ctx = _make_context(model, image, precision, mc_samples, channels_last, method, uncertainty_seed)
-    if center is not None:
-        check_point_inside(image, center, what="centre point")
-        center = tuple(float(c) for c in center)
-        foreground, uncertainty, grid = _segment_roi(ctx, image, center, int(roi_patches), report)
+    points = _center_points(image, center, centers)
+    if points:
+        probability, uncertainty_image = _segment_points(ctx, image, points, int(roi_patches), report)
     else:
         foreground, uncertainty, grid = _segment_whole(ctx, image, float(overlap), report)
-    report("map back", 0.9)
-    probability = to_input_grid(foreground, grid, image)
+        report("map back", 0.9)
+        probability = to_input_grid(foreground, grid, image)
+        uncertainty_image = to_input_grid(uncertainty, grid, image) if uncertainty is not None else None
     label = sitk.Cast(probability > float(threshold), sitk.sitkUInt8)
     label.CopyInformation(image)
-    uncertainty_image = to_input_grid(uncertainty, grid, image) if uncertainty is not None else None
     report("done", 1.0)
     return SegmentationResult(
         label=label,
         probability=probability,
         uncertainty=uncertainty_image,
-        mode="roi" if center is not None else "sliding-window",
-        center=center,
+        mode="roi" if points else "sliding-window",
+        center=points[0] if points else None,
         seconds=time.perf_counter() - started,
         precision=ctx.precision,
         uncertainty_method=method.name if method is not None else None,
+        centers=tuple(points),
     )
+
+
+def _center_points(
+    image: sitk.Image, center: Sequence[float] | None, centers: Sequence[Sequence[float]] | None
+) -> list[tuple[float, float, float]]:
+    """The centre points asked for (``center`` or ``centers``, not both), each checked inside ``image``."""
+    if center is not None and centers is not None:
+        raise InputError("give either one centre point or a list of centre points, not both")
+    points = [center] if center is not None else list(centers or [])
+    for point in points:
+        check_point_inside(image, point, what="centre point")
+    return [tuple(float(c) for c in point) for point in points]  # type: ignore[misc]
+
+
+def _segment_points(
+    ctx: _Context,
+    image: sitk.Image,
+    points: Sequence[tuple[float, float, float]],
+    roi_patches: int,
+    progress: ProgressCallback,
+) -> tuple[sitk.Image, sitk.Image | None]:
+    """Probability and uncertainty on the input grid: the coarse-to-fine region at every point, merged by
+    the voxel-wise maximum where regions overlap (issue 19), so every one-point result is kept."""
+    probability: sitk.Image | None = None
+    uncertainty: sitk.Image | None = None
+    for i, point in enumerate(points):
+        silent = progress if i == 0 else (lambda stage, fraction: None)
+        foreground, region_uncertainty, grid = _segment_roi(ctx, image, point, roi_patches, silent)
+        if i == 0:
+            progress("map back", 0.9)
+        probability = _maximum(probability, to_input_grid(foreground, grid, image))
+        if region_uncertainty is not None:
+            uncertainty = _maximum(uncertainty, to_input_grid(region_uncertainty, grid, image))
+    assert probability is not None
+    return probability, uncertainty
+
+
+def _maximum(merged: sitk.Image | None, new: sitk.Image) -> sitk.Image:
+    """The voxel-wise maximum of two maps on the same grid (``new`` alone when nothing is merged yet)."""
+    return new if merged is None else sitk.Maximum(merged, new)

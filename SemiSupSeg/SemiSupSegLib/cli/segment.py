@@ -9,12 +9,13 @@ from .arguments import _COUNT, _PROBABILITY, _device, _image_output, _triple
 from .locator import _locate_for_segmentation
 
 
-def _read_center(args: argparse.Namespace):
-    if args.center is None:
+def _read_centers(args: argparse.Namespace) -> list | None:
+    """The ``--center`` points in LPS (converted from RAS with ``--ras``), or None without any."""
+    if not args.center:
         return None
     from ..imageio import ras_to_lps
 
-    return ras_to_lps(args.center) if args.ras else args.center
+    return [ras_to_lps(point) if args.ras else point for point in args.center]
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -27,17 +28,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     reporter = args.reporter if args.progress == "json" else None
     device = resolve_device(args.device)
-    center = _read_center(args)
+    centers = _read_centers(args)
     if reporter:
-        mode = "roi" if center is not None or args.locator else "sliding-window"
+        mode = "roi" if centers is not None or args.locator else "sliding-window"
         summary = {"model": str(args.model), "device": str(device), "mode": mode}
         reporter.emit("started", task="segmentation", summary=summary)
         reporter.emit("progress", stage="load model", fraction=0.0)
     model = load_model(args.model, device)
     image = read_image(args.input)
-    if center is None and args.locator:
-        center = _locate_for_segmentation(args.locator, image, device)
-    result = _segment_reporting(args, model, image, center, str(device), reporter)
+    if centers is None and args.locator:
+        centers = [_locate_for_segmentation(args.locator, image, device)]
+    result = _segment_reporting(args, model, image, centers, str(device), reporter)
     outputs = {"label": args.output, "probability": args.probability, "uncertainty": args.uncertainty}
     outputs = {name: path for name, path in outputs.items() if path}
     write_image(result.label, args.output)
@@ -61,7 +62,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_reporting(args: argparse.Namespace, model, image, center, device: str, reporter):
+def _segment_reporting(args: argparse.Namespace, model, image, centers, device: str, reporter):
     """:func:`~.inference.segment` with its stages sent to ``reporter`` (when given); running out of
     memory becomes one line of advice (:func:`~.slicer_bridge.user_message`)."""
     from ..inference import segment
@@ -74,7 +75,7 @@ def _segment_reporting(args: argparse.Namespace, model, image, center, device: s
         return segment(
             model,
             image,
-            center,
+            centers=centers,
             mc_samples=(args.mc_samples or 0) if args.uncertainty else 0,
             uncertainty_method=_uncertainty_method(args),
             precision=args.precision,
@@ -105,7 +106,13 @@ def _add_segment(sub) -> None:
     p.add_argument(
         "--output", required=True, type=_image_output, help="label file to write (.nrrd, .nii.gz, .mha)"
     )
-    p.add_argument("--center", type=_triple(float, "x,y,z"), help="instrument centre x,y,z in LPS mm")
+    p.add_argument(
+        "--center",
+        type=_triple(float, "x,y,z"),
+        action="append",
+        help="instrument centre x,y,z in LPS mm; repeat it for several points (the regions' probabilities "
+        "are merged by their maximum)",
+    )
     p.add_argument("--ras", action="store_true", help="--center is in RAS (Slicer) instead of LPS")
     p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
     p.add_argument("--probability", type=_image_output, help="also write the foreground probability")
