@@ -386,6 +386,14 @@ def test_coranet_on_the_vnet_saves_the_main_head_only_segments_and_fine_tunes(ti
     assert list(model.networks) == ["net"] and model.meta["training"]["config"]["network"] == "vnet"
     assert (config["architecture"], config["head_block"], config["dropout"]) == ("vnet", True, 0.5)
     _segments(folder, tiny_phantom)
+    clash = dict(data=str(tiny_phantom), out=str(tmp_path / "x"), init=str(folder), network="compact-unet")
+    clash.update(steps=0, patch_size=(16, 16, 16), val_cases=0)  # a missed refusal must not train long
+    with pytest.raises(InputError, match="--network compact-unet differs from the vnet network"):
+        Trainer(TrainConfig(**clash)).run()
+    clash.update(network=None, patch_size=(16, 16, 20))
+    with pytest.raises(InputError, match="divisible by 16"):  # the --init model's VNet sets the rule
+        Trainer(TrainConfig(**clash)).run()
+    # no --network: the VNet of the --init model (its patch check, 16), loaded into backbone and teacher
     child, _ = _run(tiny_phantom, tmp_path / "child", method="coranet", init=str(folder), steps=1, lr=1e-12)
     a, b = model.networks["net"].state_dict(), load_model(child).networks["net"].state_dict()
     weights = [k for k in a if a[k].is_floating_point() and "running" not in k]

@@ -25,13 +25,14 @@ from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from .imageio import read_image
 from .inference import resolve_precision
 from .methods import Batch, Method, OptimizerSpec, get_method
-from .model_store import LoadedModel, load_model, save_model
+from .model_store import LoadedModel, load_model, read_model_json, resolve_model, save_model
 from .networks import ARCHITECTURES, NetworkConfig, size_divisor
 from .patches import PatchSampler, PreparedCase, prepare_case
 from .preprocessing import Preprocessing, median_spacing
 from .progress import Reporter
 from .runlock import RunLock
 
+DEFAULT_NETWORK = "compact-unet"
 DEFAULT_DROPOUT = 0.5
 """The networks' dropout rate when neither ``--dropout`` nor the method (``default_dropout``) sets one."""
 
@@ -48,7 +49,7 @@ class TrainConfig:
     patch_size: tuple[int, int, int] = (48, 48, 48)
     width: float = 1.0
     dropout: float | None = None  # None: the method's default (0.5; embedding-matching 0.15)
-    network: str = "compact-unet"
+    network: str | None = None  # None: the --init model's backbone, else DEFAULT_NETWORK
     lr: float | None = None
     seed: int = 0
     val_cases: int | None = None
@@ -127,6 +128,23 @@ class Trainer:
             )
         return cases[: len(cases) - n_val], cases[len(cases) - n_val :]
 
+    def _architecture(self) -> str:
+        """The backbone that will train: the ``--init`` model's, else ``network`` (default compact-unet).
+
+        Raises:
+            InputError: an unknown network, or a ``network`` other than the ``--init`` model's.
+        """
+        chosen = self.config.network
+        if chosen is not None and chosen not in ARCHITECTURES:
+            raise InputError(f"unknown network {chosen!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        if not self.config.init:
+            return chosen or DEFAULT_NETWORK
+        first = next(iter(read_model_json(resolve_model(self.config.init))["networks"].values()))
+        stored = first.get("architecture", DEFAULT_NETWORK) if isinstance(first, dict) else DEFAULT_NETWORK
+        if chosen is not None and chosen != stored:
+            raise InputError(f"--network {chosen} differs from the {stored} network of the --init model")
+        return stored if stored in ARCHITECTURES else DEFAULT_NETWORK
+
     def _initial_model(self) -> LoadedModel | None:
         return load_model(self.config.init) if self.config.init else None
 
@@ -143,7 +161,8 @@ class Trainer:
         dropout = self.config.dropout
         if dropout is None:
             dropout = getattr(get_method(self.config.method), "default_dropout", DEFAULT_DROPOUT)
-        return NetworkConfig(architecture=self.config.network, width=self.config.width, dropout=dropout)
+        network = self.config.network or DEFAULT_NETWORK
+        return NetworkConfig(architecture=network, width=self.config.width, dropout=dropout)
 
     def _prepare(self, cases: list[Case], preprocessing: Preprocessing, labeled: bool) -> list[PreparedCase]:
         prepared = []
@@ -317,14 +336,12 @@ class Trainer:
 
     def run(self, resume: bool = False) -> Path:
         """Train (or continue with ``resume``) holding the lock on the output folder throughout."""
-        if self.config.network not in ARCHITECTURES:
-            known = ", ".join(sorted(ARCHITECTURES))
-            raise InputError(f"unknown network {self.config.network!r}; known: {known}")
-        divisor = size_divisor(self.config.network)
+        network = self._architecture()
+        divisor = size_divisor(network)
         if any(s % divisor for s in self.config.patch_size):
             raise InputError(
                 f"patch size {self.config.patch_size} must be divisible by {divisor} on every axis "
-                f"for the {self.config.network} network"
+                f"for the {network} network"
             )
         lock = RunLock(self.out)
         lock.acquire()  # before any data is read; InputError if another run writes this folder

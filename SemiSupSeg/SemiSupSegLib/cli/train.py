@@ -187,8 +187,8 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--network",
         choices=sorted(ARCHITECTURES),
-        help=f"backbone; patch sides must be multiples of 4 (compact-unet) or 16 (vnet) "
-        f"({_default(C, 'network')})",
+        help="backbone; patch sides must be multiples of 4 (compact-unet) or 16 (vnet) "
+        "(default: compact-unet, or the --init model's)",
     )
     p.add_argument("--lr", type=_POSITIVE, help="learning rate (default: the method's)")
     p.add_argument("--seed", type=_AMOUNT, help=_default(C, "seed"))
