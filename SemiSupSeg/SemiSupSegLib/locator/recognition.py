@@ -190,6 +190,7 @@ def train_recognition(
     lr: float = 1e-2,
     patch: int = PATCH,
     progress: Callable[[int, float], None] | None = None,
+    network: RecognitionNet | None = None,
 ) -> tuple[RecognitionNet, list[float]]:
     """Train the recognition network on normalised grid volumes and their grid masks.
 
@@ -203,6 +204,7 @@ def train_recognition(
         batch: crops per step; lr: Adam's learning rate (cosine decay to 5 % of it).
         patch: crop size (a multiple of 8; at most the smallest grid).
         progress: called with (step, loss) after every step.
+        network: continue training this network (default: a new one of ``config``).
 
     Returns:
         The trained network in eval mode and the loss of every step.
@@ -213,7 +215,7 @@ def train_recognition(
     inputs = [network_input(v, config.inputs) for v in volumes]
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    net = RecognitionNet(config).to(device).train()
+    net = (network if network is not None else RecognitionNet(config)).to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=0.05 * lr)
     dice = DiceLoss(sigmoid=True, batch=True)
