@@ -327,6 +327,23 @@ def test_coranet_total_is_sup_plus_half_of_certain_self_training_and_ramped_unce
     assert all(p.grad is None for p in method.teacher.parameters())
 
 
+def test_coranet_masks_come_from_a_copy_refreshed_every_mask_refresh_steps():
+    """Catches masks from the live student when a refresh period is set, or a copy never refreshed."""
+    method, batch = cora_method(mask_refresh_steps=2), make_batch()
+    snapshot = lambda: [p.clone() for p in method.mask_source.parameters()]  # noqa: E731
+    live = lambda: list(method.student.parameters())  # noqa: E731
+    method.compute_losses("student", batch, 10)  # first self-training step: the copy is taken
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(), live(), strict=True))
+    perturb(method.student, seed=3)
+    losses = method.compute_losses("student", batch, 11)  # within the period: the old copy
+    assert not any(torch.equal(a, b) for a, b in zip(snapshot(), live(), strict=True))
+    with torch.no_grad():  # the copy sees the unlabelled half alone (train-mode BatchNorm over it)
+        _, certain = xor_masks(*method.mask_source(batch.unlabeled_image))
+    assert losses["uncertain_fraction"].item() == pytest.approx((~certain).float().mean().item())
+    method.compute_losses("student", batch, 12)  # refreshed
+    assert all(torch.equal(a, b) for a, b in zip(snapshot(), live(), strict=True))
+
+
 def test_unknown_options_are_refused_and_paper_defaults_hold():
     """Catches a method that swallows a typo, and changed paper defaults."""
     for name in ("embedding-matching", "coranet"):
