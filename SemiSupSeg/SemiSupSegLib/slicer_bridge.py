@@ -460,7 +460,7 @@ def segment_command(
         model, input_path, output_path: the model folder, the volume file and the label file to write.
         center_lps: the instrument centre in the volume's LPS frame (None: the whole volume).
         probability_path, uncertainty_path: optional outputs.
-        mc_samples: Monte-Carlo passes for the uncertainty.
+        mc_samples: passes of the uncertainty estimator (0: the estimator's own default).
         device, precision: as ``semisupseg segment`` takes them.
 
     Returns:
@@ -473,7 +473,9 @@ def segment_command(
     if probability_path:
         args += ["--probability", str(probability_path)]
     if uncertainty_path:
-        args += ["--uncertainty", str(uncertainty_path), "--mc-samples", str(max(1, int(mc_samples)))]
+        args += ["--uncertainty", str(uncertainty_path)]
+        if int(mc_samples) > 0:  # else the estimator's own number of passes
+            args += ["--mc-samples", str(int(mc_samples))]
     return cli_command(["segment"], args, python)
 
 

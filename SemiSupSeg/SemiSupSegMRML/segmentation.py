@@ -27,7 +27,6 @@ from .markups import center_lps, set_center_lps
 from .segments import import_results
 from .volumes import check_volume, volume_to_image
 
-MC_SAMPLES = 8
 MODULE_DIR = pathlib.Path(__file__).resolve().parents[1]  # holds SemiSupSegLib and SemiSupSegMRML
 
 
@@ -245,7 +244,7 @@ class SegmentationLogic:
             check_point_inside(image, center, what="the centre point")
         voxels = int(np.prod(image.GetSize()))
         execution = bridge.choose_execution(
-            voxels, center is not None, MC_SAMPLES if uncertainty else 0, force_background
+            voxels, center is not None, 1 if uncertainty else 0, force_background
         )
         return SegmentationRequest(
             volume_node=volume_node,
@@ -280,7 +279,7 @@ class SegmentationLogic:
         Returns:
             The outcome for :func:`~SemiSupSegMRML.segments.import_results` (plus ``summary``).
         """
-        from SemiSupSegLib.inference import segment
+        from SemiSupSegLib.inference import DEFAULT_UNCERTAINTY, segment
 
         self.log(f"Segmenting with '{pathlib.Path(request.model_path).name}' on {request.device}...")
         model = self._load_model(request.model_path, request.device)
@@ -288,7 +287,7 @@ class SegmentationLogic:
             model,
             request.image,
             request.center_lps,
-            mc_samples=MC_SAMPLES if request.uncertainty else 0,
+            uncertainty_method=DEFAULT_UNCERTAINTY if request.uncertainty else None,
             progress=progress,
         )
         return {
@@ -322,7 +321,7 @@ class SegmentationLogic:
             center_lps=request.center_lps,
             probability_path=request.outputs.get("probability"),
             uncertainty_path=request.outputs.get("uncertainty"),
-            mc_samples=MC_SAMPLES,
+            mc_samples=0,  # the default estimator's own passes
             device=request.device,
         )
         env = os.environ.copy()
