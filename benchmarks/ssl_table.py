@@ -62,7 +62,13 @@ from SemiSupSegLib.phantom import write_phantom_dataset  # noqa: E402
 from SemiSupSegLib.training import TrainConfig, Trainer  # noqa: E402
 
 LA2018 = Path(__file__).resolve().parents[2] / "shared" / "data" / "la2018"
-BASE_ROWS = {"supervised": ("supervised", {}), "mean-teacher": ("mean-teacher", {}), "ua-mt": ("ua-mt", {})}
+BASE_ROWS = {
+    "supervised": ("supervised", {}),
+    "mean-teacher": ("mean-teacher", {}),
+    "ua-mt": ("ua-mt", {}),
+    "embedding-matching": ("embedding-matching", {}),
+    "coranet": ("coranet", {}),
+}
 ABLATION_ROWS = {long_ablation_name(t): ("dual-unet", {"ablation": name}) for name, t in ABLATIONS.items()}
 ROWS = {**BASE_ROWS, "dual-unet": ("dual-unet", {}), **ABLATION_ROWS}
 SCRIPT = "benchmarks/ssl_table.py"

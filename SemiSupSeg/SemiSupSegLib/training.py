@@ -33,8 +33,6 @@ from .progress import Reporter
 from .runlock import RunLock
 
 DEFAULT_NETWORK = "compact-unet"
-DEFAULT_DROPOUT = 0.5
-"""The networks' dropout rate when neither ``--dropout`` nor the method (``default_dropout``) sets one."""
 
 
 @dataclass
@@ -160,7 +158,7 @@ class Trainer:
             return NetworkConfig.from_dict(first)
         dropout = self.config.dropout
         if dropout is None:
-            dropout = getattr(get_method(self.config.method), "default_dropout", DEFAULT_DROPOUT)
+            dropout = get_method(self.config.method).default_dropout
         network = self.config.network or DEFAULT_NETWORK
         return NetworkConfig(architecture=network, width=self.config.width, dropout=dropout)
 

@@ -65,6 +65,7 @@ class Method(nn.Module):
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     uses_unlabeled: ClassVar[bool] = False
+    default_dropout: ClassVar[float] = 0.5  # the networks' dropout when --dropout is not given
     #: Every option (``--option KEY=VALUE``) the method accepts, with the parser that checks its value.
     option_parsers: ClassVar[dict[str, OptionParser]] = {}
 
