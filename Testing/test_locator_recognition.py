@@ -7,6 +7,7 @@ dozen steps. Old points-only ``locator.json`` files must still load.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -186,23 +187,26 @@ def resumed(labelled_blobs, tmp_path_factory):
         _recognition_config(labelled_blobs, out, checkpoint_every=20, steps=250, val_every=250), first
     )
     first.trainer = trainer
+    t0 = time.monotonic()
     with pytest.raises(TrainingCancelled):
         trainer.run()
+    first.seconds = time.monotonic() - t0
     assert (out / ".training" / "checkpoint.pt").is_file()
     second = _Recorder()
     folder = LocatorTrainer(LocatorTrainer.stored_config(out), second).run(resume=True)
-    return folder, first.events, second.events
+    return folder, first, second.events
 
 
 def test_train_stop_resume_locate_with_recognition(resumed, tmp_path, capsys):
     folder, first, second = resumed
-    assert any(f.get("stage") == "recognition" for e, f in first if e == "progress")
+    assert any(f.get("stage") == "recognition" for e, f in first.events if e == "progress")
     assert not any(f.get("stage") == "recognition" for _, f in second)  # not trained again
     locator = load_locator(folder)
     assert locator.recognizer is not None and locator.network.config.recognition == 2
     meta = json.loads((folder / "locator.json").read_text())
     assert meta["format"] == 2 and meta["search"]["refine"] is True
     assert {"threshold", "validation"} <= set(meta["confidence"])
+    assert meta["timings"]["wall_seconds_total"] >= 0.9 * first.seconds  # both sessions counted
     image, centre = _blob_image(np.random.default_rng(21))
     path = tmp_path / "blob.nrrd"
     sitk.WriteImage(image, str(path))

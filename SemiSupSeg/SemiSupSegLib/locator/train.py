@@ -286,6 +286,8 @@ class LocatorTrainer:
         self.best: dict | None = None  # {"step", "metrics", "state"}: the best validation so far
         self.recognizer: RecognitionNet | None = None
         self.recognition_summary: dict = {}
+        self._t_start = time.monotonic()
+        self._seconds_before = 0.0  # wall time of the sessions before a resume (from the checkpoint)
         self._stop_requested = False
 
     def request_stop(self) -> None:
@@ -509,6 +511,7 @@ class LocatorTrainer:
         if self.recognizer is not None:
             state["recognition"] = self.recognizer.state_dict()
             state["recognition_summary"] = json.dumps(self.recognition_summary)
+        state["wall_seconds"] = self._wall_seconds()
         write_checkpoint(self._checkpoint_path(), state, self.reporter)
 
     def _load_checkpoint(self, agent: DQNAgent, memory: ReplayMemory, state: dict) -> int:
@@ -522,6 +525,7 @@ class LocatorTrainer:
                 f"checkpoint {self._checkpoint_path()} is from another configuration: {exc}"
             ) from None
         self.history = json.loads(state.get("history", "[]"))
+        self._seconds_before = float(state.get("wall_seconds", 0.0))
         if "best_state" in state:
             self.best = {**json.loads(state["best"]), "state": state["best_state"]}
         return int(state["step"])
@@ -563,6 +567,7 @@ class LocatorTrainer:
 
     def _run_locked(self, resume: bool) -> Path:
         cfg = self.config
+        self._t_start = time.monotonic()
         seed_everything(cfg.seed)
         state = read_checkpoint(self._checkpoint_path()) if resume else None
         trained_recognition = self.config.recognition and (state is None or "recognition" not in state)
@@ -651,6 +656,10 @@ class LocatorTrainer:
             state = {k: v.detach().clone() for k, v in agent.online.state_dict().items()}
             self.best = {"step": step, "metrics": metrics, "state": state}
 
+    def _wall_seconds(self) -> float:
+        """Wall time of the whole run so far (preparation and recognition included, over resumes)."""
+        return self._seconds_before + time.monotonic() - self._t_start
+
     def _recognition_meta(self, val: list[PreparedCase], val_cases: list[Case]) -> dict:
         """What ``locator.json`` records about recognition: shape, training, mask overlap on validation."""
         cfg = self.config
@@ -702,6 +711,7 @@ class LocatorTrainer:
             "timings": {
                 "train_seconds": round(elapsed, 1),
                 "seconds_per_step": round(elapsed / max(1, cfg.steps - start), 4),
+                "wall_seconds_total": round(self._wall_seconds(), 1),
                 "device": str(self.device),
             },
             **extra,
