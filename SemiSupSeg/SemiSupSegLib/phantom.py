@@ -19,7 +19,9 @@ Imaging model (array axes are numpy ``(z, y, x)``, i.e. SimpleITK ``(x, y, z)`` 
 * everything is multiplied by spatially correlated Rayleigh speckle and log-compressed.
 
 The label is the full tube (voxel centres within the radius, plus the voxels of the centre line so thin
-guide-wires stay connected), restricted to the FOV, whatever the visibility.
+guide-wires stay connected), restricted to the FOV, whatever the visibility. Kind ``mixed`` (issue 15,
+multi-class) draws a catheter (label 1) and a guide-wire (label 2) on separate paths in the same volume;
+its ``dataset.json`` labels are ``{"0": "background", "1": "catheter", "2": "guidewire"}``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from scipy.spatial import cKDTree
 from SemiSupSegLib.atomic import atomic_path, atomic_write_json
 from SemiSupSegLib.errors import InputError
 
-KINDS = ("catheter", "guidewire")
+KINDS = ("catheter", "guidewire", "mixed")
+"""``mixed``: a catheter (label 1) and a guide-wire (label 2) in the same volume (issue 15, multi-class)."""
+MIXED = "mixed"
+MIXED_LABELS = {0: "background", 1: "catheter", 2: "guidewire"}
 MIN_SIZE = 32
 MAX_CASES_PER_SPLIT = 25000
 SEED_STRIDE = 100003
@@ -856,20 +861,22 @@ def generate_phantom(
     spacing: float | tuple[float, float, float] | None = None,
     profile: str | PhantomProfile = "default",
 ) -> PhantomCase:
-    """Generate one synthetic 3D ultrasound case with a catheter or a guide-wire.
+    """Generate one synthetic 3D ultrasound case with a catheter, a guide-wire, or both (``"mixed"``).
 
     Args:
         size: voxels, one integer or 3 in SimpleITK order (x, y, z), at least ``MIN_SIZE``.
-        kind: ``"catheter"`` or ``"guidewire"``.
+        kind: ``"catheter"``, ``"guidewire"`` or ``"mixed"`` (a catheter and a guide-wire, each on its
+            own path; the draws of the single-instrument kinds are not affected by its existence).
         seed: the case seed; the same seed and profile always give identical arrays.
         spacing: mm per voxel (x, y, z); by default isotropic, drawn per case from ``profile.spacing_mm``.
         profile: a name of ``PROFILES``, ``"random"`` (parameters drawn per seed, see
             ``draw_random_profile``) or a ``PhantomProfile``.
 
     Returns:
-        The case: uint8 image (0 outside the FOV, probe at the top of the z axis), uint8 {0, 1} label,
-        origin centring the volume on (0, 0, 0), identity direction; ``center`` is a point of the
-        instrument centre line in physical (LPS) mm; ``profile`` the concrete profile used.
+        The case: uint8 image (0 outside the FOV, probe at the top of the z axis), uint8 label ({0, 1};
+        ``"mixed"``: {0, 1 catheter, 2 guide-wire}, the catheter's label where the two tubes cross), origin
+        centring the volume on (0, 0, 0), identity direction; ``center`` is a point of the instrument centre
+        line in physical (LPS) mm (``"mixed"``: of the catheter's); ``profile`` the concrete profile used.
     """
     _check_kind(kind)
     size_xyz = _check_size(size)
@@ -880,14 +887,29 @@ def generate_phantom(
     if spacing_xyz is None:
         spacing_xyz = (float(rng.uniform(*used.spacing_mm)),) * 3
     geom = _make_geometry(rng, size_xyz[::-1], np.array(spacing_xyz[::-1], dtype=float), used)
-    diameter = used.catheter_diameter_mm if kind == "catheter" else used.guidewire_diameter_mm
-    radius = rng.uniform(*diameter) / 2
-    curve = _place_instrument(rng, geom)
+    instruments = [_draw_instrument(rng, geom, used, part) for part in _parts(kind)]
     beam = _beam_coordinates(geom)
-    image = _render(rng, kind, curve, radius, geom, beam, used)
-    label = _rasterize_label(curve, radius, geom, beam[3])
-    center_index = _pick_center(curve, label, geom)
+    image = _render(rng, instruments, geom, beam, used)
+    label = np.zeros(geom.shape, np.uint8)
+    for value, (_, curve, radius) in reversed(list(enumerate(instruments, start=1))):
+        label[_rasterize_label(curve, radius, geom, beam[3]) == 1] = value  # the first instrument wins
+    _, first_curve, _ = instruments[0]
+    center_index = _pick_center(first_curve, label, geom)
     return _make_case(image, label, center_index, spacing_xyz, kind, used)
+
+
+def _parts(kind: str) -> tuple[str, ...]:
+    """The instruments of a phantom kind, in label order (label ``i + 1`` for the ``i``-th)."""
+    return ("catheter", "guidewire") if kind == MIXED else (kind,)
+
+
+def _draw_instrument(
+    rng: np.random.Generator, geom: _Geometry, profile: PhantomProfile, kind: str
+) -> tuple[str, _Curve, float]:
+    """One instrument: its kind, centre line and radius (mm), drawn in that order (radius, then path)."""
+    diameter = profile.catheter_diameter_mm if kind == "catheter" else profile.guidewire_diameter_mm
+    radius = rng.uniform(*diameter) / 2
+    return kind, _place_instrument(rng, geom), radius
 
 
 def _place_instrument(rng: np.random.Generator, geom: _Geometry) -> _Curve:
@@ -906,27 +928,38 @@ def _curve_step(geom: _Geometry) -> float:
 
 def _render(
     rng: np.random.Generator,
-    kind: str,
-    curve: _Curve,
-    radius: float,
+    instruments: list[tuple[str, _Curve, float]],
     geom: _Geometry,
     beam: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     profile: PhantomProfile,
 ) -> np.ndarray:
-    """B-mode image (uint8): tissue and distractors, shadow, instrument, reverberation, speckle, log."""
-    levels = _levels(rng, kind, profile)
+    """B-mode image (uint8): tissue and distractors, shadows, instruments, reverberations, speckle, log.
+
+    ``instruments`` holds ``(kind, centre line, radius)``; with one instrument the draws are exactly those
+    of the single-instrument phantom (levels, tissue, fibres, shadow, speckle, compression).
+    """
+    levels = [_levels(rng, kind, profile) for kind, _, _ in instruments]
     echo = _tissue(rng, geom, profile)
     _add_fibres(rng, geom, echo, _curve_step(geom), profile)
     view = echo.reshape(-1)
-    shadow = _shadow_and_reverb(rng, kind, curve, radius, geom, beam, levels, profile.reverb_decay)
-    flat_s, factor, reverb = shadow
-    view[flat_s] *= factor
-    flat_i, weight, inst = _instrument_echo(kind, curve, radius, geom, levels)
-    view[flat_i] = view[flat_i] * (1.0 - weight) + inst
-    view[flat_s] += reverb
+    shadows = []
+    for (kind, curve, radius), level in zip(instruments, levels, strict=True):
+        flat_s, factor, reverb = _shadow_and_reverb(
+            rng, kind, curve, radius, geom, beam, level, profile.reverb_decay
+        )
+        view[flat_s] *= factor
+        shadows.append((flat_s, reverb))
+    bands = []
+    for (kind, curve, radius), level in zip(instruments, levels, strict=True):
+        flat_i, weight, inst = _instrument_echo(kind, curve, radius, geom, level)
+        view[flat_i] = view[flat_i] * (1.0 - weight) + inst
+        bands.append(flat_i)
+    for flat_s, reverb in shadows:
+        view[flat_s] += reverb
     echo += _db(profile.noise_floor_db)  # electronic noise floor: shadows in blood do not turn pure black
     speckle = _speckle(rng, geom, profile)
     flat_speckle = speckle.reshape(-1)
+    flat_i = np.unique(np.concatenate(bands)) if len(bands) > 1 else bands[0]
     flat_speckle[flat_i] = 1.0 + profile.instrument_speckle * (flat_speckle[flat_i] - 1.0)
     echo *= speckle
     return _compress(rng, echo, geom, beam, profile)
@@ -1042,6 +1075,14 @@ def _profile_summary(profile: str | PhantomProfile) -> dict[str, Any]:
     }
 
 
+_SINGLE_LABELS = {0: "background", 1: "instrument"}
+
+
+def _described(kind: str) -> str:
+    """The instruments of ``kind`` in words, for the dataset description."""
+    return "catheter and a guidewire" if kind == MIXED else kind
+
+
 def _write_datalist(
     out: pathlib.Path,
     kind: str,
@@ -1052,9 +1093,9 @@ def _write_datalist(
     """Write the Decathlon-style ``dataset.json`` (paths relative to ``out``) and return its path."""
     data = {
         "name": f"phantom-{kind}",
-        "description": f"Synthetic 3D cardiac ultrasound with a {kind} (SemiSupSegLib.phantom).",
+        "description": f"Synthetic 3D cardiac ultrasound with a {_described(kind)} (SemiSupSegLib.phantom).",
         "modality": {"0": "US"},
-        "labels": {"0": "background", "1": "instrument"},
+        "labels": {str(k): v for k, v in (MIXED_LABELS if kind == MIXED else _SINGLE_LABELS).items()},
         "numTraining": counts["training"],
         "numUnlabeled": counts["unlabeled"],
         "numTest": counts["test"],

@@ -40,7 +40,12 @@ def _add_phantom(sub) -> None:
     p.add_argument("--unlabeled", type=_AMOUNT, default=0, help="unlabelled cases (default 0)")
     p.add_argument("--test", type=_AMOUNT, default=0, help="labelled test cases (default 0)")
     p.add_argument("--seed", type=_AMOUNT, default=0)
-    p.add_argument("--kind", choices=("catheter", "guidewire"), default="catheter")
+    p.add_argument(
+        "--kind",
+        choices=("catheter", "guidewire", "mixed"),
+        default="catheter",
+        help="instrument (default catheter); mixed: a catheter (label 1) and a guide-wire (label 2)",
+    )
     p.add_argument("--size", type=_COUNT, default=160, help="voxels per axis (default 160)")
     p.add_argument(
         "--spacing", type=_POSITIVE, default=None, help="mm per voxel (default: drawn per case by --profile)"
