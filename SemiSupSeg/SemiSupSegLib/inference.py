@@ -14,7 +14,9 @@ Pipeline (see :func:`segment`):
    ``sliding_window_inference``.
 3. The softmax probabilities of the model's inference networks are averaged; the foreground probability
    (1 - background) is resampled linearly onto exactly the input's grid (0 outside the region) and
-   thresholded into the label.
+   thresholded into the label. Multi-class models (K > 2, issue 15): every foreground class's probability
+   is resampled the same way and the label is the class of largest probability (background
+   ``1 - sum_k P(k)``; ``threshold`` does not apply); the probability output stays ``1 - P(background)``.
 
 Optional uncertainty map, by one of :data:`UNCERTAINTY_METHODS` (issue 20; measured side by side by
 ``benchmarks/uncertainty.py``). Every method runs in the same predictor as the deterministic probability
@@ -72,6 +74,8 @@ __all__ = [
     "UncertaintyMethod",
     "bf16_supported",
     "entropy",
+    "argmax_label",
+    "foreground_maps",
     "foreground_probability",
     "mc_entropy",
     "mc_inputs",
@@ -342,6 +346,14 @@ def mc_entropy(
 ) -> torch.Tensor:
     """Predictive entropy ``[B, Z, Y, X]`` of :func:`mc_probabilities` (same keyword options)."""
     return entropy(mc_probabilities(networks, batch, samples, generator, **kwargs))
+
+
+def foreground_maps(probabilities: torch.Tensor) -> torch.Tensor:
+    """What is carried to the input grid: ``P(1)`` ``[B, ...]`` for two classes, else ``P(1..K-1)``
+    ``[B, K-1, ...]`` (the label of a multi-class model is their argmax against the background)."""
+    if probabilities.shape[1] == 2:
+        return probabilities[:, 1]
+    return probabilities[:, 1:]
 
 
 def foreground_probability(probabilities: torch.Tensor) -> torch.Tensor:
@@ -628,6 +640,43 @@ def _resample_onto(image: sitk.Image, reference: sitk.Image, default: float) -> 
     return sitk.GetArrayFromImage(out)
 
 
+def _input_maps(
+    foreground: np.ndarray, grid: sitk.Image, image: sitk.Image
+) -> tuple[sitk.Image, list[sitk.Image] | None]:
+    """The foreground probability on the input grid, and each foreground class's (K > 2; else None).
+
+    Args:
+        foreground: :func:`foreground_maps` of one region, ``[Z, Y, X]`` or ``[K-1, Z, Y, X]``.
+        grid: the region's grid.
+        image: the input volume.
+
+    Returns:
+        ``1 - P(background)`` and, for a multi-class model, ``P(k)`` for k = 1..K-1, all on ``image``'s grid.
+    """
+    if foreground.ndim == 3:
+        return to_input_grid(foreground, grid, image), None
+    probability = to_input_grid(np.clip(foreground.sum(axis=0), 0.0, 1.0), grid, image)
+    return probability, [to_input_grid(p, grid, image) for p in foreground]
+
+
+def argmax_label(classes: Sequence[sitk.Image]) -> sitk.Image:
+    """The class of largest probability (uint8, 0..K-1) from the foreground classes' maps ``P(1..K-1)``;
+    the background's is ``1 - sum_k P(k)`` (1 outside every region). Ties go to the lower class.
+
+    Args:
+        classes: ``P(k)`` for k = 1..K-1 on one grid.
+
+    Returns:
+        The label on that grid.
+    """
+    stacked = np.stack([sitk.GetArrayViewFromImage(p) for p in classes])
+    background = 1.0 - stacked.sum(axis=0)
+    label = np.argmax(np.concatenate([background[None], stacked]), axis=0).astype(np.uint8)
+    out = sitk.GetImageFromArray(label)
+    out.CopyInformation(classes[0])
+    return out
+
+
 def to_input_grid(array_zyx: np.ndarray, grid: sitk.Image, image: sitk.Image) -> sitk.Image:
     """A float32 map on ``grid`` (size, spacing, origin, direction) resampled linearly onto exactly the
     grid of ``image``; 0 outside ``grid``."""
@@ -718,12 +767,13 @@ class _Context:
         return self.uncertainty.predict(self, batch)
 
     def outputs(self, predicted) -> tuple[np.ndarray, np.ndarray | None]:
-        """Foreground probability and uncertainty map ``[Z, Y, X]`` of one blended :meth:`predict`."""
+        """:func:`foreground_maps` (``[Z, Y, X]``, or ``[K-1, Z, Y, X]`` for K > 2) and the uncertainty map
+        ``[Z, Y, X]`` of one blended :meth:`predict`."""
         if self.uncertainty is None:
-            return foreground_probability(predicted)[0].cpu().numpy(), None
+            return foreground_maps(predicted)[0].cpu().numpy(), None
         probs, extra = predicted
         uncertainty = self.uncertainty.to_map(extra)[0].cpu().numpy()
-        return foreground_probability(probs)[0].cpu().numpy(), uncertainty
+        return foreground_maps(probs)[0].cpu().numpy(), uncertainty
 
     @contextlib.contextmanager
     def seeded(self) -> Iterator[None]:
@@ -950,7 +1000,9 @@ def segment(
     volume allows), predicted as one window without seams. With ``centers`` (several points, issue 19):
     that region at every point, the probabilities (and uncertainties) merged by their voxel-wise maximum.
     Without: ``"sliding-window"`` mode over the whole volume with ``overlap``. ``label`` is
-    ``probability > threshold``. ``channels_last=None`` uses the measured default for the device.
+    ``probability > threshold`` for a two-class model; for K > 2 classes the class of largest probability
+    (:func:`argmax_label`, labels 0..K-1; ``threshold`` does not apply) and ``probability`` is
+    ``1 - P(background)``. ``channels_last=None`` uses the measured default for the device.
     ``progress(stage, fraction)`` is called at "preprocess", "predict", "map back", "done".
 
     Uncertainty: with ``uncertainty_method`` (a key of :data:`UNCERTAINTY_METHODS`), or with
@@ -969,13 +1021,17 @@ def segment(
     ctx = _make_context(model, image, precision, mc_samples, channels_last, method, uncertainty_seed)
     points = _center_points(image, center, centers)
     if points:
-        probability, uncertainty_image = _segment_points(ctx, image, points, int(roi_patches), report)
+        maps = _segment_points(ctx, image, points, int(roi_patches), report)
+        probability, classes, uncertainty_image = maps
     else:
         foreground, uncertainty, grid = _segment_whole(ctx, image, float(overlap), report)
         report("map back", 0.9)
-        probability = to_input_grid(foreground, grid, image)
+        probability, classes = _input_maps(foreground, grid, image)
         uncertainty_image = to_input_grid(uncertainty, grid, image) if uncertainty is not None else None
-    label = sitk.Cast(probability > float(threshold), sitk.sitkUInt8)
+    if classes is None:
+        label = sitk.Cast(probability > float(threshold), sitk.sitkUInt8)
+    else:
+        label = argmax_label(classes)
     label.CopyInformation(image)
     report("done", 1.0)
     return SegmentationResult(
@@ -1009,21 +1065,27 @@ def _segment_points(
     points: Sequence[tuple[float, float, float]],
     roi_patches: int,
     progress: ProgressCallback,
-) -> tuple[sitk.Image, sitk.Image | None]:
-    """Probability and uncertainty on the input grid: the coarse-to-fine region at every point, merged by
-    the voxel-wise maximum where regions overlap (issue 19), so every one-point result is kept."""
+) -> tuple[sitk.Image, list[sitk.Image] | None, sitk.Image | None]:
+    """Probability, the classes' maps (K > 2, else None) and uncertainty on the input grid: the
+    coarse-to-fine region at every point, merged by the voxel-wise maximum where regions overlap
+    (issue 19), so every one-point result is kept."""
     probability: sitk.Image | None = None
+    classes: list[sitk.Image] | None = None
     uncertainty: sitk.Image | None = None
     for i, point in enumerate(points):
         silent = progress if i == 0 else (lambda stage, fraction: None)
         foreground, region_uncertainty, grid = _segment_roi(ctx, image, point, roi_patches, silent)
         if i == 0:
             progress("map back", 0.9)
-        probability = _maximum(probability, to_input_grid(foreground, grid, image))
+        region_probability, region_classes = _input_maps(foreground, grid, image)
+        probability = _maximum(probability, region_probability)
+        if region_classes is not None:
+            merged = classes or [None] * len(region_classes)
+            classes = [_maximum(old, new) for old, new in zip(merged, region_classes, strict=True)]
         if region_uncertainty is not None:
             uncertainty = _maximum(uncertainty, to_input_grid(region_uncertainty, grid, image))
     assert probability is not None
-    return probability, uncertainty
+    return probability, classes, uncertainty
 
 
 def _maximum(merged: sitk.Image | None, new: sitk.Image) -> sitk.Image:

@@ -10,6 +10,9 @@ has a unit: in voxels (spacing 1) and in millimetres.
 * ``asd_vox``, ``asd_mm``: symmetric average surface distance.
 * ``pred_voxels``, ``ref_voxels``: number of foreground voxels.
 
+Multi-class label arrays (K > 2, issue 15): :func:`class_dice` gives each foreground class's Dice
+(``dice_<k>``) and their mean (``dice_mean``); the metrics above then describe the foreground as a whole.
+
 Empty masks never give NaN:
 
 * both empty: ``dice = jaccard = 1``, ``hd95 = asd = 0`` (the prediction is right);
@@ -145,6 +148,43 @@ def segmentation_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequenc
     result["pred_voxels"] = float(n_pred)
     result["ref_voxels"] = float(n_ref)
     return {key: result[key] for key in METRIC_KEYS}
+
+
+def _label_array(array: np.ndarray, what: str, classes: int) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind not in "biu" or array.size and (array.min() < 0 or array.max() >= classes):
+        raise InputError(f"{what} labels are not integers in 0..{classes - 1}")
+    return array
+
+
+def class_dice(pred: np.ndarray, ref: np.ndarray, classes: int) -> dict[str, float]:
+    """Per-class Dice of two multi-class label arrays and their mean over the foreground classes.
+
+    Class ``k``'s Dice is that of the masks ``pred == k`` and ``ref == k``, ``2 |P & R| / (|P| + |R|)``,
+    with the empty-mask rule of the module docstring (both empty: 1, one empty: 0).
+
+    Args:
+        pred: predicted labels ``[z, y, x]``, integers in ``0..classes-1``.
+        ref: reference labels, same shape.
+        classes: K, the number of classes including the background (0).
+
+    Returns:
+        ``dice_<k>`` for k = 1..K-1 and ``dice_mean``, their mean.
+
+    Raises:
+        InputError: shapes that differ, or labels outside ``0..classes-1``.
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise InputError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    pred, ref = _label_array(pred, "prediction", classes), _label_array(ref, "reference", classes)
+    result = {}
+    for k in range(1, classes):
+        p, r = pred == k, ref == k
+        total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
+        result[f"dice_{k}"] = 2.0 * int(np.count_nonzero(p & r)) / total if total else 1.0
+    result["dice_mean"] = float(np.mean(list(result.values()))) if result else 1.0
+    return result
 
 
 def _is_number(value: object) -> bool:

@@ -60,30 +60,67 @@ def resample_to_spacing(
 ) -> sitk.Image:
     """Resample to a new spacing, keeping origin, direction and physical extent.
 
-    Labels are resampled linearly as floats and thresholded at 0.5, which keeps thin structures
-    (a 0.9 mm guide-wire) better than nearest-neighbour does. A result too big for memory is refused
-    first (:func:`check_resampled_size`).
+    Labels are resampled linearly as floats, which keeps thin structures (a 0.9 mm guide-wire) better
+    than nearest-neighbour does: a binary label ({0, 1}) is thresholded at 0.5; a multi-class label
+    (values up to K - 1 > 1) is resampled one-hot, class by class, and each voxel takes the class of
+    largest interpolated indicator (:func:`_resample_classes`), so the labels stay in {0..K-1}.
+    A result too big for memory is refused first (:func:`check_resampled_size`).
     """
     spacing_xyz = tuple(float(s) for s in spacing_xyz)
     old_spacing = np.array(image.GetSpacing())
     if np.allclose(old_spacing, spacing_xyz, rtol=1e-4):
         return image
     new_size = check_resampled_size(image, spacing_xyz)
-    source = sitk.Cast(image, sitk.sitkFloat32)
-    resampled = sitk.Resample(
-        source,
-        new_size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        image.GetOrigin(),
-        spacing_xyz,
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
+    if is_label:
+        classes = int(np.max(sitk.GetArrayViewFromImage(image), initial=0)) + 1
+        if classes > 2:
+            return _resample_classes(image, new_size, spacing_xyz, classes)
+    resampled = _resample_linear(sitk.Cast(image, sitk.sitkFloat32), image, new_size, spacing_xyz)
     if is_label:
         return sitk.Cast(resampled > 0.5, sitk.sitkUInt8)
     return resampled
+
+
+def _resample_linear(
+    source: sitk.Image, grid: sitk.Image, size: Sequence[int], spacing_xyz: Sequence[float]
+) -> sitk.Image:
+    """``source`` (float32) resampled linearly to ``size`` voxels of ``spacing_xyz`` on ``grid``'s frame."""
+    return sitk.Resample(
+        source,
+        tuple(size),
+        sitk.Transform(),
+        sitk.sitkLinear,
+        grid.GetOrigin(),
+        tuple(spacing_xyz),
+        grid.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+
+
+def _resample_classes(
+    label: sitk.Image, size: Sequence[int], spacing_xyz: Sequence[float], classes: int
+) -> sitk.Image:
+    """A label of ``classes`` values resampled one-hot: the argmax of the linearly resampled indicators.
+
+    Voxels outside the input take the background (every indicator is 0 there, ties go to class 0).
+    """
+    best = None
+    winner = None
+    for value in range(classes):
+        indicator = sitk.Cast(sitk.Equal(label, value), sitk.sitkFloat32)
+        resampled = sitk.GetArrayFromImage(_resample_linear(indicator, label, size, spacing_xyz))
+        if best is None:
+            best, winner = resampled, np.zeros(resampled.shape, np.uint8)
+            continue
+        better = resampled > best
+        best = np.where(better, resampled, best)
+        winner[better] = value
+    out = sitk.GetImageFromArray(winner)
+    out.SetSpacing(tuple(spacing_xyz))
+    out.SetOrigin(label.GetOrigin())
+    out.SetDirection(label.GetDirection())
+    return out
 
 
 def median_spacing(images: Sequence[sitk.Image]) -> tuple[float, float, float]:
