@@ -153,6 +153,8 @@ class Trainer:
         return Preprocessing(target_spacing=tuple(float(s) for s in spacing))
 
     def _network_config(self, init: LoadedModel | None) -> NetworkConfig:
+        """The networks' configuration: the ``--init`` model's, else the configured backbone with one output
+        channel per class of ``dataset.json``'s ``labels`` (K = 2 without labels)."""
         if init is not None:
             first = next(iter(init.meta["networks"].values()))
             return NetworkConfig.from_dict(first)
@@ -160,7 +162,14 @@ class Trainer:
         if dropout is None:
             dropout = get_method(self.config.method).default_dropout
         network = self.config.network or DEFAULT_NETWORK
-        return NetworkConfig(architecture=network, width=self.config.width, dropout=dropout)
+        return NetworkConfig(
+            architecture=network, width=self.config.width, dropout=dropout, num_classes=self._num_classes()
+        )
+
+    def _num_classes(self) -> int:
+        """K: the classes of the dataset's ``labels`` (0..K-1, checked by the dataset), at least 2."""
+        dataset = getattr(self, "dataset", None)
+        return max(2, dataset.num_classes) if dataset is not None else 2
 
     def _prepare(self, cases: list[Case], preprocessing: Preprocessing, labeled: bool) -> list[PreparedCase]:
         prepared = []
@@ -292,7 +301,7 @@ class Trainer:
     # --- validation -------------------------------------------------------------------------
     def _validate(self, method: Method, val: list[ValidationCase], preprocessing: Preprocessing) -> dict:
         from .inference import segment
-        from .metrics import segmentation_metrics, summarize
+        from .metrics import class_dice, segmentation_metrics, summarize
 
         method.eval()
         model = LoadedModel(
@@ -305,9 +314,13 @@ class Trainer:
         rows = []
         for case in val:
             result = segment(model, case.image, case.center)
-            pred = sitk.GetArrayViewFromImage(result.label) > 0
-            ref = sitk.GetArrayViewFromImage(case.label) > 0
-            rows.append(segmentation_metrics(pred, ref, case.image.GetSpacing()[::-1]))
+            pred = sitk.GetArrayViewFromImage(result.label)
+            ref = sitk.GetArrayViewFromImage(case.label)
+            row = segmentation_metrics(pred > 0, ref > 0, case.image.GetSpacing()[::-1])
+            if model.num_classes > 2:  # Dice: the mean over the foreground classes (issue 15)
+                row = {**row, **class_dice(pred, ref, model.num_classes)}
+                row["dice"] = row["dice_mean"]
+            rows.append(row)
         method.train()
         summary = summarize(rows)
         return {k: summary[k]["mean"] for k in ("dice", "hd95_mm") if k in summary}

@@ -27,6 +27,36 @@ def _write_figure(figures_dir: Path, case, image, reference, result, row: dict) 
     )
 
 
+def _case_row(name: str, result, reference, image, classes: int) -> dict:
+    """Metrics of one case: the foreground as a whole, and per class (``dice_<k>``, ``dice_mean``) when the
+    model has K > 2 classes."""
+    import SimpleITK as sitk
+
+    from ..metrics import class_dice, segmentation_metrics
+
+    pred_labels = sitk.GetArrayViewFromImage(result.label)
+    ref_labels = sitk.GetArrayViewFromImage(reference)
+    row = {"case": name, **segmentation_metrics(pred_labels > 0, ref_labels > 0, image.GetSpacing()[::-1])}
+    if classes > 2:
+        row.update(class_dice(pred_labels, ref_labels, classes))
+    row["seconds"] = result.seconds
+    return row
+
+
+def _class_dice_text(row: dict, names: dict[int, str]) -> str:
+    """``  catheter 0.812  guidewire 0.431  mean 0.622`` for a multi-class row, else ``""``."""
+    if "dice_mean" not in row:
+        return ""
+    parts = [f"{names.get(k, k)} {row[f'dice_{k}']:.3f}" for k in sorted(names) if f"dice_{k}" in row]
+    return "  " + "  ".join([*parts, f"mean {row['dice_mean']:.3f}"])
+
+
+def _class_names(model) -> dict[int, str]:
+    """The model's foreground classes, index -> name (from model.json's ``classes``)."""
+    classes = model.meta.get("classes") or {}
+    return {int(k): str(v) for k, v in classes.items() if str(k).isdigit() and int(k) > 0}
+
+
 def _evaluate_cases(
     model,
     cases,
@@ -38,12 +68,10 @@ def _evaluate_cases(
     mc_samples: int = 0,
     uncertainty_method: str | None = None,
 ) -> list[dict]:
-    import SimpleITK as sitk
-
     from ..imageio import read_image, write_image
     from ..inference import segment
-    from ..metrics import segmentation_metrics
 
+    names = _class_names(model)
     rows = []
     for case in cases:
         image = read_image(case.image)
@@ -53,10 +81,7 @@ def _evaluate_cases(
             located, center = _localisation_row(locator, image, case)
         options = {"mc_samples": mc_samples, "uncertainty_method": uncertainty_method}
         result = segment(model, image, center, precision=precision, **options)
-        pred = sitk.GetArrayViewFromImage(result.label) > 0
-        ref = sitk.GetArrayViewFromImage(reference) > 0
-        row = {"case": case.name, **segmentation_metrics(pred, ref, image.GetSpacing()[::-1])}
-        row["seconds"] = result.seconds
+        row = _case_row(case.name, result, reference, image, model.num_classes)
         row.update(located)
         rows.append(row)
         if pred_dir is not None:
@@ -66,7 +91,8 @@ def _evaluate_cases(
         where = f"; located {row['loc_vox']:.1f} vox, {row['loc_mm']:.1f} mm off" if "loc_mm" in row else ""
         dice, hd95 = row["dice"], row["hd95_mm"]
         print(
-            f"{case.name}: Dice {dice:.3f}  HD95 {hd95:.2f} mm  {row['seconds']:.2f} s{where}",
+            f"{case.name}: Dice {dice:.3f}  HD95 {hd95:.2f} mm  {row['seconds']:.2f} s{where}"
+            + _class_dice_text(row, names),
             file=sys.stderr,
         )
     return rows
@@ -87,11 +113,21 @@ EVALUATE_KEYS = (
 )
 
 
-def _print_summary(summary: dict, keys: Sequence[str]) -> None:
+def _class_keys(names: dict[int, str]) -> tuple[str, ...]:
+    """Per-class Dice keys of a multi-class model (K > 2): ``dice_<k>`` for each class, then ``dice_mean``."""
+    if len(names) < 2:
+        return ()
+    return (*(f"dice_{k}" for k in sorted(names)), "dice_mean")
+
+
+def _print_summary(summary: dict, keys: Sequence[str], names: dict[int, str] | None = None) -> None:
+    """One line per key present: mean ± std (n); per-class Dice keys carry the class name."""
     for key in keys:
         if key in summary:
             s = summary[key]
-            print(f"{key:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+            index = key.removeprefix("dice_")
+            label = f"dice {names[int(index)]}" if names and index.isdigit() and int(index) in names else key
+            print(f"{label:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -121,7 +157,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.uncertainty_method,
     )
     summary = summarize(rows)
-    _print_summary(summary, EVALUATE_KEYS)
+    names = _class_names(model)
+    _print_summary(summary, (*EVALUATE_KEYS[:1], *_class_keys(names), *EVALUATE_KEYS[1:]), names)
     if args.json:
         atomic_write_json(
             args.json,
@@ -129,6 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "model": str(model.path),
                 "data": str(args.data),
                 "section": args.section,
+                "classes": dict(model.meta.get("classes", {})),
                 "cases": rows,
                 "summary": summary,
             },
@@ -138,7 +176,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="segment labelled cases and report Dice, Jaccard, HD95, ASD")
+    p = sub.add_parser(
+        "evaluate",
+        help="segment labelled cases and report Dice, Jaccard, HD95, ASD (and per-class Dice for K > 2)",
+    )
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True, help="dataset.json")
     p.add_argument("--section", choices=("test", "training"), default="test")
