@@ -58,7 +58,8 @@ def read_outputs(request: SegmentationRequest, finished: dict) -> dict:
         finished: the child's ``finished`` protocol event (``seconds``, ``mode``, ``precision``).
 
     Returns:
-        ``{"label", "probability", "uncertainty", "summary"}`` (images or None, and one line of text).
+        ``{"label", "probability", "uncertainty", "summary", "classes"}`` (images or None, one line of text,
+        the model's classes).
     """
     from SemiSupSegLib.imageio import read_image
 
@@ -76,7 +77,20 @@ def read_outputs(request: SegmentationRequest, finished: dict) -> dict:
     for key in ("probability", "uncertainty"):
         if key in request.outputs and os.path.exists(request.outputs[key]):
             outcome[key] = read_image(request.outputs[key], what=key)
+    outcome["classes"] = _model_classes(request.model_path)
     return outcome
+
+
+def _model_classes(model_path: str) -> dict:
+    """The model's ``classes`` from its ``model.json`` ({} when it cannot be read: one segment)."""
+    from SemiSupSegLib.errors import ModelError
+    from SemiSupSegLib.model_index import read_model_json
+
+    try:
+        classes = read_model_json(model_path).get("classes")
+    except ModelError:  # the segmentation is already made; naming its segments is secondary
+        return {}
+    return dict(classes) if isinstance(classes, dict) else {}
 
 
 class BackgroundSegmentation:
@@ -295,6 +309,7 @@ class SegmentationLogic:
             "probability": result.probability if request.probability else None,
             "uncertainty": result.uncertainty,
             "summary": bridge.result_summary(result.seconds, result.mode, request.device, result.precision),
+            "classes": dict(model.meta.get("classes") or {}),
         }
 
     @staticmethod

@@ -1,4 +1,9 @@
-"""The "instrument" segment <-> a 0/1 label on the volume's voxel grid, and a result's output nodes."""
+"""The "instrument" segment <-> a 0/1 label on the volume's voxel grid, and a result's output nodes.
+
+A multi-class model's label (K > 2, issue 15) becomes one segment per foreground class, named from the
+model's classes (``dataset.json``'s ``labels``); the single-segment editing helpers below work on the
+"instrument" segment (or the only segment).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,22 @@ from .volumes import check_volume, image_to_volume, volume_to_world
 
 SEGMENT_NAME = "instrument"
 SEGMENT_COLOR = (1.0, 0.85, 0.1)
+CLASS_COLORS = ((1.0, 0.85, 0.1), (0.2, 0.8, 1.0), (1.0, 0.35, 0.35), (0.45, 1.0, 0.45), (0.85, 0.5, 1.0))
+"""Colours of a multi-class model's segments, class 1 first (repeating after the fifth)."""
+
+
+def class_segments(classes: dict | None) -> dict[int, str]:
+    """Label value -> segment name: one per foreground class of a multi-class model (K > 2), named from
+    ``model.json``'s ``classes`` (those of ``dataset.json``'s ``labels``); ``{1: "instrument"}`` otherwise.
+
+    Args:
+        classes: ``{"0": "background", "1": "catheter", ...}``, or None.
+
+    Returns:
+        The segments to make, by label value.
+    """
+    named = {int(k): str(v) for k, v in (classes or {}).items() if str(k).isdigit() and int(k) > 0}
+    return named if len(named) > 1 else {1: SEGMENT_NAME}
 
 
 def _voxels_on_grid(label: sitk.Image, volume_node) -> np.ndarray:
@@ -26,37 +47,51 @@ def _voxels_on_grid(label: sitk.Image, volume_node) -> np.ndarray:
     return array
 
 
-def label_to_segmentation(label: sitk.Image, volume_node, segmentation_node=None):
-    """Create or update the segmentation's "instrument" segment from a label on the volume's grid.
+def label_to_segmentation(
+    label: sitk.Image, volume_node, segmentation_node=None, classes: dict | None = None
+):
+    """Create or update the segmentation's segments from a label on the volume's grid: the "instrument"
+    segment (non-zero voxels), or for a multi-class model one segment per foreground class, named from
+    ``classes`` (:func:`class_segments`).
 
     Everything is checked before the scene changes: a label of another size raises and leaves no new
     node behind.
 
     Args:
-        label: a label image with the volume's size (non-zero = instrument).
+        label: a label image with the volume's size (non-zero = instrument; class values for K > 2).
         volume_node: the volume the label was computed on.
         segmentation_node: the segmentation to update, or None to add one.
+        classes: the model's classes (``model.json``'s ``classes``), or None for one instrument.
 
     Returns:
         The segmentation node, under the volume's parent transform.
     """
     check_volume(volume_node)
     volume_to_world(volume_node)  # a non-linear parent transform raises before any node is added
-    array = (_voxels_on_grid(label, volume_node) > 0).astype(np.uint8)
+    voxels = _voxels_on_grid(label, volume_node)
+    names = class_segments(classes)
+    if names == {1: SEGMENT_NAME}:
+        masks = {SEGMENT_NAME: ((voxels > 0).astype(np.uint8), SEGMENT_COLOR)}
+    else:
+        masks = {
+            name: ((voxels == value).astype(np.uint8), CLASS_COLORS[i % len(CLASS_COLORS)])
+            for i, (value, name) in enumerate(sorted(names.items()))
+        }
     if segmentation_node is None:
         segmentation_node = slicer.mrmlScene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", f"{volume_node.GetName()} instrument"
         )
         segmentation_node.CreateDefaultDisplayNodes()
     segmentation = segmentation_node.GetSegmentation()
-    segment_id = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
-    if not segment_id:
-        segment_id = segmentation.AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, list(SEGMENT_COLOR))
     # Under the same parent transform as the volume (and so as the temporary labelmap Slicer makes from
     # it), the import does not resample.
     segmentation_node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentation_node, segment_id, volume_node)
+    for name, (array, color) in masks.items():
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        if not segment_id:
+            segment_id = segmentation.AddEmptySegment(name, name, list(color))
+        slicer.util.updateSegmentBinaryLabelmapFromArray(array, segmentation_node, segment_id, volume_node)
     return segmentation_node
 
 
@@ -143,7 +178,8 @@ def import_results(
 
     Args:
         outcome: ``{"label": image, "probability": image or None, "uncertainty": image or None}``,
-            each on the volume's grid.
+            each on the volume's grid, and optionally ``"classes"`` (the model's; a multi-class model's
+            label becomes one segment per class, :func:`label_to_segmentation`).
         volume_node: the segmented volume.
         segmentation_node, probability_node, uncertainty_node: nodes to update (None: add new ones).
 
@@ -154,7 +190,10 @@ def import_results(
     for key in ("probability", "uncertainty"):  # every size checked before the scene changes
         if outcome.get(key) is not None:
             _voxels_on_grid(outcome[key], volume_node)
-    nodes = {"segmentation": label_to_segmentation(outcome["label"], volume_node, segmentation_node)}
+    segmentation = label_to_segmentation(
+        outcome["label"], volume_node, segmentation_node, outcome.get("classes")
+    )
+    nodes = {"segmentation": segmentation}
     name = volume_node.GetName()
     for key, node in (("probability", probability_node), ("uncertainty", uncertainty_node)):
         if outcome.get(key) is not None:
