@@ -104,7 +104,10 @@ def _add_segment(sub) -> None:
     p.add_argument("--model", required=True, help="model folder or name")
     p.add_argument("--input", required=True)
     p.add_argument(
-        "--output", required=True, type=_image_output, help="label file to write (.nrrd, .nii.gz, .mha)"
+        "--output",
+        required=True,
+        type=_image_output,
+        help="label file to write (.nrrd, .nii.gz, .mha): 0/1, or the classes 0..K-1 of a multi-class model",
     )
     p.add_argument(
         "--center",
@@ -115,7 +118,11 @@ def _add_segment(sub) -> None:
     )
     p.add_argument("--ras", action="store_true", help="--center is in RAS (Slicer) instead of LPS")
     p.add_argument("--locator", help="without --center: find the centre with this DQN locator first")
-    p.add_argument("--probability", type=_image_output, help="also write the foreground probability")
+    p.add_argument(
+        "--probability",
+        type=_image_output,
+        help="also write the foreground probability (multi-class models: 1 - P(background))",
+    )
     p.add_argument(
         "--uncertainty", type=_image_output, help="also write an uncertainty map (see --uncertainty-method)"
     )
@@ -129,7 +136,12 @@ def _add_segment(sub) -> None:
     p.add_argument(
         "--mc-samples", type=_COUNT, default=None, help="passes of the estimator (default: its own, 8 for MC)"
     )
-    p.add_argument("--threshold", type=_PROBABILITY, default=0.5)
+    p.add_argument(
+        "--threshold",
+        type=_PROBABILITY,
+        default=0.5,
+        help="label = probability > threshold (default 0.5); multi-class models take the most probable class",
+    )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument(
