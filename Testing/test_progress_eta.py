@@ -121,7 +121,7 @@ def test_locator_training_eta_is_the_rate_times_the_steps_left(tmp_path, monkeyp
     config = LocatorTrainConfig(
         data=[_blob_dataset(tmp_path)], out=str(tmp_path / "loc"), steps=4, agents=2, batch=4, grid=16,
         crop=5, scales=(3, 1), width=4, memory=100, warmup=4, target_every=2, episode_steps=4,
-        val_cases=0, checkpoint_every=100, device="cpu", seed=0,
+        val_cases=0, checkpoint_every=100, device="cpu", seed=0, recognition=False,
     )
     recorder = _Recorder()
     LocatorTrainer(config, recorder).run()
