@@ -130,7 +130,7 @@ def _cli(*argv: str) -> None:
     assert main(list(argv)) == 0
 
 
-def test_mixed_phantom_trains_segments_and_evaluates_three_classes(tmp_path):
+def test_mixed_phantom_trains_segments_and_evaluates_three_classes(tmp_path, capsys):
     data = tmp_path / "mixed"
     _cli("phantom", str(data), "--kind", "mixed", "--cases", "2", "--test", "1", "--size", "48")
     dataset = json.loads((data / "dataset.json").read_text())
@@ -148,6 +148,11 @@ def test_mixed_phantom_trains_segments_and_evaluates_three_classes(tmp_path):
     assert meta["classes"] == dataset["labels"]
     assert {net["num_classes"] for net in meta["networks"].values()} == {3}
     assert "dice" in meta["metrics"]["validation"]
+    four = data / "four.json"  # the same cases declared with a fourth class
+    four.write_text(json.dumps({**dataset, "labels": {**dataset["labels"], "3": "sheath"}}))
+    refused = main(["train", "--data", str(four), "--init", str(model), "--out", str(tmp_path / "ft"),
+                    "--steps", "1", "--patch", "16", "--val-cases", "0", "--progress", "none"])  # fmt: skip
+    assert refused == 2 and "has 3 classes but the dataset's labels declare 4" in capsys.readouterr().err
     report, predictions = tmp_path / "evaluate.json", tmp_path / "predictions"
     _cli("evaluate", "--model", str(model), "--data", str(data / "dataset.json"), "--json", str(report),
          "--predictions", str(predictions), "--precision", "fp32")  # fmt: skip

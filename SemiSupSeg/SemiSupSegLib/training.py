@@ -154,10 +154,19 @@ class Trainer:
 
     def _network_config(self, init: LoadedModel | None) -> NetworkConfig:
         """The networks' configuration: the ``--init`` model's, else the configured backbone with one output
-        channel per class of ``dataset.json``'s ``labels`` (K = 2 without labels)."""
+        channel per class of ``dataset.json``'s ``labels`` (K = 2 without labels).
+
+        Raises:
+            InputError: the ``--init`` model has another number of classes than the dataset.
+        """
         if init is not None:
-            first = next(iter(init.meta["networks"].values()))
-            return NetworkConfig.from_dict(first)
+            first = NetworkConfig.from_dict(next(iter(init.meta["networks"].values())))
+            if first.num_classes != self._num_classes():
+                raise InputError(
+                    f"the --init model has {first.num_classes} classes but the dataset's labels declare "
+                    f"{self._num_classes()}; fine-tune on data with the same classes"
+                )
+            return first
         dropout = self.config.dropout
         if dropout is None:
             dropout = get_method(self.config.method).default_dropout
