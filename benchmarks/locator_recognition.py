@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _report import command_line, write_json
+from _report import command_line, fail, markdown_table, read_json, write_json
 from scipy import ndimage
 
 from SemiSupSegLib.checkpoints import read_checkpoint
@@ -94,10 +94,36 @@ def evaluate(net: RecognitionNet, tests: dict) -> dict:
     return result
 
 
+def summary_lines(results: dict) -> list[str]:
+    """One markdown row per checkpoint of the probe, pooled over every test case."""
+    header = [
+        "extra steps", "last-100 loss", "mask Dice (mean)", "middle from the true centre: median (vox)",
+        "within 3 vox", "middle of the largest component within 10 vox", "likelihood at the centre (mean)",
+        "cases",
+    ]  # fmt: skip
+    rows = []
+    for point in results["checkpoints"]:
+        cases = [r for rows_ in point["sets"].values() for r in rows_]
+        missing = lambda v: 99.0 if v is None else v  # noqa: E731  no component: counted as a miss
+        centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
+        largest = np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+        loss = point.get("loss_last_100")
+        rows.append(
+            [
+                point["extra_steps"], "–" if loss is None else f"{loss:.3f}",
+                f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
+                f"{100 * np.mean(centre <= 3):.0f} %", f"{100 * np.mean(largest <= 10):.0f} %",
+                f"{np.mean([r['at_centre'] for r in cases]):.2f}", len(cases),
+            ]
+        )  # fmt: skip
+    return markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", action="append", required=True, help="dataset.json with labelled cases")
-    parser.add_argument("--test", required=True, help="folder holding the test sets' dataset.json files")
+    parser.add_argument("--data", action="append", help="dataset.json with labelled cases")
+    parser.add_argument("--test", help="folder holding the test sets' dataset.json files")
+    parser.add_argument("--tabulate", metavar="JSON", help="measure nothing: print this probe's summary")
     parser.add_argument("--init", help="locator folder or run checkpoint to continue from")
     parser.add_argument("--width", type=int, default=RecognitionConfig.width)
     parser.add_argument("--steps", type=int, default=3000)
@@ -106,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="docs/benchmark_results/locator_recognition.json")
     args = parser.parse_args(argv)
+    if args.tabulate:
+        print("\n".join(summary_lines(read_json(Path(args.tabulate)))))
+        return 0
+    if not args.data or not args.test:
+        raise fail("--data and --test are required unless --tabulate is given")
     torch.set_num_threads(1)
     train = _grids([c for d in args.data for c in load_dataset(d).training])
     tests = {
