@@ -1,8 +1,8 @@
 """Benchmark of instrument localisation on phantom volumes no locator trained on (not a test).
 
     OMP_NUM_THREADS=1 python benchmarks/locator.py --locator phantom-locator-ii \
-        --points-only phantom-locator --model phantom-catheter [--cases 10] [--window-cases 2] [--work /tmp/locator-bench] \
-        [--out docs/benchmark_results/locator.json] [--write docs/BENCHMARKS.md]
+        --points-only phantom-locator --model phantom-catheter [--cases 10] [--window-cases 2] \
+        [--work /tmp/locator-bench] [--out docs/benchmark_results/locator.json] [--write docs/BENCHMARKS.md]
     python benchmarks/locator.py --tabulate docs/benchmark_results/locator.json [--write docs/BENCHMARKS.md]
 
 Test data: the ``test`` split of ``semisupseg phantom`` (test cases have their own seeds, never
