@@ -12,8 +12,10 @@ The input: the normalised grid and its band-pass (:func:`~.environment.band_pass
 structures kept, shading removed), which speeds up learning the thin guide-wires.
 The network: a stride-2 convolution (the grid's voxels all reach it, thin guide-wires included),
 then MONAI's ``UNet`` at half the grid's resolution; one logit per half-resolution voxel, turned into
-an instrument likelihood and interpolated back onto the grid. At half resolution a 96³ grid costs
-about 0.03 s on one CPU thread (full resolution: 0.11-0.25 s, over the locator's time budget).
+an instrument likelihood and interpolated back onto the grid. Working at half resolution costs about
+an eighth of a full-resolution network of the same widths (the locator must answer in a fraction of a
+second on a CPU); whether that resolution is enough is the open question of docs/BENCHMARKS.md,
+"Locator II".
 
 Targets: the label resampled linearly onto the grid, instrument where it covers at least
 :data:`MASK_FRACTION` of a grid voxel (so a 0.6 mm guide-wire on a 1.2 mm grid still has voxels),
