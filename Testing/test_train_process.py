@@ -113,6 +113,8 @@ def test_commands_are_argument_lists_never_shell_strings(tmp_path):
     ]
     locator = tp.locator_command([nasty], tmp_path / "loc", steps=50, device="gpu")
     assert locator[3] == "train-locator" and locator[locator.index("--device") + 1] == "cuda"
+    assert "--points-only" not in locator  # locator II by default: recognition from the masks
+    assert "--points-only" in tp.locator_command([nasty], tmp_path / "loc", points_only=True)
     with pytest.raises(InputError):
         tp.training_command(_tiny_request(nasty, tmp_path, device="tpu"))
     with pytest.raises(TypeError):

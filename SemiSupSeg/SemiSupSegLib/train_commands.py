@@ -132,8 +132,12 @@ def locator_command(
     val_cases: int | None = None,
     checkpoint_every: int | None = 250,
     python: str | None = None,
+    points_only: bool = False,
 ) -> list[str]:
-    """``semisupseg train-locator`` from the centre points of the given datasets."""
+    """``semisupseg train-locator``: recognition from the datasets' masks, search from their centre points.
+
+    ``points_only``: the paper's agent, from the centre points alone (no masks needed).
+    """
     if not data:
         raise InputError("the locator needs at least one dataset.json with centre points")
     args: list[str] = []
@@ -144,6 +148,8 @@ def locator_command(
         args += ["--val-cases", str(int(val_cases))]
     if checkpoint_every is not None:
         args += ["--checkpoint-every", str(int(checkpoint_every))]
+    if points_only:
+        args.append("--points-only")
     return cli_command(["train-locator"], [*args, "--progress", "json"], python)
 
 
@@ -180,5 +186,3 @@ def child_environment(
     if device_argument(device) == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
-
-

@@ -169,8 +169,9 @@ class TrainingLogic:
         self._start("train", "training", engine.training_command(request, self.python_executable()), device)
         return str(out)
 
-    def start_locator_training(self, pool, steps=8000, device="auto", name=None) -> str:
-        """Train the DQN locator from the pool's centre points; returns the locator folder."""
+    def start_locator_training(self, pool, steps=8000, device="auto", name=None, points_only=False) -> str:
+        """Train the locator (recognition from the pool's masks, search from its centre points; with
+        ``points_only`` from the centre points alone); returns the locator folder."""
         summary = engine.summarize_data(pool, (), None, check_images=False)
         if summary.with_center < 2:
             raise ValueError(
@@ -180,7 +181,12 @@ class TrainingLogic:
             name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}", engine.locators_folder()
         )
         args = engine.locator_command(
-            [pool], out, steps=int(steps), device=device, python=self.python_executable()
+            [pool],
+            out,
+            steps=int(steps),
+            device=device,
+            python=self.python_executable(),
+            points_only=points_only,
         )
         self._start("train", "locator training", args, device)
         return str(out)
