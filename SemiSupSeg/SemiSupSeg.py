@@ -21,7 +21,6 @@ whole process tree.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import pathlib
@@ -34,11 +33,12 @@ import ctk
 import qt
 import slicer
 import vtk
-from SemiSupSegMRML import dependencies, markups, models, overlay
+from SemiSupSegMRML import dependencies, markups, models
 from SemiSupSegMRML.pool import add_to_pool
-from SemiSupSegMRML.refine import RefineHistory, refine_here
+from SemiSupSegMRML.refine import RefineHistory
 from SemiSupSegMRML.segmentation import Cancelled, SegmentationLogic
-from SemiSupSegMRML.suggested import load_next_suggested
+from SemiSupSegWidgets.actions import userAction
+from SemiSupSegWidgets.workflow_section import WorkflowSection
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -50,7 +50,6 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SemiSupSegLib import slicer_bridge as bridge
-from SemiSupSegLib.errors import SemiSupSegError
 
 SEGMENT_EDITOR_TAG = "SemiSupSegSegmentEditor"
 POLL_MS = 100
@@ -112,33 +111,14 @@ class SemiSupSegParameterNode:
     refinePoint: vtkMRMLMarkupsFiducialNode
 
 
-@contextlib.contextmanager
-def userAction(message, device=None):
-    """Run a user-triggered action: wait cursor, errors shown in a message box.
-
-    The engine's errors (missing model, point outside the volume, wrong dimensionality...) and
-    out-of-memory are shown as one clear sentence without a stack trace. Anything unexpected goes through
-    ``slicer.util.tryWithErrorDisplay`` (message plus details for a bug report) and is re-raised.
-    """
-    shown = None
-    with slicer.util.tryWithErrorDisplay(message, waitCursor=True):
-        try:
-            yield
-        except Exception as exc:
-            if not (isinstance(exc, (SemiSupSegError, ImportError)) or bridge.is_out_of_memory(exc)):
-                raise
-            logging.info("SemiSupSeg: %s", exc)
-            shown = bridge.user_message(exc, device)
-    if shown is not None:
-        slicer.util.errorDisplay(f"{message}\n\n{shown}", windowTitle="SemiSupSeg")
-
-
 #
 # SemiSupSegWidget
 #
 
 
-class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, WorkflowSection):
+    """The panel; its *Next case, refine, uncertainty* section is the mixin in ``SemiSupSegWidgets``."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -182,7 +162,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segmentEditorWidget.setSourceVolumeNodeSelectorVisible(False)
         self.ui.correctCollapsibleButton.layout().addWidget(self.segmentEditorWidget)
         self._selectSegmentEditorNode()
-        self._setupWorkflowSection()
+        self.setupWorkflowSection()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -477,97 +457,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = outcome["summary"]
         slicer.util.setSliceViewerLayers(background=request.volume_node)
         self.refineHistory.clear()
-        self._showUncertainty()
-
-    # --- next suggested case, refine here, uncertainty overlay (scene work: SemiSupSegMRML) -------------
-    def _setupWorkflowSection(self) -> None:
-        section = ctk.ctkCollapsibleButton()
-        section.text = "Next case, refine, uncertainty"
-        form = qt.QFormLayout(section)
-        self.loadNextButton = qt.QPushButton("Load next suggested case")
-        self.loadNextButton.toolTip = (
-            "Load the pool's unlabelled case the model doubts most (the training panel's ranking, else "
-            "ranked now), with its stored centre, and segment it"
-        )
-        self.refinePlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
-        self.refinePlaceWidget.setMRMLScene(slicer.mrmlScene)
-        self.refinePlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
-        self.refineButton = qt.QPushButton("Refine here")
-        self.refineButton.toolTip = "Segment around the refine point and add it to the result (undoable)"
-        self.undoRefineButton = qt.QPushButton("Undo refine")
-        self.overlayCheckBox = qt.QCheckBox("Show the uncertainty volume over the slices")
-        self.overlayCheckBox.checked = True
-        self.overlayOpacitySlider = ctk.ctkSliderWidget()
-        self.overlayOpacitySlider.minimum, self.overlayOpacitySlider.maximum = 0.0, 1.0
-        self.overlayOpacitySlider.singleStep, self.overlayOpacitySlider.value = 0.05, overlay.DEFAULT_OPACITY
-        self.uncertaintySummaryLabel = qt.QLabel("")
-        self.uncertaintySummaryLabel.wordWrap = True
-        for label, widget in (
-            ("", self.loadNextButton),
-            ("Refine point:", self.refinePlaceWidget),
-            ("", self.refineButton),
-            ("", self.undoRefineButton),
-            ("", self.overlayCheckBox),
-            ("Overlay opacity:", self.overlayOpacitySlider),
-            ("", self.uncertaintySummaryLabel),
-        ):
-            form.addRow(label, widget)
-        self.layout.addWidget(section)
-        self.loadNextButton.connect("clicked(bool)", self.onLoadNextSuggested)
-        self.refineButton.connect("clicked(bool)", self.onRefineHere)
-        self.undoRefineButton.connect("clicked(bool)", self.onUndoRefine)
-        self.overlayCheckBox.connect("toggled(bool)", lambda checked: self._showUncertainty())
-        self.overlayOpacitySlider.connect("valueChanged(double)", overlay.set_overlay_opacity)
-
-    def onLoadNextSuggested(self) -> None:
-        p = self._parameterNode
-        with userAction("Loading the next suggested case failed.", p.device):
-            self.logic.ensureDependencies()
-            loaded = load_next_suggested(
-                self.logic,
-                pathlib.Path(p.poolFolder).expanduser() / "dataset.json",
-                p.modelPath,
-                p.centerPoint,
-                p.device,
-                ranking=_trainingPanelRanking() or None,
-                progress=lambda done, total, case: self._onProgress(f"ranking ({case})", done / total),
-            )
-            self.ui.progressBar.setVisible(False)
-            p.inputVolume, p.segmentation = loaded["volume"], loaded["segmentation"]
-            p.caseName = loaded["case"].name
-            self.refineHistory.clear()
-            self.ui.statusLabel.text = f"Suggested case '{p.caseName}': {loaded['summary']}"
-            slicer.util.setSliceViewerLayers(background=loaded["volume"], fit=True)
-
-    def onRefineHere(self) -> None:
-        p = self._parameterNode
-        with userAction("Refine here failed.", p.device):
-            self.logic.ensureDependencies()
-            if self.segmentEditorWidget.segmentationNode() == p.segmentation:
-                self.segmentEditorWidget.saveStateForUndo()  # Ctrl+Z in the editor works too
-            point = markups.center_lps(p.refinePoint, p.inputVolume)
-            args = (p.inputVolume, p.segmentation, point, p.modelPath, p.device, self.refineHistory)
-            self.ui.statusLabel.text = refine_here(self.logic, *args)["summary"]
-        self._updateGui()
-
-    def onUndoRefine(self) -> None:
-        with userAction("Undoing the refine failed."):
-            self.refineHistory.undo()
-            self.ui.statusLabel.text = "The last refine was undone."
-        self._updateGui()
-
-    def _showUncertainty(self) -> None:
-        p = self._parameterNode
-        node = p.uncertaintyVolume if p is not None else None
-        self.uncertaintySummaryLabel.text = ""
-        if node is None or p.inputVolume is None:
-            return
-        if self.overlayCheckBox.checked:
-            overlay.show_uncertainty_overlay(node, p.inputVolume, self.overlayOpacitySlider.value)
-        else:
-            overlay.hide_uncertainty_overlay(node)
-        if p.segmentation is not None:
-            self.uncertaintySummaryLabel.text = overlay.overlay_summary(node, p.segmentation, p.inputVolume)
+        self.showUncertainty()
 
     def onAddToPool(self, unlabeled) -> None:
         p = self._parameterNode
@@ -638,13 +528,6 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         _testingModule("segmentation_selftest").run_all(self)
-
-
-def _trainingPanelRanking() -> list:
-    """The training panel's last ranking (``semisupseg suggest`` in its child), or [] if it has none."""
-    widget = getattr(slicer.modules, "SemiSupSegTrainingWidget", None)
-    logic = getattr(widget, "logic", None)
-    return logic.ranking() if logic is not None else []
 
 
 def _testingModule(name: str):

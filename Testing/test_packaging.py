@@ -74,11 +74,17 @@ def test_cmake_lists_every_engine_file():
     cmake = (REPO / "SemiSupSeg" / "CMakeLists.txt").read_text()
     for module in ("cli/__init__.py", "cli/train.py", "training.py", "inference.py", "methods/base.py"):
         assert f"SemiSupSegLib/{module}" in cmake
-    tracked = subprocess.run(
-        ["git", "ls-files", "--", "SemiSupSegMRML"], cwd=REPO / "SemiSupSeg", capture_output=True, text=True
-    ).stdout.split()
-    for path in tracked or [p.relative_to(REPO / "SemiSupSeg").as_posix() for p in SCENE_LAYER.glob("*.py")]:
-        assert f"  {path}\n" in cmake, path
+    for package in ("SemiSupSegMRML", "SemiSupSegWidgets"):
+        tracked = subprocess.run(
+            ["git", "ls-files", "--", package], cwd=REPO / "SemiSupSeg", capture_output=True, text=True
+        ).stdout.split()
+        on_disk = [
+            p.relative_to(REPO / "SemiSupSeg").as_posix()
+            for p in (REPO / "SemiSupSeg" / package).glob("*.py")
+        ]
+        assert tracked or on_disk, package
+        for path in tracked or on_disk:
+            assert f"  {path}\n" in cmake, path
 
 
 def test_training_cmake_lists_every_widget_section():

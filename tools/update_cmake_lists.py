@@ -1,6 +1,7 @@
 """Regenerate the modules' CMakeLists.txt so they list every file of their packages:
 SemiSupSeg/CMakeLists.txt (from CMakeLists.txt.in) lists the engine (SemiSupSegLib: scripts and shipped
-models) and the Qt-free scene layer (SemiSupSegMRML); SemiSupSegTraining/CMakeLists.txt lists its
+models), the Qt-free scene layer (SemiSupSegMRML) and the panel's widget sections (SemiSupSegWidgets);
+SemiSupSegTraining/CMakeLists.txt lists its
 widget sections (SemiSupSegTrainingLib) in its MODULE_PYTHON_SCRIPTS block, rewritten in place.
 
 Run after adding or removing a file under one of these packages:
@@ -17,7 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE = REPO / "SemiSupSeg"
-PACKAGES = ("SemiSupSegLib", "SemiSupSegMRML")
+PACKAGES = ("SemiSupSegLib", "SemiSupSegMRML", "SemiSupSegWidgets")
 TRAINING_MODULE = REPO / "SemiSupSegTraining"
 TRAINING_PACKAGES = ("SemiSupSegTrainingLib",)
 _SCRIPTS_BLOCK = re.compile(r"(set\(MODULE_PYTHON_SCRIPTS\n  \$\{MODULE_NAME\}\.py\n).*?(  \)\n)", re.S)

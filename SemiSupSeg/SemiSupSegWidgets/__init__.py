@@ -1,0 +1,1 @@
+"""Widget sections of the SemiSupSeg segmentation panel (Qt; the scene logic is in ``SemiSupSegMRML``)."""
