@@ -17,6 +17,7 @@ The training Monte-Carlo passes (UA-MT's teacher, the Dual-UNet's P^) run with d
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -114,6 +115,13 @@ def paper_ramp_steps(total_steps: int, paper_ramp: int = 4000, paper_total: int 
 def ema_decay(step: int, max_decay: float = 0.99) -> float:
     """EMA decay with warm-up ``min(1 - 1/(t + 1), max_decay)``; 0 at t = 0 (the teacher copies)."""
     return min(1.0 - 1.0 / (step + 1.0), float(max_decay))
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters take no gradient: an EMA teacher, a mask source."""
+    copy_ = copy.deepcopy(module)
+    copy_.requires_grad_(False)
+    return copy_
 
 
 @torch.no_grad()

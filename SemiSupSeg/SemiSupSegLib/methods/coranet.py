@@ -41,7 +41,6 @@ Decisions:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -51,7 +50,7 @@ from ..errors import ModelError
 from ..losses import masked_ce_dice, masked_cross_entropy, masked_mean, ramp, squared_distance
 from ..networks import NetworkConfig, OutputHead, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, input_noise, number_option, update_ema
+from .common import check_options, ema_decay, frozen_copy, input_noise, number_option, update_ema
 
 __all__ = ["CoraNet", "class_weights", "xor_masks"]
 
@@ -155,11 +154,8 @@ class CoraNet(Method):
         self.mask_refresh_steps = self.option("mask_refresh_steps", mask_refresh_steps)
         self.weights = class_weights(self.alpha, network.num_classes)
         self.student = _Heads(network)
-        self.teacher = copy.deepcopy(self.student.backbone)
-        self.teacher.requires_grad_(False)
-        self.mask_source = copy.deepcopy(self.student) if self.mask_refresh_steps > 1 else None
-        if self.mask_source is not None:
-            self.mask_source.requires_grad_(False)
+        self.teacher = frozen_copy(self.student.backbone)
+        self.mask_source = frozen_copy(self.student) if self.mask_refresh_steps > 1 else None
 
     def networks(self) -> dict[str, nn.Module]:
         return {"net": self.student.backbone}

@@ -499,9 +499,7 @@ class DualUNet(Method):
             code_l = [self.encoder(p) for p in labeled]
             code_u = [self.encoder(u) for u in unlabeled]
         distance = self.code_distance
-        return [
-            distance(code_l[q], target_l) + distance(code_u[q], code_u[1 - q].detach()) for q in range(2)
-        ]
+        return [distance(code_l[q], target_l) + distance(code_u[q], code_u[1 - q].detach()) for q in range(2)]
 
     def _segmenter_losses(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         terms, stats = self.terms_per_network(batch, step)

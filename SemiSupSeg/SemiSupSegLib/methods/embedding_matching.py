@@ -43,7 +43,6 @@ Decisions:
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -58,6 +57,7 @@ from .common import (
     check_options,
     choice_option,
     ema_decay,
+    frozen_copy,
     mc_prediction,
     number_option,
     update_ema,
@@ -188,8 +188,7 @@ class EmbeddingMatching(Method):
             self.option("mc_batchnorm", mc_batchnorm),
         )
         self.student = build_network(network)
-        self.teacher = copy.deepcopy(self.student)
-        self.teacher.requires_grad_(False)
+        self.teacher = frozen_copy(self.student)
         self.loss_fn = supervised_loss()
 
     def networks(self) -> dict[str, torch.nn.Module]:

@@ -16,14 +16,12 @@ Decisions (METHODS.md, "Baselines"):
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..losses import ramp, supervised_loss
 from ..networks import NetworkConfig, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, input_noise, number_option, update_ema
+from .common import check_options, ema_decay, frozen_copy, input_noise, number_option, update_ema
 
 
 class MeanTeacher(Method):
@@ -57,8 +55,7 @@ class MeanTeacher(Method):
         self.ramp_steps = int(total_steps if ramp_steps is None else ramp_steps)
         self.max_decay = self.option("ema_decay", ema_decay)
         self.student = build_network(network)
-        self.teacher = copy.deepcopy(self.student)
-        self.teacher.requires_grad_(False)
+        self.teacher = frozen_copy(self.student)
         self.loss_fn = supervised_loss()
 
     def networks(self) -> dict[str, torch.nn.Module]:
