@@ -111,6 +111,7 @@ def roi_coverage(model, image: sitk.Image, label: sitk.Image, point) -> float:
     spacing = model.preprocessing.target_spacing or image.GetSpacing()
     size = region_size(image, spacing, model.patch_size, 2)
     grid = roi_grid(image, point, spacing, size)
+    # every instrument voxel mapped at once (SimpleITK's point transforms are one call per point)
     index_xyz = np.argwhere(sitk.GetArrayViewFromImage(label) > 0)[:, ::-1].astype(float)
     if len(index_xyz) == 0:
         return float("nan")
@@ -137,8 +138,7 @@ def window_centroid(model, image: sitk.Image) -> tuple[tuple[float, ...], float]
     seconds = time.monotonic() - t0
     components, n = ndimage.label(mask)
     if n == 0:  # nothing found: answer the volume's middle, as a clinician would have to
-        centre = (np.asarray(image.GetSize()) - 1) / 2.0
-        return image.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in centre)), seconds
+        return grid_centre_point(image), seconds
     largest = int(np.argmax(ndimage.sum(mask, components, range(1, n + 1)))) + 1
     zyx = ndimage.center_of_mass(mask, components, largest)
     return image.TransformContinuousIndexToPhysicalPoint(tuple(float(c) for c in zyx[::-1])), seconds
@@ -196,7 +196,7 @@ def _true_centre_row(model, image, label, center, dice: bool) -> dict:
     return row
 
 
-def _complete_true_centre_rows(results: dict, model, work: Path, cases: int, kinds) -> None:
+def _complete_true_centre_rows(results: dict, model, work: Path, cases: int) -> None:
     """Measure the true centre's coverage of cached cases that lack it (earlier runs assumed 100 %)."""
     for name, result in results["sets"].items():
         for case in load_dataset(_dataset(work, name, cases)).test:
@@ -236,7 +236,7 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
             print(f"{name} {case.name}: {row['vox']:.1f} vox, {row['seconds']:.2f} s", flush=True)
             write_json(json_path, results)
     if model is not None:
-        _complete_true_centre_rows(results, model, Path(args.work), args.cases, args.dice_kinds)
+        _complete_true_centre_rows(results, model, Path(args.work), args.cases)
     return results
 
 

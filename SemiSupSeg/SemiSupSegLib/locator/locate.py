@@ -22,7 +22,7 @@ from .environment import (
     prepare_volume,
     start_positions,
 )
-from .recognition import instrument_middle, likelihood_map, point_confidence
+from .recognition import instrument_middle, point_confidence, recognizer
 from .store import Locator
 
 
@@ -123,10 +123,8 @@ def locate(
     starts = int(search["starts"] if starts is None else starts)
     check_volume(image, locator.crop, locator.grid)
     with torch.inference_mode(), _one_thread(locator.device):
-        recognizer = None
-        if locator.recognizer is not None:
-            recognizer = lambda a: likelihood_map(locator.recognizer, a, locator.device)  # noqa: E731
-        volume = prepare_volume(image, locator.grid, locator.scales, locator.levels, recognizer)
+        recognize = None if locator.recognizer is None else recognizer(locator.recognizer, locator.device)
+        volume = prepare_volume(image, locator.grid, locator.scales, locator.levels, recognize)
         grid_point, q = search_volume(
             locator.network,
             volume,

@@ -129,6 +129,11 @@ def likelihood_map(net: RecognitionNet, volume: np.ndarray, device: torch.device
     return full[0, 0, : shape[0], : shape[1], : shape[2]].cpu().numpy()
 
 
+def recognizer(net: RecognitionNet, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+    """The ``recognizer`` argument of :func:`~.environment.prepare_volume` for a trained network."""
+    return lambda volume: likelihood_map(net, volume, device)
+
+
 def likelihood_levels(likelihood: np.ndarray, scales: Sequence[int]) -> np.ndarray:
     """``[n_scales, g, g, g]``: the likelihood, and a running maximum of width ``scale`` for scales > 1.
 

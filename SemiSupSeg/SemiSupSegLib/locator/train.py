@@ -62,9 +62,9 @@ from .recognition import (
     RecognitionNet,
     confidence_threshold,
     grid_mask,
-    likelihood_map,
     mask_overlap,
     point_confidence,
+    recognizer,
     train_recognition,
 )
 from .store import DEFAULT_SEARCH, save_locator
@@ -542,10 +542,8 @@ class LocatorTrainer:
         """Split the cases, get the recognition network (trained or resumed), prepare every volume."""
         train_cases, val_cases = split_cases(centre_cases(self.config.data), self.config.val_cases)
         self.recognizer = self._recognition(train_cases, state)
-        recognizer = None
-        if self.recognizer is not None:
-            recognizer = lambda array: likelihood_map(self.recognizer, array, self.device)  # noqa: E731
-        train, val = self._prepare(train_cases, recognizer), self._prepare(val_cases, recognizer)
+        recognize = None if self.recognizer is None else recognizer(self.recognizer, self.device)
+        train, val = self._prepare(train_cases, recognize), self._prepare(val_cases, recognize)
         return train, val, train_cases, val_cases
 
     def _network_config(self) -> QNetworkConfig:
