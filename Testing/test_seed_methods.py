@@ -17,13 +17,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
+from test_loss_composition import make_batch, perturb  # the same small batch and teacher noise
 
 from SemiSupSegLib.cli import build_parser
 from SemiSupSegLib.cli.train import _train_fields
 from SemiSupSegLib.dataset import load_dataset
 from SemiSupSegLib.errors import InputError
 from SemiSupSegLib.inference import entropy, segment
-from SemiSupSegLib.methods import METHODS, Batch
+from SemiSupSegLib.methods import METHODS
 from SemiSupSegLib.methods import embedding_matching as em_module
 from SemiSupSegLib.methods.coranet import class_weights, xor_masks
 from SemiSupSegLib.methods.embedding_matching import (
@@ -80,24 +81,6 @@ def weighted_ce(logits, target, weights, mask=None) -> torch.Tensor:
     """sum(m w_y CE) / sum(m w_y)."""
     w = torch.tensor(weights)[target] * (1.0 if mask is None else mask.float())
     return (w * voxel_ce(logits, target)).sum() / w.sum()
-
-
-def make_batch(seed: int = 0) -> Batch:
-    """2 labelled patches (a box each, brighter) + 2 unlabelled, ``[2, 1, 16, 20, 24]``."""
-    g = torch.Generator().manual_seed(seed)
-    label = torch.zeros(2, 1, *PATCH, dtype=torch.long)
-    label[0, 0, 3:10, 5:12, 4:16] = 1
-    label[1, 0, 8:14, 2:9, 12:21] = 1
-    image = torch.randn(2, 1, *PATCH, generator=g) + 1.5 * label.float()
-    return Batch(image, label, torch.randn(2, 1, *PATCH, generator=g))
-
-
-def perturb(net: torch.nn.Module, seed: int, scale: float = 0.2) -> None:
-    """Add noise to every parameter, so that ``net`` (a teacher) no longer equals its student."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 def flat_grad(loss: torch.Tensor, params: list) -> torch.Tensor:
