@@ -209,6 +209,24 @@ def test_write_dataset(tmp_path: Path) -> None:
         assert Path(item["label"]).is_absolute() and Path(item["label"]).is_file()
 
 
+def test_parallel_workers_write_the_same_dataset(tmp_path: Path) -> None:
+    """workers=2 renders in other processes; files and dataset.json must equal the sequential ones."""
+    kwargs = {"cases": 2, "seed": 7, "size": 32, "unlabeled": 1, "test": 1, "profile": "random"}
+    calls = []
+    serial = write_phantom_dataset(tmp_path / "serial", **kwargs)
+    parallel = write_phantom_dataset(
+        tmp_path / "parallel", workers=2, progress=lambda d, t: calls.append((d, t)), **kwargs
+    )
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert json.loads(serial.read_text()) == json.loads(parallel.read_text())
+    files = sorted(p.relative_to(serial.parent) for p in serial.parent.rglob("*.nii.gz"))
+    assert len(files) == 7  # 4 images, 3 labels (the unlabelled case has none)
+    for name in files:
+        a, b = (sitk.ReadImage(str(root.parent / name)) for root in (serial, parallel))
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b)), name
+        assert a.GetSpacing() == b.GetSpacing() and a.GetOrigin() == b.GetOrigin()
+
+
 def test_case_seeds_are_distinct() -> None:
     seeds = {
         case_seed(s, i, split)
@@ -240,7 +258,15 @@ def test_generate_bad_arguments(kwargs: dict) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"cases": -1}, {"unlabeled": -2}, {"test": -1}, {"kind": "wire"}, {"size": 8}, {"spacing": 0}],
+    [
+        {"cases": -1},
+        {"unlabeled": -2},
+        {"test": -1},
+        {"kind": "wire"},
+        {"size": 8},
+        {"spacing": 0},
+        {"workers": 0},
+    ],
 )
 def test_dataset_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(InputError):

@@ -26,9 +26,12 @@ its ``dataset.json`` labels are ``{"0": "background", "1": "catheter", "2": "gui
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import multiprocessing
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -995,6 +998,48 @@ def _write_image(image: sitk.Image, target: pathlib.Path) -> None:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
+_SPLIT_PREFIX = {"training": "", "unlabeled": "u", "test": "t"}
+
+
+def _write_case(
+    out: pathlib.Path,
+    kind: str,
+    seed: int,
+    size_xyz: tuple[int, int, int],
+    spacing: float | tuple[float, float, float] | None,
+    profile: str | PhantomProfile,
+    job: tuple[str, int],
+) -> dict:
+    """Render case ``i`` of ``split`` (``job``), write its files; its dataset.json entry."""
+    split, i = job
+    name = f"phantom_{kind}_{_SPLIT_PREFIX[split]}{i:03d}"
+    case = generate_phantom(size_xyz, kind, case_seed(seed, i, split), spacing, profile)
+    entry: dict = {"image": f"images/{name}.nii.gz"}
+    _write_image(case.image, out / entry["image"])
+    if split != "unlabeled":
+        entry["label"] = f"labels/{name}.nii.gz"
+        _write_image(case.label, out / entry["label"])
+    entry["center"] = [float(c) for c in case.center]
+    if profile == RANDOM:
+        entry["profile"] = _profile_record(case.profile)
+    return entry
+
+
+def _map_cases(
+    render: Callable[[tuple[str, int]], dict], jobs: list[tuple[str, int]], workers: int
+) -> Iterator[tuple[tuple[str, int], dict]]:
+    """``(job, render(job))`` for every job, in order of completion; in ``workers`` processes if > 1."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from ((job, render(job)) for job in jobs)
+        return
+    # spawn, not fork: the caller may hold threads (torch) that a forked child must not inherit.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {pool.submit(render, job): job for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
 def write_phantom_dataset(
     out_dir: str | pathlib.Path,
     cases: int,
@@ -1006,6 +1051,7 @@ def write_phantom_dataset(
     spacing: float | tuple[float, float, float] | None = None,
     progress: Callable[[int, int], None] | None = None,
     profile: str | PhantomProfile = "default",
+    workers: int = 1,
 ) -> pathlib.Path:
     """Write images/ labels/ and dataset.json; return the dataset.json path.
 
@@ -1013,7 +1059,8 @@ def write_phantom_dataset(
     and test case ``i`` ``seed * 100003 + 75000 + i`` (see ``case_seed``), so adding cases to one split
     never changes the others. Names are ``phantom_<kind>_000`` (training), ``..._u000`` (unlabeled, no label
     file) and ``..._t000`` (test, with a label so it can be evaluated). Every file is written atomically.
-    ``progress(done, total)`` is called after each case.
+    ``progress(done, total)`` is called after each case. ``workers`` > 1 renders cases in that many
+    processes; every case depends only on its own seed, so the files are identical to ``workers=1``.
 
     ``profile`` (see ``generate_phantom``) is recorded for traceability: its name and parameters under
     ``generator.profile``; with ``"random"`` each entry also has ``profile`` with its drawn parameters.
@@ -1028,26 +1075,17 @@ def write_phantom_dataset(
         "test": _check_count("test", test),
     }
     _check_seed(seed)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be a positive integer, got {workers!r}.")
     out = pathlib.Path(out_dir)
-    total, done = sum(counts.values()), 0
-    lists: dict[str, list[dict]] = {split: [] for split in counts}
-    prefix = {"training": "", "unlabeled": "u", "test": "t"}
-    for split, count in counts.items():
-        for i in range(count):
-            name = f"phantom_{kind}_{prefix[split]}{i:03d}"
-            case = generate_phantom(size_xyz, kind, case_seed(int(seed), i, split), spacing, profile)
-            entry: dict = {"image": f"images/{name}.nii.gz"}
-            _write_image(case.image, out / entry["image"])
-            if split != "unlabeled":
-                entry["label"] = f"labels/{name}.nii.gz"
-                _write_image(case.label, out / entry["label"])
-            entry["center"] = [float(c) for c in case.center]
-            if profile == RANDOM:
-                entry["profile"] = _profile_record(case.profile)
-            lists[split].append(entry)
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    jobs = [(split, i) for split, count in counts.items() for i in range(count)]
+    render = functools.partial(_write_case, out, kind, int(seed), size_xyz, spacing, profile)
+    entries: dict[tuple[str, int], dict] = {}
+    for done, (job, entry) in enumerate(_map_cases(render, jobs, workers), start=1):
+        entries[job] = entry
+        if progress is not None:
+            progress(done, len(jobs))
+    lists = {split: [entries[(split, i)] for i in range(count)] for split, count in counts.items()}
     generator = {
         "seed": int(seed),
         "kind": kind,

@@ -26,6 +26,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         progress=progress,
         profile=args.profile,
+        workers=args.workers,
     )
     print(file=sys.stderr)
     print(f"wrote {path}")
@@ -51,6 +52,9 @@ def _add_phantom(sub) -> None:
         "--spacing", type=_POSITIVE, default=None, help="mm per voxel (default: drawn per case by --profile)"
     )
     _add_profile_flag(p)
+    p.add_argument(
+        "--workers", type=_COUNT, default=1, help="cases rendered in parallel processes (default 1)"
+    )
     p.set_defaults(func=cmd_phantom)
 
 
