@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 import SimpleITK as sitk
 
 from SemiSupSegLib.patches import PatchSampler, crop, prepare_case
@@ -83,3 +84,33 @@ def test_sampler_centres_patches_on_the_instrument_and_is_reproducible():
         assert images.shape == (6, 1, 16, 16, 16) and labels.dtype.is_floating_point is False
         assert all(labels[i].sum() > 0 for i in range(6))  # shift 4 < half patch: the line stays inside
     assert np.array_equal(draws[0].numpy(), draws[1].numpy())
+
+
+def _noise_case(name: str, seed: int):
+    """A 32^3 noise volume with a labelled line through its middle (prepared, no resampling)."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((32, 32, 32), np.uint8)
+    label[16, 16, :] = 1
+    image = sitk.GetImageFromArray(rng.normal(size=label.shape).astype(np.float32) + 3 * label)
+    center = image.TransformContinuousIndexToPhysicalPoint((16, 16, 16))
+    return prepare_case(name, image, sitk.GetImageFromArray(label), center, Preprocessing())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_stream_is_reproducible_and_workers_do_not_repeat_each_other(workers):
+    """Loader workers (issue 12's GPU training) must each draw their own patches, the same ones every run."""
+    from SemiSupSegLib.patches import batch_stream
+
+    cases = [_noise_case("a", 1), _noise_case("b", 2)]
+    runs = []
+    for _ in range(2):
+        sampler = PatchSampler(cases, cases[:1], (8, 8, 8), seed=5, translation=4)
+        stream = batch_stream(sampler, 2, unlabeled=True, workers=workers, seed=11)
+        runs.append([next(stream) for _ in range(4)])
+    for first, second in zip(*runs, strict=True):
+        for a, b in zip(first, second, strict=True):
+            assert torch.equal(a, b)
+    images, labels, unlabeled = runs[0][0]
+    assert images.shape == (2, 1, 8, 8, 8) and labels.dtype == torch.long and unlabeled.shape == images.shape
+    consecutive = [batch[0] for batch in runs[0]]  # with 2 workers, batches 0 and 1 come from different ones
+    assert not any(torch.equal(consecutive[i], consecutive[i + 1]) for i in range(3))

@@ -165,7 +165,8 @@ def measure_case(model, case, layouts) -> dict:
 
 
 def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    model = load_model(args.model, "cpu")
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(args.model, device)
     torch.set_num_threads(args.threads)
     warm = generate_phantom(64, "catheter", seed=1)
     for layout in args.layouts:  # warm-up: oneDNN primitives, MONAI import
@@ -189,11 +190,17 @@ def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     return _results(args, settings)
 
 
+def _device_name(device: str) -> str:
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    return torch.cuda.get_device_name(0) if on_gpu else "cpu"
+
+
 def _results(args: argparse.Namespace, settings: list[dict]) -> dict:
     return {
         "command": command_line(),
         "model": str(Path(args.model)),
         "threads": args.threads,
+        "device": _device_name(args.device),
         "layouts": list(args.layouts),
         "settings": settings,
     }
@@ -249,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     parser.add_argument("--out", type=Path, default=RESULTS / f"{BLOCK}.json")
     parser.add_argument("--write", type=Path, help="markdown file whose marked block receives the table")
     parser.add_argument("--tabulate", type=Path, nargs="+", help="render these raw-results JSONs only")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from .inference import resolve_precision
 from .methods import Batch, Method, OptimizerSpec, get_method
 from .model_store import LoadedModel, load_model, read_model_json, resolve_model, save_model
 from .networks import ARCHITECTURES, NetworkConfig, size_divisor
-from .patches import PatchSampler, PreparedCase, prepare_case
+from .patches import PatchSampler, PreparedCase, batch_stream, prepare_case
 from .preprocessing import Preprocessing, median_spacing
 from .progress import Reporter
 from .runlock import RunLock
@@ -56,6 +57,7 @@ class TrainConfig:
     target_spacing: tuple[float, float, float] | None = None
     translation: int = 32
     augment: bool = True
+    loader_workers: int = 0  # processes cutting patches (patches.batch_stream); 0: this process
     device: str = "auto"
     precision: str = "fp32"
     init: str | None = None
@@ -233,10 +235,18 @@ class Trainer:
             )
         raise ValueError(f"unknown schedule {spec.schedule!r}")
 
-    def _sample(self, sampler: PatchSampler, method: Method) -> Batch:
-        images, labels = sampler.labeled_batch(self.config.batch)
-        unlabeled = sampler.unlabeled_batch(self.config.batch) if method.uses_unlabeled else None
-        return Batch(images, labels, unlabeled).to(self.device)
+    def _batches(self, sampler: PatchSampler, method: Method, start: int) -> Iterator[Batch]:
+        """Batches on the device, cut here or by ``loader_workers`` processes (seeded by seed and step)."""
+        cfg = self.config
+        stream = batch_stream(
+            sampler,
+            cfg.batch,
+            method.uses_unlabeled,
+            workers=cfg.loader_workers,
+            seed=cfg.seed * 1_000_003 + start,
+            pin=self.device.type == "cuda",
+        )
+        return (Batch(*tensors).to(self.device) for tensors in stream)
 
     def _iteration(self, method: Method, stages: list, batch: Batch, step: int) -> dict[str, float]:
         logged: dict[str, float] = {}
@@ -281,7 +291,8 @@ class Trainer:
 
         A checkpoint written before random states were stored (no ``"random"`` key) still resumes: the
         sampler and torch are then reseeded with ``seed * 1_000_003 + step``, so that run is reproducible
-        but differs from an uninterrupted one.
+        but differs from an uninterrupted one. So does a run with ``loader_workers`` > 0: its workers'
+        streams restart from ``seed * 1_000_003 + step`` (see :func:`~SemiSupSegLib.patches.batch_stream`).
         """
         path = self._checkpoint_path()
         state = read_checkpoint(path, self.device)
@@ -411,9 +422,10 @@ class Trainer:
         t0 = time.monotonic()
         last_val: dict = self.history[-1]["metrics"] if self.history else {}
         report_every = max(1, cfg.steps // 200)
+        batches = self._batches(sampler, method, start)
         with stop_on_signals(self.request_stop):
             for step in range(start, cfg.steps):
-                losses = self._iteration(method, stages, self._sample(sampler, method), step)
+                losses = self._iteration(method, stages, next(batches), step)
                 done = step + 1
                 if done % report_every == 0 or done == cfg.steps:
                     rate = (time.monotonic() - t0) / (done - start)

@@ -22,6 +22,9 @@ _FLAGS = {
 }
 
 
+_MAY_CHANGE_ON_RESUME = ("steps", "loader_workers")
+
+
 def _given(fields: dict[str, object]) -> dict[str, object]:
     """The config fields given on the command line: argparse leaves every other one ``None``."""
     return {k: v for k, v in fields.items() if v is not None}
@@ -52,6 +55,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, object]:
             "target_spacing": args.target_spacing,
             "translation": args.translation,
             "augment": _unless(args.no_augment),
+            "loader_workers": getattr(args, "loader_workers", None),
             "device": args.device,
             "precision": args.precision,
             "init": args.init,
@@ -77,17 +81,18 @@ def _resume_folder(args: argparse.Namespace) -> str:
 
 
 def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object]):
-    """The stored configuration of the run in ``--out`` with ``--steps`` applied.
+    """The stored configuration of the run in ``--out`` with ``--steps`` and ``--loader-workers`` applied.
 
-    ``--steps`` extends or shortens the run (not below the step the checkpoint reached); any other flag
-    given with a value other than the stored one is refused, naming it.
+    ``--steps`` extends or shortens the run (not below the step the checkpoint reached);
+    ``--loader-workers`` may change (only where the patches are cut); any other flag given with a value
+    other than the stored one is refused, naming it.
     """
     from ..checkpoints import checkpoint_path, read_checkpoint
 
     differing = [
         f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {_shown(v)} (stored: {_shown(getattr(stored, k))})"
         for k, v in fields.items()
-        if k != "steps" and not _same(k, v, getattr(stored, k))
+        if k not in _MAY_CHANGE_ON_RESUME and not _same(k, v, getattr(stored, k))
     ]
     if differing:
         raise InputError(
@@ -101,7 +106,8 @@ def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object])
             raise InputError(
                 f"--steps {steps} is below step {done}, where the checkpoint in {args.out} stands"
             )
-    return dataclasses.replace(stored, steps=steps, out=str(args.out))
+    runtime = {k: fields[k] for k in _MAY_CHANGE_ON_RESUME if k in fields and k != "steps"}
+    return dataclasses.replace(stored, steps=steps, out=str(args.out), **runtime)
 
 
 def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
@@ -206,6 +212,12 @@ def _add_train(sub) -> None:
         help=f"random shift of patches around the centre, voxels ({_default(C, 'translation')})",
     )
     p.add_argument("--no-augment", action="store_true", default=None)
+    p.add_argument(
+        "--loader-workers",
+        type=_AMOUNT,
+        help="processes cutting and augmenting patches, to keep a GPU fed (default 0: the training "
+        "process; a run is reproducible for a given number, bit-exact resume needs 0)",
+    )
     p.add_argument("--device", type=_device, help=f"auto, cpu, cuda ({_default(C, 'device')})")
     p.add_argument(
         "--precision",
