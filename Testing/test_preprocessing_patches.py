@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-import torch
 import SimpleITK as sitk
+import torch
 
 from SemiSupSegLib.patches import PatchSampler, crop, prepare_case
 from SemiSupSegLib.preprocessing import Preprocessing, median_spacing, resample_to_spacing

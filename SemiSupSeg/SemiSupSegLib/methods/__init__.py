@@ -9,9 +9,11 @@ from .embedding_matching import EmbeddingMatching
 from .mean_teacher import MeanTeacher
 from .supervised import Supervised
 from .ua_mt import UAMT
+from .voxel_adversarial import VoxelAdversarial
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Supervised, MeanTeacher, UAMT, DualUNet, EmbeddingMatching, CoraNet)
+    cls.name: cls
+    for cls in (Supervised, MeanTeacher, UAMT, DualUNet, EmbeddingMatching, CoraNet, VoxelAdversarial)
 }
 
 
