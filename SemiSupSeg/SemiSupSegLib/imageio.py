@@ -112,6 +112,15 @@ def _check_geometry(image: sitk.Image, path: Path, what: str) -> None:
         )
 
 
+def _check_pixel_type(image: sitk.Image, path: Path, what: str) -> None:
+    """Real voxels: a complex image (an MRI raw reconstruction, a Fourier transform) has no intensity."""
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(
+            f"{what} file '{path}' has complex voxels ({image.GetPixelIDTypeAsString()}); "
+            "expected real numbers (save the magnitude instead)"
+        )
+
+
 def _check_finite(image: sitk.Image, path: Path, what: str) -> None:
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.floating):
@@ -123,15 +132,31 @@ def _check_finite(image: sitk.Image, path: Path, what: str) -> None:
             f"{what} file '{path}' has {bad} non-finite voxel(s) "
             f"({n_nan} NaN, {bad - n_nan} infinite); fix or mask them before use"
         )
+    _check_float32_range(array, path, what)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(array: np.ndarray, path: Path, what: str) -> None:
+    """Values whose range float32 (the engine's working precision) holds: beyond it, resampling gives
+    infinities and normalisation NaN, so the network would answer on garbage."""
+    low, high = float(array.min()), float(array.max())
+    if high - low > _FLOAT32_MAX:
+        raise InputError(
+            f"{what} file '{path}' has values from {low:.4g} to {high:.4g}, a range beyond what float32 "
+            f"holds ({_FLOAT32_MAX:.4g}); the file's data type or scaling is damaged"
+        )
 
 
 def read_image(path: str | os.PathLike, *, what: str = "image") -> sitk.Image:
     """Read a scalar 3D volume, or raise :class:`InputError` with a message naming the file.
 
     Rejected: a missing file, an unsupported extension, a corrupt file, a 2D or 4D image, a
-    vector image (more than one component per voxel), a 3D image with a size-1 axis (really 2D),
-    a spacing that is not positive, a direction matrix that is not orthonormal, and images with
-    NaN or infinite values. ``what`` ("image", "label"...) starts the messages.
+    vector image (more than one component per voxel), a complex image, a 3D image with a size-1 axis
+    (really 2D), a spacing that is not positive, a direction matrix that is not orthonormal, and images
+    with NaN or infinite values or a range of values float32 cannot hold. ``what`` ("image",
+    "label"...) starts the messages.
     """
     path = Path(path)
     _check_file(path, what)
@@ -140,6 +165,7 @@ def read_image(path: str | os.PathLike, *, what: str = "image") -> sitk.Image:
     except RuntimeError as err:
         raise InputError(f"{what} file '{path}' cannot be read: {_itk_reason(err)}") from None
     _check_shape(image, path, what)
+    _check_pixel_type(image, path, what)
     _check_geometry(image, path, what)
     _check_finite(image, path, what)
     return image
