@@ -104,3 +104,21 @@ def test_paper_weights_and_schedule_are_the_defaults() -> None:
     assert segmenter.schedule == "step" and segmenter.schedule_options == {"step_size": 4, "gamma": 0.1}
     assert segmenter.momentum == 0.9 and segmenter.weight_decay == 1e-4
     assert method.levels == ["enc1", "enc2", "enc3", "enc4"]
+
+
+def test_trains_end_to_end_saves_the_student_segments_and_fine_tunes(tiny_phantom, tmp_path):
+    from test_seed_methods import _run, _segments
+
+    from SemiSupSegLib.model_store import load_model
+
+    folder, losses = _run(tiny_phantom, tmp_path / "va", method="voxel-adversarial", width=0.0625)
+    assert {"segmenter/adversarial", "segmenter/feature", "discriminator/loss"} <= set(losses[-1])
+    model = load_model(folder)
+    assert list(model.networks) == ["student"]
+    _segments(folder, tiny_phantom)
+    child, _ = _run(
+        tiny_phantom, tmp_path / "child", method="voxel-adversarial", init=str(folder), steps=1, lr=1e-12
+    )
+    a, b = model.networks["student"].state_dict(), load_model(child).networks["student"].state_dict()
+    weights = [k for k in a if a[k].is_floating_point() and "running" not in k]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in weights)
