@@ -112,6 +112,12 @@ def segment_image(root: Path, image: sitk.Image, name: str = "in.nrrd") -> list:
     return segment(root, name)
 
 
+def evaluate(root: Path, *extra) -> list:
+    """``evaluate`` of a tiny model on a dataset whose test case is images/a, labels/a."""
+    data = pool(root, raw={"test": [{"image": "images/a.nii.gz", "label": "labels/a.nii.gz"}]})
+    return ["evaluate", "--model", tiny_model(root), "--data", data, *extra]
+
+
 def train(root: Path, data: Path, *extra) -> list:
     return ["train", "--data", data, "--out", root / "run", "--steps", "1", "--width", "0.0625", *extra]
 
@@ -286,6 +292,14 @@ KINDS = [
          CLI, r"\bfoo\b"),
     Kind("method option not a number", lambda r: train(r, pool(r), "--method", "dual-unet", "--option", "alpha=abc"),
          CLI, r"method option alpha must be a number"),
+    Kind("segment output onto its input", lambda r: segment_image(r, random_image())[:-1] + [r / "in.nrrd"],
+         CLI, r"--output '.*in\.nrrd' is the input image \(--input\); writing it would destroy the input"),
+    Kind("segment two outputs on one file", lambda r: segment_image(r, random_image()) + ["--probability", r / "./seg.nii.gz"],
+         CLI, r"--probability and --output both name '.*seg\.nii\.gz'; give each output its own file"),
+    Kind("evaluate --json onto dataset.json", lambda r: evaluate(r, "--json", r / "dataset.json"),
+         CLI, r"--json '.*dataset\.json' is the dataset file \(--data\); writing it would destroy the input"),
+    Kind("evaluate predictions into the images folder", lambda r: evaluate(r, "--predictions", r / "images"),
+         CLI, r"prediction of case 'a' '.*images/a\.nii\.gz' is the image of case 'a'"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints

@@ -101,3 +101,39 @@ def atomic_torch_save(
             raise write_failed(target, err) from None
         if before_rename is not None:
             before_rename()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal once resolved (links, ``..``), or one inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_outputs_spare_inputs(
+    outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike]
+) -> None:
+    """Refuse, before any work, outputs that would overwrite an input or each other.
+
+    Args:
+        outputs: what each output is (``"--output"``) -> the file to be written.
+        inputs: what each input is (``"--input"``, ``"case 'a' image"``) -> the file read.
+
+    Raises:
+        InputError: naming the output and the input (or the other output) it would overwrite.
+    """
+    from .errors import InputError
+
+    seen: list[tuple[str, Path]] = []
+    for what, path in outputs.items():
+        path = Path(path).expanduser()
+        for source, read in inputs.items():
+            if _same_file(path, Path(read).expanduser()):
+                raise InputError(f"{what} '{path}' is the {source}; writing it would destroy the input")
+        for other, written in seen:
+            if _same_file(path, written):
+                raise InputError(f"{what} and {other} both name '{path}'; give each output its own file")
+        seen.append((what, path))

@@ -131,6 +131,27 @@ def _print_summary(summary: dict, keys: Sequence[str], names: dict[int, str] | N
             print(f"{label:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
 
 
+def _check_outputs(args: argparse.Namespace, dataset_json: Path, cases) -> None:
+    """Refuse a ``--json``, a prediction or a figure that would overwrite ``dataset.json``, a case's image
+    or label, or one another (``--predictions`` set to the dataset's images folder)."""
+    from ..atomic import check_outputs_spare_inputs
+    from ..model_index import MODEL_JSON
+    from ..model_store import resolve_model
+
+    model_json = resolve_model(args.model) / MODEL_JSON
+    inputs = {"dataset file (--data)": dataset_json, "model's model.json": model_json}
+    for case in cases:
+        inputs[f"image of case '{case.name}'"] = case.image
+        inputs[f"label of case '{case.name}'"] = case.label
+    outputs = {"--json": args.json} if args.json else {}
+    for case in cases:
+        if args.predictions:
+            outputs[f"prediction of case '{case.name}'"] = Path(args.predictions) / f"{case.name}.nii.gz"
+        if args.figures:
+            outputs[f"figure of case '{case.name}'"] = Path(args.figures) / f"{case.name}.png"
+    check_outputs_spare_inputs(outputs, inputs)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..atomic import atomic_write_json
     from ..dataset import labelled_cases, load_dataset
@@ -140,7 +161,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.locator and args.no_center:
         raise InputError("--no-center (sliding window) and --locator (located centre) exclude each other")
-    cases = labelled_cases(load_dataset(args.data), args.section, "to evaluate")
+    dataset = load_dataset(args.data)
+    cases = labelled_cases(dataset, args.section, "to evaluate")
+    _check_outputs(args, dataset.path, cases)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
     locator = _load_locator(args.locator, device) if args.locator else None

@@ -27,6 +27,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..training import resolve_device
 
     reporter = args.reporter if args.progress == "json" else None
+    _check_outputs(args)
     device = resolve_device(args.device)
     centers = _read_centers(args)
     if reporter:
@@ -60,6 +61,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         print(message)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that would overwrite the input volume, a model file or one another."""
+    from ..atomic import check_outputs_spare_inputs
+
+    outputs = {"--output": args.output, "--probability": args.probability, "--uncertainty": args.uncertainty}
+    check_outputs_spare_inputs({k: v for k, v in outputs.items() if v}, {"input image (--input)": args.input})
 
 
 def _segment_reporting(args: argparse.Namespace, model, image, centers, device: str, reporter):
