@@ -307,6 +307,16 @@ KINDS = [
          CLI, r"is not a model: it has no model\.json"),
     Kind("corrupt model.json", lambda r: segment(r, write(r, "a.nrrd", random_image()), damaged(r, "model.json", b"{\"networks\": ")),
          CLI, r"model\.json is corrupt"),
+    Kind("model.json of a newer format", api(load_model, lambda r: edited_model(r, format=2)),
+         ModelError, r"has model format 2; this SemiSupSeg reads format 1 to 1: update SemiSupSeg"),
+    Kind("model classes unlike its network", api(load_model, lambda r: edited_model(r, classes={"0": "bg", "1": "a", "2": "b"})),
+         ModelError, r"network 'net' has 2 output classes but 'classes' names 3"),
+    Kind("model patch size not an integer", api(load_model, lambda r: edited_model(r, patch_size=[16.5, 16, 16])),
+         ModelError, r"patch_size must be an integer in \[4, 1024\], got 16\.5"),
+    Kind("model target spacing of zero", lambda r: segment(r, write(r, "a.nrrd", random_image()), edited_model(r, preprocessing={"target_spacing": [0, 0.8, 0.8]})),
+         CLI, r"preprocessing target_spacing \[0, 0\.8, 0\.8\] is not 3 numbers > 0 \(mm\)"),
+    Kind("model clip percentiles reversed", api(load_model, lambda r: edited_model(r, preprocessing={"clip_percentiles": [99.5, 0.5]})),
+         ModelError, r"clip_percentiles \[99\.5, 0\.5\] are not increasing"),
     Kind("missing weights", api(load_model, lambda r: model_without(r, "weights.pt")),
          ModelError, r"weights\.pt are missing"),
     Kind("weights of another architecture", lambda r: segment(r, write(r, "a.nrrd", random_image()), other_architecture(r)),
@@ -348,6 +358,14 @@ def model_without(root: Path, name: str) -> Path:
 def damaged(root: Path, name: str, content: bytes) -> Path:
     folder = tiny_model(root)
     (folder / name).write_bytes(content)
+    return folder
+
+
+def edited_model(root: Path, **changes) -> Path:
+    """A tiny model whose ``model.json`` has the top-level ``changes`` (a hand-edited or damaged file)."""
+    folder = tiny_model(root)
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, **changes}))
     return folder
 
 

@@ -152,6 +152,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """Load a model folder (or name) for inference, with ``weights_only=True``."""
     folder = resolve_model(model)
     meta = read_model_json(folder)
+    _check_format(folder / MODEL_JSON, meta)
     state = _load_weights(folder / WEIGHTS)
     device = torch.device(device)
     networks = {}
@@ -172,6 +173,7 @@ def load_model(model: str | os.PathLike, device: str | torch.device = "cpu") -> 
     missing = [n for n in chosen if n not in networks]
     if missing:
         raise ModelError(f"{folder / MODEL_JSON} names unknown inference networks {missing}")
+    _check_description(folder / MODEL_JSON, meta, networks)
     return LoadedModel(path=folder, meta=meta, networks=networks, device=device)
 
 
@@ -190,6 +192,43 @@ def _check_network_config(meta_path: Path, name: str, config: object) -> None:
                 checked_number(what, config[key], kind, low, high, low_open=kind is float)
         if "dropout" in config:
             checked_number(f"network {name!r} dropout", config["dropout"], float, 0, 1, high_open=True)
+    except InputError as exc:
+        raise ModelError(f"{meta_path}: {exc}") from None
+
+
+def _check_format(meta_path: Path, meta: dict) -> None:
+    """:class:`ModelError` for a ``model.json`` written by a newer SemiSupSeg (its fields may mean more)."""
+    version = meta.get("format", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ModelError(
+            f"{meta_path} has model format {version!r}; this SemiSupSeg reads format 1 to {FORMAT_VERSION}: "
+            "update SemiSupSeg"
+        )
+
+
+MAX_PATCH = 1024
+"""Largest patch side a model may name: a 1024^3 patch is already 4.3 GB per feature map."""
+
+
+def _check_description(meta_path: Path, meta: dict, networks: dict[str, nn.Module]) -> None:
+    """:class:`ModelError` unless the classes, patch size and preprocessing of ``model.json`` can be used:
+    a damaged file would otherwise give a traceback, or a silently wrong segmentation."""
+    classes = meta.get("classes", {"0": "background", "1": "foreground"})
+    if not isinstance(classes, dict) or sorted(map(str, classes)) != sorted(map(str, range(len(classes)))):
+        raise ModelError(f"{meta_path}: classes {classes!r} are not an object with keys 0..K-1")
+    for name, net in networks.items():
+        if net.config.num_classes != len(classes):
+            raise ModelError(
+                f"{meta_path}: network {name!r} has {net.config.num_classes} output classes but "
+                f"'classes' names {len(classes)}"
+            )
+    try:
+        patch = meta.get("patch_size", (48, 48, 48))
+        if not isinstance(patch, (list, tuple)) or len(patch) != 3:
+            raise InputError(f"patch_size {patch!r} is not 3 integers")
+        for side in patch:
+            checked_number("patch_size", side, int, 4, MAX_PATCH)
+        Preprocessing.from_dict(meta.get("preprocessing", {}))
     except InputError as exc:
         raise ModelError(f"{meta_path}: {exc}") from None
 

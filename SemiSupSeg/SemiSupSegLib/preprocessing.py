@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, checked_number
 
 __all__ = ["Preprocessing", "check_resampled_size", "resample_to_spacing", "median_spacing"]
 
@@ -129,6 +129,30 @@ def median_spacing(images: Sequence[sitk.Image]) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.median(spacings, axis=0))
 
 
+NORMALIZATIONS = ("percentile-zscore",)
+
+
+def _spacing(value: object) -> tuple[float, float, float]:
+    """A target spacing: 3 finite numbers > 0 mm, or an :class:`InputError`."""
+    problem = InputError(f"preprocessing target_spacing {value!r} is not 3 numbers > 0 (mm)")
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise problem
+    try:
+        return tuple(float(checked_number("", v, float, 0.0, low_open=True)) for v in value)  # type: ignore[return-value]
+    except InputError:
+        raise problem from None
+
+
+def _percentiles(value: object) -> tuple[float, float]:
+    """Two clip percentiles ``low < high`` in [0, 100]."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise InputError(f"preprocessing clip_percentiles {value!r} is not 2 numbers")
+    low, high = (checked_number("preprocessing clip_percentiles", v, float, 0, 100) for v in value)
+    if low >= high:
+        raise InputError(f"preprocessing clip_percentiles {list(value)!r} are not increasing")
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Resampling and intensity normalisation, stored in ``model.json`` under ``preprocessing``.
@@ -150,12 +174,30 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> Preprocessing:
+    def from_dict(cls, data: object) -> Preprocessing:
+        """The preprocessing a ``model.json`` describes, each field checked.
+
+        Args:
+            data: the ``preprocessing`` object of ``model.json``.
+
+        Returns:
+            The preprocessing.
+
+        Raises:
+            InputError: naming the field that is not an object, 3 positive spacings, a known normalisation
+                or 2 increasing percentiles in [0, 100] (a damaged file would otherwise give a traceback
+                or, for reversed percentiles, a silently wrong normalisation).
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"preprocessing {data!r} is not an object")
         spacing = data.get("target_spacing")
+        normalization = data.get("normalization", "percentile-zscore")
+        if normalization not in NORMALIZATIONS:
+            raise InputError(f"preprocessing normalization {normalization!r} is not one of {NORMALIZATIONS}")
         return cls(
-            target_spacing=tuple(float(s) for s in spacing) if spacing else None,
-            normalization=data.get("normalization", "percentile-zscore"),
-            clip_percentiles=tuple(float(p) for p in data.get("clip_percentiles", (0.5, 99.5))),
+            target_spacing=_spacing(spacing) if spacing is not None else None,
+            normalization=normalization,
+            clip_percentiles=_percentiles(data.get("clip_percentiles", (0.5, 99.5))),
         )
 
     def resample(self, image: sitk.Image, *, is_label: bool = False) -> sitk.Image:
