@@ -286,6 +286,8 @@ KINDS = [
     # --- options
     Kind("patch not divisible by the network stride", lambda r: train(r, pool(r), "--patch", "18,16,16"),
          CLI, r"divisible by 4"),
+    Kind("patch beyond an integer", lambda r: train(r, pool(r), "--patch", "16,16,1e30"),
+         CLI, r"argument --patch: must be 3 positive integers \(z,y,x\); got '16,16,1e30'"),
     Kind("zero steps", lambda r: train(r, pool(r), "--steps", "0"),
          CLI, r"argument --steps: .*'0'"),
     Kind("unknown method option", lambda r: train(r, pool(r), "--method", "supervised", "--option", "foo=bar"),

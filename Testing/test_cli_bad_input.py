@@ -145,11 +145,27 @@ def test_every_typed_flag_refuses_negative_nan_and_text(command, flag, tmp_path,
         (["segment", "--device", "cuda:x"], "--device"),
         (["demo", "--cases", "0"], "--cases"),
         (["phantom", "--spacing", "0"], "--spacing"),
+        (["train", "--steps", "1e20"], "--steps"),  # beyond a C integer: numpy and torch overflow
+        (["train", "--seed", "1e30"], "--seed"),
+        (["phantom", "--cases", str(2**31)], "--cases"),
+        (["train", "--patch", "16,16,1e30"], "--patch"),
     ],
 )
 def test_out_of_range_values_are_refused(argv, named, capsys):
     line = one_error_line(*run(argv, capsys))
     assert f"argument {named}:" in line, line
+
+
+def test_running_out_of_memory_is_one_line_naming_the_command(tmp_path, capsys, monkeypatch):
+    """An absurd size (``phantom --size 1000000000``) ends in an allocation failure: status 2, one line."""
+    import SemiSupSegLib.phantom as phantom
+
+    def allocate(*args, **kwargs):
+        raise MemoryError("Unable to allocate 33.1 GiB for an array with shape (4441661102,)")
+
+    monkeypatch.setattr(phantom, "write_phantom_dataset", allocate)
+    line = one_error_line(*run(["phantom", tmp_path / "p", "--cases", "1", "--size", "64"], capsys))
+    assert re.search(r"out of memory in 'phantom' \(Unable to allocate 33\.1 GiB.*check the sizes", line)
 
 
 def test_patch_order_is_z_y_x_in_help_and_error(capsys):

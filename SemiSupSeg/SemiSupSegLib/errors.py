@@ -36,10 +36,11 @@ class TrainingDiverged(SemiSupSegError):
 
 def _range_text(kind: type, low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     noun = "an integer" if kind is int else "a number"
+    shown = (lambda v: str(int(v))) if kind is int else (lambda v: f"{v:g}")  # 2147483647, not 2.14748e+09
     if low is not None and high is not None:
-        return f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{noun} in {'(' if low_open else '['}{shown(low)}, {shown(high)}{')' if high_open else ']'}"
     if low is not None:
-        return f"{noun} {'>' if low_open else '>='} {low:g}"
+        return f"{noun} {'>' if low_open else '>='} {shown(low)}"
     return noun
 
 

@@ -84,11 +84,30 @@ def _report_error(message: str, args: argparse.Namespace | None, argv: Sequence[
         print(f"semisupseg: error: {message}", file=sys.stderr)
 
 
+def _is_out_of_memory(exc: BaseException) -> bool:
+    from ..slicer_bridge import is_out_of_memory
+
+    return is_out_of_memory(exc)
+
+
+def _out_of_memory_message(exc: BaseException, args: argparse.Namespace | None) -> str:
+    """One line for a command that ran out of memory: almost always a size given by the user (``phantom
+    --size 1000000000``, ``train --patch 4000 --batch 1e8``) or an image's damaged header."""
+    command = getattr(args, "command", None) or "the command"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = (lines[-1] if lines else type(exc).__name__)[:160]
+    return (
+        f"out of memory in '{command}' ({reason}); check the sizes given (image size, patch, batch, width, "
+        "cases) and the images' spacing"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 on bad input, 130 when cancelled).
 
     Every bad input, from the command line to the data, is reported once, as one line that names it
-    (with ``--progress json``, as the protocol's ``error`` event on stdout) and gives status 2.
+    (with ``--progress json``, as the protocol's ``error`` event on stdout) and gives status 2; so is
+    running out of memory, which absurd sizes cause.
     """
     from ..progress import make_reporter
 
@@ -109,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("semisupseg: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if _is_out_of_memory(exc):
+            _report_error(_out_of_memory_message(exc, args), args, argv)
+            return 2
         if getattr(args, "progress", None) == "json":  # a bug: the reader still learns that the run ended
             args.reporter.emit("error", message=f"internal error, {type(exc).__name__}: {exc}")
         raise

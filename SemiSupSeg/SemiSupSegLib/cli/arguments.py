@@ -31,10 +31,15 @@ def _number(kind: type, low: float | None = None, high: float | None = None, **o
     return parse
 
 
-_COUNT = _number(int, 1)  # steps, batch, sizes, intervals, samples
+MAX_INT = 2**31 - 1
+"""The largest integer a flag takes: beyond it a count or a seed overflows C integers in numpy and torch
+(``--steps 1e20``, ``--seed 1e30`` gave tracebacks)."""
 
 
-_AMOUNT = _number(int, 0)  # numbers of cases, seeds, voxels of translation
+_COUNT = _number(int, 1, MAX_INT)  # steps, batch, sizes, intervals, samples
+
+
+_AMOUNT = _number(int, 0, MAX_INT)  # numbers of cases, seeds, voxels of translation
 
 
 _POSITIVE = _number(float, 0.0, low_open=True)  # learning rates, widths, spacings
@@ -53,8 +58,9 @@ def _triple(kind: type, order: str, positive: bool = False):
             parts = parts * 3
         if len(parts) != 3:
             raise argparse.ArgumentTypeError(f"needs 3 values ({order}); got {text!r}")
+        low, high = (0 if positive else None), (MAX_INT if kind is int else None)
         try:
-            return tuple(checked_number("", p, kind, 0 if positive else None, low_open=True) for p in parts)
+            return tuple(checked_number("", p, kind, low, high, low_open=True) for p in parts)
         except InputError:
             raise argparse.ArgumentTypeError(f"must be 3 {noun} ({order}); got {text!r}") from None
 
