@@ -288,6 +288,8 @@ KINDS = [
          CLI, r"divisible by 4"),
     Kind("patch beyond an integer", lambda r: train(r, pool(r), "--patch", "16,16,1e30"),
          CLI, r"argument --patch: must be 3 positive integers \(z,y,x\); got '16,16,1e30'"),
+    Kind("train --out onto an existing file", lambda r: train(r, pool(r))[:4] + [r / "dataset.json", "--steps", "1"],
+         CLI, r"cannot use '.*dataset\.json/.*': Not a directory"),
     Kind("zero steps", lambda r: train(r, pool(r), "--steps", "0"),
          CLI, r"argument --steps: .*'0'"),
     Kind("unknown method option", lambda r: train(r, pool(r), "--method", "supervised", "--option", "foo=bar"),

@@ -102,6 +102,15 @@ def _out_of_memory_message(exc: BaseException, args: argparse.Namespace | None) 
     )
 
 
+def _os_error_message(exc: OSError) -> str:
+    """One line for a refused file operation, naming the path (``train --out`` onto an existing file:
+    ``cannot use '.../dataset.json/.training': Not a directory``)."""
+    if exc.filename is None:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    other = f" (with '{exc.filename2}')" if exc.filename2 is not None else ""
+    return f"cannot use '{exc.filename}'{other}: {exc.strerror or type(exc).__name__}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 on bad input, 130 when cancelled).
 
@@ -127,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("semisupseg: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # a path given that the system refuses: a file where a folder must be, no right
+        _report_error(_os_error_message(exc), args, argv)
+        return 2
     except Exception as exc:
         if _is_out_of_memory(exc):
             _report_error(_out_of_memory_message(exc, args), args, argv)
