@@ -68,6 +68,7 @@ BASE_ROWS = {
     "ua-mt": ("ua-mt", {}),
     "embedding-matching": ("embedding-matching", {}),
     "coranet": ("coranet", {}),
+    "crln": ("crln", {}),
     "voxel-adversarial": ("voxel-adversarial", {}),
 }
 ABLATION_ROWS = {long_ablation_name(t): ("dual-unet", {"ablation": name}) for name, t in ABLATIONS.items()}

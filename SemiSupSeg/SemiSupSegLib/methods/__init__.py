@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import Batch, Method, OptimizerSpec
 from .coranet import CoraNet
+from .crln import CRLN
 from .dual_unet import DualUNet
 from .embedding_matching import EmbeddingMatching
 from .mean_teacher import MeanTeacher
@@ -13,7 +14,7 @@ from .voxel_adversarial import VoxelAdversarial
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (Supervised, MeanTeacher, UAMT, DualUNet, EmbeddingMatching, CoraNet, VoxelAdversarial)
+    for cls in (Supervised, MeanTeacher, UAMT, DualUNet, EmbeddingMatching, CoraNet, CRLN, VoxelAdversarial)
 }
 
 
