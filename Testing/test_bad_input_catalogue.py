@@ -258,6 +258,8 @@ KINDS = [
          CLI, r"training\[0\] has no 'image' path"),
     Kind("labels keys not integers", api(dataset.load_dataset, lambda r: pool(r, raw={"training": [], "labels": {"x": "bg"}})),
          DatasetError, r"'labels' key 'x' is not an integer"),
+    Kind("labels keys naming one class twice", api(dataset.load_dataset, lambda r: pool(r, raw={"training": [], "labels": {"0": "bg", "00": "x", "1": "fg"}})),
+         DatasetError, r"'labels' keys '0' and '00' both name class 0"),
     Kind("no section at all", api(dataset.load_dataset, lambda r: pool(r, raw={"name": "x"})),
          DatasetError, r"none of the lists 'training', 'unlabeled', 'test' is present"),
     Kind("missing image file", lambda r: train(r, pool(r, [{"image": "images/z.nii.gz", "label": "labels/a.nii.gz"}])),

@@ -103,6 +103,13 @@ def test_invalid_json(tmp_path):
         load_dataset(tmp_path / "dataset.json")
 
 
+def test_a_dataset_json_with_a_byte_order_mark_is_read(root):
+    """Windows editors save UTF-8 with a BOM; json.loads refused it ("Unexpected UTF-8 BOM")."""
+    path = root / "dataset.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [c.name for c in load_dataset(path).training] == ["case_000", "case_001", "case_002"]
+
+
 def test_no_section_at_all(tmp_path):
     (tmp_path / "dataset.json").write_text('{"name": "x"}')
     with pytest.raises(DatasetError, match="none of the lists 'training', 'unlabeled', 'test' is present"):

@@ -157,11 +157,16 @@ def _parse_labels(raw: dict, problems: list[str]) -> dict[int, str]:
         problems.append('\'labels\' is not a non-empty object like {"0": "background", "1": "instrument"}')
         return {0: "background", 1: "foreground"}
     parsed: dict[int, str] = {}
+    keys: dict[int, str] = {}
     for key, value in labels.items():
         try:
-            parsed[int(key)] = str(value)
+            number = int(key)
         except (TypeError, ValueError):
             problems.append(f"'labels' key {key!r} is not an integer")
+            continue
+        if number in keys:  # "0" and "00": one would silently replace the other's name
+            problems.append(f"'labels' keys {keys[number]!r} and {key!r} both name class {number}")
+        keys[number], parsed[number] = key, str(value)
     return dict(sorted(parsed.items()))
 
 
@@ -169,7 +174,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"dataset file '{path}' does not exist")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is skipped
     except json.JSONDecodeError as err:
         raise DatasetError(f"dataset file '{path}' is not valid JSON: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
