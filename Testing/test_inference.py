@@ -263,10 +263,28 @@ def test_bf16_stays_close_to_fp32():
 
 def test_auto_precision_resolves_to_a_supported_one():
     chosen = inference.resolve_precision("auto", "cpu")
-    assert chosen == ("bf16" if inference.bf16_supported("cpu") else "fp32")
+    assert chosen == ("bf16" if inference.bf16_native("cpu") else "fp32")
     assert inference.resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(InputError, match="fp16"):
         inference.resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx512f", "avx512bw"}, "fp32"),
+        ({"avx512f", "avx512_bf16"}, "bf16"),
+        ({"amx_bf16"}, "bf16"),
+        (None, "bf16"),
+    ],
+)
+def test_auto_chooses_bf16_on_the_cpu_only_with_bf16_instructions(monkeypatch, flags, expected):
+    """oneDNN emulates bf16 on plain AVX-512 (twice as slow as fp32 here); auto must not pick it there."""
+    monkeypatch.setattr(inference, "bf16_supported", lambda device: True)  # what oneDNN says on AVX-512
+    monkeypatch.setattr(inference, "_cpu_flags", lambda: flags)  # None: no /proc/cpuinfo (macOS, Windows)
+    assert inference.resolve_precision("auto", "cpu") == expected
+    monkeypatch.setattr(inference, "bf16_supported", lambda device: False)
+    assert inference.resolve_precision("auto", "cpu") == "fp32"
 
 
 def test_three_class_foreground_is_one_minus_background():
@@ -375,7 +393,6 @@ def test_uncertainty_in_sliding_window_mode():
     assert np.isfinite(u).all() and u.min() >= 0 and u.max() <= math.log(2) + 1e-6 and u.max() > 0.01
 
 
-
 def test_several_points_merge_their_regions_by_the_voxelwise_maximum():
     """Issue 19: two overlapping regions; the merge is their maximum and keeps each one-point label."""
     torch.manual_seed(6)
@@ -394,6 +411,7 @@ def test_several_points_merge_their_regions_by_the_voxelwise_maximum():
         assert np.all(merged_label[sitk.GetArrayFromImage(single.label) > 0])
     assert merged.centers == tuple(tuple(float(c) for c in point) for point in points)
     _assert_same_grid(merged.probability, image)
+
 
 # --------------------------------------------------------------------------- errors and callbacks
 
