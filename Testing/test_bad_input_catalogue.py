@@ -210,6 +210,8 @@ KINDS = [
          CLI, r"image is constant \(every voxel is 7\)"),
     Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(RAMP, (1e6, 1e6, 1e6))),
          CLI, r"would need .* voxels \(.* GB as float32\).*check the image's spacing"),
+    Kind("tiny spacing (a point after resampling)", lambda r: segment_image(r, volume(RAMP, (1e-9, 1e-9, 1e-9))),
+         CLI, r"to 0\.8,0\.8,0\.8 mm leaves 1 voxel along x: the volume is thinner than 2 voxels"),
     Kind("too big after resampling (API)", api(lambda r: check_resampled_size(random_image(), (0.001, 0.001, 0.001))),
          InputError, r"would need 9\.8e\+03x6e\+03x9e\+03 = 5\.29e\+11 voxels"),
     Kind("non-orthonormal direction", lambda r: segment(r, mha_with(r, "TransformMatrix", "1 0.3 0 0 1 0 0 0 1")),

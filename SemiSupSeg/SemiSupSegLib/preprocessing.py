@@ -24,10 +24,12 @@ MAX_RESAMPLED_VOXELS = 1 << 30
 def check_resampled_size(
     image: sitk.Image, target_spacing: Sequence[float], limit_voxels: int = MAX_RESAMPLED_VOXELS
 ) -> tuple[int, int, int]:
-    """The size ``(x, y, z)`` of ``image`` resampled to ``target_spacing``, refused if too big to allocate.
+    """The size ``(x, y, z)`` of ``image`` resampled to ``target_spacing``, refused if too big to allocate
+    or so thin that an axis keeps a single voxel.
 
     A wrong spacing in a file header (1e6 mm instead of 1 mm) would otherwise make SimpleITK try to
-    allocate an astronomical volume and fail with an unexplained memory error.
+    allocate an astronomical volume and fail with an unexplained memory error; one of 1e-30 mm would shrink
+    the volume to a point and the network would answer on nothing.
 
     Args:
         image: the volume to resample.
@@ -38,14 +40,21 @@ def check_resampled_size(
         The resampled size in voxels, (x, y, z).
 
     Raises:
-        InputError: naming the size it would need, in voxels and GB (float32).
+        InputError: naming the size it would need, in voxels and GB (float32), or the axis left 1 voxel.
     """
     old_spacing = np.asarray(image.GetSpacing(), dtype=float)
     extent = np.asarray(image.GetSize(), dtype=float) * old_spacing
     size = tuple(max(1, int(round(n))) for n in extent / np.asarray(target_spacing, dtype=float))
     voxels = float(np.prod(np.asarray(size, dtype=float)))
+    mm = lambda values: ",".join(f"{v:.4g}" for v in values)  # noqa: E731
+    if min(size) < 2:  # a spacing of 1e-30 mm: the volume shrinks to a point, the answer is arbitrary
+        axis = "xyz"[int(np.argmin(size))]
+        raise InputError(
+            f"resampling the image of {'x'.join(map(str, image.GetSize()))} voxels at {mm(old_spacing)} mm "
+            f"to {mm(target_spacing)} mm leaves 1 voxel along {axis}: the volume is thinner than 2 voxels of "
+            "that grid; check the image's spacing"
+        )
     if voxels > limit_voxels:
-        mm = lambda values: ",".join(f"{v:.4g}" for v in values)  # noqa: E731
         raise InputError(
             f"resampling the image of {'x'.join(map(str, image.GetSize()))} voxels at {mm(old_spacing)} mm "
             f"to {mm(target_spacing)} mm would need {'x'.join(f'{n:.3g}' for n in size)} = {voxels:.3g} "
