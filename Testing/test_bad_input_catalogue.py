@@ -308,6 +308,8 @@ KINDS = [
          CLI, r"--json '.*dataset\.json' is the dataset file \(--data\); writing it would destroy the input"),
     Kind("evaluate predictions into the images folder", lambda r: evaluate(r, "--predictions", r / "images"),
          CLI, r"prediction of case 'a' '.*images/a\.nii\.gz' is the image of case 'a'"),
+    Kind("segment uncertainty options without --uncertainty", lambda r: segment_image(r, random_image()) + ["--uncertainty-method", "flips"],
+         CLI, r"--uncertainty-method shape the uncertainty map: give --uncertainty FILE too"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints

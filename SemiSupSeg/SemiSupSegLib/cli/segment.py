@@ -28,6 +28,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     reporter = args.reporter if args.progress == "json" else None
     _check_outputs(args)
+    _check_uncertainty_options(args)
     device = resolve_device(args.device)
     centers = _read_centers(args)
     if reporter:
@@ -69,6 +70,21 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     outputs = {"--output": args.output, "--probability": args.probability, "--uncertainty": args.uncertainty}
     check_outputs_spare_inputs({k: v for k, v in outputs.items() if v}, {"input image (--input)": args.input})
+
+
+def _check_uncertainty_options(args: argparse.Namespace) -> None:
+    """Refuse ``--uncertainty-method``/``--mc-samples`` without ``--uncertainty`` (they were silently ignored)
+    and an unknown estimator, before the model is loaded."""
+    from ..inference import UNCERTAINTY_METHODS
+
+    given = [flag for flag, value in (("--uncertainty-method", args.uncertainty_method),
+                                      ("--mc-samples", args.mc_samples)) if value is not None]  # fmt: skip
+    if given and not args.uncertainty:
+        raise InputError(f"{' and '.join(given)} shape the uncertainty map: give --uncertainty FILE too")
+    if args.uncertainty_method is not None and args.uncertainty_method not in UNCERTAINTY_METHODS:
+        raise InputError(
+            f"uncertainty method {args.uncertainty_method!r} is not one of {', '.join(UNCERTAINTY_METHODS)}"
+        )
 
 
 def _segment_reporting(args: argparse.Namespace, model, image, centers, device: str, reporter):
