@@ -124,10 +124,12 @@ def _forward_floor(model, image: sitk.Image, center, precision: str, channels_la
         start = time.perf_counter()
         with torch.inference_mode(), inference._inference_state(ctx.nets, False):
             probs = inference._region_probabilities(ctx, region, ctx.probabilities)
+            if probs.is_cuda:
+                torch.cuda.synchronize(probs.device)
         times.append(time.perf_counter() - start)
     t3 = time.perf_counter()
     foreground = inference.foreground_probability(probs)[0]
-    label = inference.to_input_grid(foreground.numpy(), grid, image) > 0.5
+    label = inference.to_input_grid(foreground.cpu().numpy(), grid, image) > 0.5
     t4 = time.perf_counter()
     return {
         "forward_seconds": min(times),
@@ -150,12 +152,13 @@ def run_worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
     precision, channels_last = VARIANTS[spec["variant"]]
-    model = load_model(spec["model"], "cpu")
+    device = torch.device(spec.get("device", "cpu"))
+    model = load_model(spec["model"], device)
     cases = [(sitk.ReadImage(c["image"]), c["center"]) for c in spec["cases"]]
     rss_before = _rss_mb()
     roi = spec["mode"] == "roi"
     # Warm-up: one batch of the patch shape through the networks (oneDNN primitive creation).
-    warm = torch.randn(8, 1, *model.patch_size)
+    warm = torch.randn(8, 1, *model.patch_size, device=device)
     inference.predict_batch(model.inference_networks, warm, precision, channels_last=channels_last)
     seconds, labels = [], []
     for i, (image, center) in enumerate(cases):
@@ -181,7 +184,10 @@ def run_worker(spec: dict) -> dict:
         "rss_before_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
+    if device.type == "cuda":  # segment() returns images on the host, so the timings above include the GPU
+        report["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     if roi and spec.get("floor"):
         report.update(_forward_floor(model, cases[0][0], cases[0][1], precision, channels_last))
     return report
@@ -408,6 +414,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="phantoms at the model's target spacing (a size^3 network input) or at random spacing",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (the workers' device)")
     parser.add_argument("--out", default="inference_benchmark.json", help="JSON results")
     parser.add_argument("--tabulate", metavar="JSON", help="measure nothing: render this raw-results JSON")
     parser.add_argument("--write", type=Path, help="markdown file whose block for the JSON is replaced")
@@ -424,7 +431,7 @@ def _check_variants(text: str) -> list[str]:
 
 
 def _runs(args: argparse.Namespace, model_path: str, cases: list[dict], labels: Path) -> dict:
-    base = {"model": model_path, "labels": str(labels), "threads": args.threads}
+    base = {"model": model_path, "labels": str(labels), "threads": args.threads, "device": args.device}
     plan = [("roi", v, cases, 0) for v in _check_variants(args.variants)]
     plan += [("sliding-window", v, cases[: args.sw_cases], 0) for v in _check_variants(args.sw_variants)]
     if args.mc_samples > 0:

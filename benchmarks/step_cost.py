@@ -64,39 +64,49 @@ def make_batch(batch: int, patch: int, seed: int = 0) -> Batch:
     return Batch(torch.randn(shape, generator=g), label, torch.randn(shape, generator=g))
 
 
-def time_method(method: Method, batch: Batch, steps: int, step0: int) -> float:
-    """Median seconds of one loop iteration (after one warm-up iteration)."""
+def _clock(device: torch.device) -> float:
+    """Wall time after the device's queued work is done (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def time_method(method: Method, batch: Batch, steps: int, step0: int, precision: str = "fp32") -> float:
+    """Median seconds of one loop iteration (after one warm-up iteration), autocast as the trainer's."""
     stages = [(spec, Trainer._optimizer(spec)) for spec in method.optimizers()]
+    device = batch.labeled_image.device
     method.train()
     times = []
     for i in range(steps + 1):
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         for spec, optimizer in stages:
-            loss = method.compute_losses(spec.stage, batch, step0 + i)["loss"]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = method.compute_losses(spec.stage, batch, step0 + i)["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         method.after_iteration(step0 + i)
-        times.append(time.perf_counter() - t0)
+        times.append(_clock(device) - t0)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def time_two_supervised(config: NetworkConfig, batch: Batch, steps: int) -> float:
     """Two networks, each a supervised step on the whole mini-batch (labelled + unlabelled patches)."""
-    nets = [build_network(config).train() for _ in range(2)]
+    device = batch.labeled_image.device
+    nets = [build_network(config).to(device).train() for _ in range(2)]
     optimizers = [torch.optim.Adam(n.parameters(), lr=1e-4) for n in nets]
     x = torch.cat([batch.labeled_image, batch.unlabeled_image])
     y = torch.cat([batch.labeled_label, batch.labeled_label])
     loss_fn = supervised_loss()
     times = []
     for _ in range(steps + 1):
-        t0 = time.perf_counter()
+        t0 = _clock(device)
         for net, opt in zip(nets, optimizers, strict=True):
             loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        times.append(time.perf_counter() - t0)
+        times.append(_clock(device) - t0)
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
@@ -104,20 +114,28 @@ def measure(args: argparse.Namespace) -> dict:
     """Seconds per step of every method and of the two-network reference; the raw results."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     config = NetworkConfig(width=args.width)
-    batch = make_batch(args.batch, args.patch)
+    batch = make_batch(args.batch, args.patch).to(device)
     total = 10000
     step0 = 5000  # ramps and thresholds in their working range
-    seconds = {
-        name: time_method(cls(config, total), batch, args.steps, step0) for name, cls in METHODS.items()
-    }
+    seconds, peaks = {}, {}
+    methods = {name: cls for name, cls in METHODS.items() if name in args.methods}
+    for name, cls in methods.items():
+        _reset_peak(device)
+        seconds[name] = time_method(cls(config, total).to(device), batch, args.steps, step0, args.precision)
+        peaks[name] = _peak_mb(device)
+    _reset_peak(device)
     seconds["supervised x2 (same batch)"] = time_two_supervised(config, batch, args.steps)
-    sup, sup2 = seconds["supervised"], seconds["supervised x2 (same batch)"]
+    peaks["supervised x2 (same batch)"] = _peak_mb(device)
+    sup, sup2 = seconds.get("supervised", float("nan")), seconds["supervised x2 (same batch)"]
     rows = {
         name: {
             "seconds": round(s, 4),
+            "steps_per_second": round(1.0 / s, 2),
             "x_supervised": round(s / sup, 2),
             "x_supervised_x2_same_batch": round(s / sup2, 2),
+            **({"peak_gpu_mb": peaks[name]} if peaks[name] is not None else {}),
         }
         for name, s in seconds.items()
     }
@@ -127,6 +145,17 @@ def measure(args: argparse.Namespace) -> dict:
         "settings": {**settings, "out": str(args.out) if args.out else None, "torch": torch.__version__},
         "steps": rows,
     }
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_mb(device: torch.device) -> float | None:
+    """Peak GPU memory allocated by torch since the last reset (MB), None on the CPU."""
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
 
 
 def table(columns: list[tuple[str, dict]]) -> list[str]:
@@ -170,10 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="labelled patches (and as many unlabelled)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up; the median is kept")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="autocast of the steps")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: every method)")
     p.add_argument("--out", type=Path, default=None, help="raw results (JSON)")
     p.add_argument("--tabulate", action="append", metavar="[LABEL=]JSON", help="measure nothing (repeatable)")
     p.add_argument("--write", type=Path, help="markdown file whose block for the JSON(s) is replaced")
     args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        raise fail(f"unknown methods {', '.join(unknown)}; known: {', '.join(METHODS)}")
     sources = [_labelled(spec) for spec in args.tabulate or []]
     if args.write and not sources and not args.out:
         raise fail("--write needs --out (the JSON the block is rendered from) or --tabulate")

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Issue 18's prepared GPU check (one GPU, under 8 minutes); run from the repository root on a GPU machine.
+# Records, into $OUT (default ./gpu_check_out):
+#   gpu_inference.json   full-width (width 1.0) coarse-to-fine region inference, fp32 and bf16 autocast,
+#                        and sliding-window inference (bf16) on 160^3 phantoms: seconds and peak GPU memory
+#                        (benchmarks/inference.py --device cuda);
+#   gpu_step_cost.json   200 training steps of supervised and the Dual-UNet at full width, 48^3 patches,
+#                        2 labelled + 2 unlabelled, bf16 autocast: seconds per step, steps per second and
+#                        peak GPU memory (benchmarks/step_cost.py --device cuda);
+#   gpu_check.log        the GPU's name and memory, versions, and both scripts' tables.
+# A 2-process NCCL run needs `train --nproc` (issue 18, not built yet); with two GPUs the script says so.
+# MONAI and SimpleITK come from wheels in .whl/ where the machine lacks them (see gpu_runs.sh).
+set -u
+OUT=${OUT:-$PWD/gpu_check_out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/SemiSupSeg"
+if [ -d .whl ] && ! python3 -c "import monai, SimpleITK" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl ||
+    exit 1
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+DEVICE=${DEVICE:-cuda}
+SIZE=${SIZE:-160}
+WIDTH=${WIDTH:-1.0}
+STEPS=${STEPS:-200}
+PATCH=${PATCH:-48}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)"
+} >>"$LOG" 2>&1
+timeout 300 python3 benchmarks/inference.py --width "$WIDTH" --size "$SIZE" --cases 3 --sw-cases 1 \
+  --variants fp32,bf16 --sw-variants bf16 --device "$DEVICE" --out "$OUT/gpu_inference.json" >>"$LOG" 2>&1
+echo "inference exit $?" >>"$LOG"
+timeout 180 python3 benchmarks/step_cost.py --width "$WIDTH" --patch "$PATCH" --steps "$STEPS" \
+  --methods supervised,dual-unet --device "$DEVICE" --precision bf16 --out "$OUT/gpu_step_cost.json" >>"$LOG" 2>&1
+echo "step cost exit $?" >>"$LOG"
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  echo "two GPUs: a 2-process NCCL run needs 'semisupseg train --nproc 2' (issue 18, not built yet)" >>"$LOG"
+fi
+tail -n 40 "$LOG"
