@@ -53,6 +53,12 @@ def volume(array: np.ndarray, spacing=SPACING, direction=DIRECTION) -> sitk.Imag
     return image
 
 
+def volume_at(array: np.ndarray, origin: tuple[float, float, float]) -> sitk.Image:
+    image = volume(array)
+    image.SetOrigin(origin)
+    return image
+
+
 def write(root: Path, rel: str, image: sitk.Image) -> Path:
     path = root / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +212,8 @@ KINDS = [
          InputError, r"has complex voxels \(complex of 32-bit float\); expected real numbers"),
     Kind("image values beyond float32", api(imageio.read_image, lambda r: write(r, "in.nrrd", volume(RAMP.astype(np.float64) * 1e300))),
          InputError, r"values from 0 to 1\.679e\+303, a range beyond what float32 holds"),
+    Kind("origin too far for double precision", api(imageio.read_image, lambda r: write(r, "in.nrrd", volume_at(RAMP, (3.0, -2.0, 1e300)))),
+         InputError, r"has origin \(3, -2, 1e\+300\) mm, more than 1e\+09 voxels from 0"),
     Kind("image constant", lambda r: segment_image(r, volume(np.full(SHAPE, 7.0, np.float32))),
          CLI, r"image is constant \(every voxel is 7\)"),
     Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(RAMP, (1e6, 1e6, 1e6))),

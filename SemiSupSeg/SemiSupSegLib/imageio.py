@@ -92,7 +92,7 @@ def _check_shape(image: sitk.Image, path: Path, what: str) -> None:
             "expected a scalar 3D volume"
         )
     for axis, size in enumerate(image.GetSize()):
-        if size == 1:
+        if size <= 1:
             raise InputError(
                 f"{what} file '{path}' is 2D (size 1 along axis {axis} ({_AXES[axis]}), "
                 f"size {tuple(image.GetSize())}); expected a 3D volume"
@@ -104,6 +104,7 @@ def _check_geometry(image: sitk.Image, path: Path, what: str) -> None:
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     if not np.all(np.isfinite(spacing) & (spacing > 0)):
         raise InputError(f"{what} file '{path}' has spacing {_fmt(spacing)}; every spacing must be > 0 mm")
+    _check_origin(np.asarray(image.GetOrigin(), dtype=float), float(spacing.min()), path, what)
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
         raise InputError(
@@ -118,6 +119,24 @@ def _check_pixel_type(image: sitk.Image, path: Path, what: str) -> None:
         raise InputError(
             f"{what} file '{path}' has complex voxels ({image.GetPixelIDTypeAsString()}); "
             "expected real numbers (save the magnitude instead)"
+        )
+
+
+_MAX_ORIGIN_VOXELS = 1e9
+"""How far from 0 an origin may lie, in voxels: beyond it, double precision cannot tell the voxels' positions
+apart (an origin of 1e300 mm puts every voxel at the same point) and centre points lose their meaning."""
+
+
+def _check_origin(origin: np.ndarray, spacing: float, path: Path, what: str) -> None:
+    """A finite origin, within :data:`_MAX_ORIGIN_VOXELS` voxels of 0."""
+    if not np.all(np.isfinite(origin)):
+        raise InputError(
+            f"{what} file '{path}' has origin {_fmt(origin)} that is not finite; the header is damaged"
+        )
+    if np.max(np.abs(origin)) > _MAX_ORIGIN_VOXELS * spacing:
+        raise InputError(
+            f"{what} file '{path}' has origin {_fmt(origin)} mm, more than {_MAX_ORIGIN_VOXELS:.0e} voxels "
+            "from 0: its voxels' positions cannot be told apart; the header is damaged"
         )
 
 
@@ -154,7 +173,8 @@ def read_image(path: str | os.PathLike, *, what: str = "image") -> sitk.Image:
 
     Rejected: a missing file, an unsupported extension, a corrupt file, a 2D or 4D image, a
     vector image (more than one component per voxel), a complex image, a 3D image with a size-1 axis
-    (really 2D), a spacing that is not positive, a direction matrix that is not orthonormal, and images
+    (really 2D), a spacing that is not positive, an origin not finite or too far from 0 for double
+    precision, a direction matrix that is not orthonormal, and images
     with NaN or infinite values or a range of values float32 cannot hold. ``what`` ("image",
     "label"...) starts the messages.
     """
