@@ -122,9 +122,9 @@ def _check_pixel_type(image: sitk.Image, path: Path, what: str) -> None:
         )
 
 
-_MAX_ORIGIN_VOXELS = 1e9
-"""How far from 0 an origin may lie, in voxels: beyond it, double precision cannot tell the voxels' positions
-apart (an origin of 1e300 mm puts every voxel at the same point) and centre points lose their meaning."""
+_MAX_ORIGIN_VOXELS = 1e12
+"""How far from 0 an origin may lie, in voxels: beyond it double precision (2.2e-16 relative) places voxels
+to worse than 1e-3 voxel; at 1e300 mm every voxel is at one point and centre points lose their meaning."""
 
 
 def _check_origin(origin: np.ndarray, spacing: float, path: Path, what: str) -> None:
