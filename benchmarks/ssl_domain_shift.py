@@ -228,10 +228,11 @@ def evaluate(model_dir: str, test: list[dict], device: str) -> list[dict]:
 
 
 def run_specs(args, cases: dict[str, list[dict]]) -> list[dict]:
-    """Every (B-label count, row, seed) to run, the first setting's SSL rows first (most wanted)."""
+    """Every (B-label count, row, seed) to run: setting by setting, seed by seed, rows in ``ROWS`` order
+    (the supervised references first), so that a stopped run leaves whole seeds of the first setting."""
     specs = []
     for b in args.target_labeled:
-        order = [r for r in (*SSL_ROWS[::-1], *SUPERVISED_ROWS[::-1]) if r in args.rows]
+        order = [r for r in ROWS if r in args.rows]
         for seed in args.seeds:
             for row in order:
                 if row == "source-only" and seed != args.seeds[0]:
