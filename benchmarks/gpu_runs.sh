@@ -25,7 +25,8 @@ VAL=${VAL:-8}
 DS_STEPS=${DS_STEPS:-500}
 DS_SEEDS=${DS_SEEDS:-0,1,2}
 DS_JOBS=${DS_JOBS:-9}
-DS_ARGS=${DS_ARGS:-}
+# issue 13's rows; the crln and voxel-adversarial rows (issue 16) need a second call with DS_ARGS="--rows ..."
+DS_ARGS=${DS_ARGS:---rows source-only,supervised-B,supervised-A+B,mean-teacher,ua-mt,dual-unet}
 XP_CASES=${XP_CASES:-3}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" "$W"
