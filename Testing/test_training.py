@@ -208,6 +208,16 @@ def test_an_unknown_device_string_is_a_named_input_error():
     assert resolve_device("cpu").type == "cpu"
 
 
+def test_a_gpu_index_beyond_the_gpus_torch_sees_is_a_named_error(monkeypatch):
+    from SemiSupSegLib.training import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(InputError, match=r"GPU 'cuda:2' does not exist: torch sees 2 GPU\(s\)"):
+        resolve_device("cuda:2")
+
+
 def test_a_dataset_without_labelled_cases_is_refused_by_name(tiny_phantom, tmp_path):
     raw = json.loads(tiny_phantom.read_text())
     only_unlabelled = tiny_phantom.parent / "only_unlabelled.json"

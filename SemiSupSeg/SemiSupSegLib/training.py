@@ -84,9 +84,15 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no GPU; use --device cpu or auto")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except (RuntimeError, TypeError):
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if chosen.type == "cuda" else 0
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= count:
+        raise InputError(
+            f"GPU {device!r} does not exist: torch sees {count} GPU(s), cuda:0 to cuda:{count - 1}"
+        )
+    return chosen
 
 
 def seed_everything(seed: int) -> None:
