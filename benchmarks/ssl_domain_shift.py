@@ -12,7 +12,8 @@ and B are phantom profiles (docs/PHANTOM_PROFILES.md), by default ``default`` an
    - ``source-only``: the starting model as it is (no training; one evaluation, seed 0);
    - ``supervised-B``: the B labels only (only when b > 0);
    - ``supervised-A+B``: the A and B labels (only when b > 0: with b = 0 it would be source training);
-   - ``mean-teacher``, ``ua-mt``, ``dual-unet``, ``crln``, ``voxel-adversarial``: the A and B labels plus the
+   - ``mean-teacher``, ``ua-mt``, ``dual-unet``, ``embedding-matching``, ``coranet``, ``crln``,
+     ``voxel-adversarial``: the A and B labels plus the
      unlabelled B scans, each method with its paper defaults (METHODS.md) except the learning rate.
 3. Every run is evaluated on ``--test-cases`` held-out B cases with the product's main path: the
    coarse-to-fine region from the true centre point.
@@ -66,7 +67,15 @@ from _report import (  # noqa: E402
 
 SCRIPT = "benchmarks/ssl_domain_shift.py"
 SUPERVISED_ROWS = ("source-only", "supervised-B", "supervised-A+B")
-SSL_ROWS = ("mean-teacher", "ua-mt", "dual-unet", "crln", "voxel-adversarial")
+SSL_ROWS = (
+    "mean-teacher",
+    "ua-mt",
+    "dual-unet",
+    "embedding-matching",
+    "coranet",
+    "crln",
+    "voxel-adversarial",
+)
 ROWS = {
     "source-only": (None, ""),
     "supervised-B": ("supervised", "B"),
@@ -74,6 +83,8 @@ ROWS = {
     "mean-teacher": ("mean-teacher", "A+B+U"),
     "ua-mt": ("ua-mt", "A+B+U"),
     "dual-unet": ("dual-unet", "A+B+U"),
+    "embedding-matching": ("embedding-matching", "A+B+U"),
+    "coranet": ("coranet", "A+B+U"),
     "crln": ("crln", "A+B+U"),
     "voxel-adversarial": ("voxel-adversarial", "A+B+U"),
 }
