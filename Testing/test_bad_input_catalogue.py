@@ -318,6 +318,8 @@ KINDS = [
          CLI, r"prediction of case 'a' '.*images/a\.nii\.gz' is the image of case 'a'"),
     Kind("segment uncertainty options without --uncertainty", lambda r: segment_image(r, random_image()) + ["--uncertainty-method", "flips"],
          CLI, r"--uncertainty-method shape the uncertainty map: give --uncertainty FILE too"),
+    Kind("evaluate --json under a file", lambda r: evaluate(r, "--json", r / "dataset.json" / "metrics.json"),
+         CLI, r"--json '.*dataset\.json/metrics\.json' cannot be written: '.*dataset\.json' is a file, not a folder"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints

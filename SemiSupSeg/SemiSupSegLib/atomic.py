@@ -113,10 +113,23 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _check_writable_place(what: str, path: Path) -> None:
+    """An output that is not a folder, under no file (``--json results/x.json`` where ``results`` is a file
+    failed only after all the work)."""
+    from .errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"{what} '{path}' is a folder; give a file name")
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise InputError(f"{what} '{path}' cannot be written: '{blocking}' is a file, not a folder")
+
+
 def check_outputs_spare_inputs(
     outputs: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike]
 ) -> None:
-    """Refuse, before any work, outputs that would overwrite an input or each other.
+    """Refuse, before any work, outputs that would overwrite an input or each other, or that cannot be
+    written because a file stands where their folder should be (or they are a folder).
 
     Args:
         outputs: what each output is (``"--output"``) -> the file to be written.
@@ -130,6 +143,7 @@ def check_outputs_spare_inputs(
     seen: list[tuple[str, Path]] = []
     for what, path in outputs.items():
         path = Path(path).expanduser()
+        _check_writable_place(what, path)
         for source, read in inputs.items():
             if _same_file(path, Path(read).expanduser()):
                 raise InputError(f"{what} '{path}' is the {source}; writing it would destroy the input")
