@@ -99,3 +99,45 @@ def test_write_block_refuses_and_leaves_the_file_untouched(tmp_path, text):
 
     assert doc.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCHMARKS.md"]  # no temporary file left
+
+
+def _load_benchmark(name: str):
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_new_scanner_paired_test_pairs_seed_by_case_and_broadcasts_a_one_seed_row():
+    """ssl_domain_shift decides "SSL beats supervised": the pairs and the p-values must be the right ones."""
+    shift = _load_benchmark("ssl_domain_shift")
+    rows = [{"row": "B2 source-only", "method": "none", "seed": 0, "case": c, "dice": 0.5} for c in "abcd"]
+    for seed in (0, 1):
+        rows += [
+            {
+                "row": "B2 dual-unet",
+                "method": "dual-unet",
+                "seed": seed,
+                "case": c,
+                "dice": 0.5 + 0.1 * (i + 1),
+            }
+            for i, c in enumerate("abcd")
+        ]
+        rows += [
+            {"row": "B2 supervised-B", "method": "supervised", "seed": seed, "case": c, "dice": 0.4}
+            for c in "abcd"
+        ]
+    table, tests = shift.summary({"setting": {}, "rows": rows})
+    means = {t["row"]: t["mean"] for t in table}
+    assert means["B2 dual-unet"] == pytest.approx(0.75) and means["B2 source-only"] == pytest.approx(0.5)
+    (test,) = tests
+    assert (test["ssl"], test["supervised"], test["n"]) == ("B2 dual-unet", "B2 source-only", 8)
+    assert test["mean_diff_points"] == pytest.approx(25.0)
+    from scipy import stats
+
+    x = [0.5 + 0.1 * (i + 1) for i in range(4)] * 2
+    assert test["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, [0.5] * 8).pvalue)
+    assert test["ttest_p"] == pytest.approx(stats.ttest_rel(x, [0.5] * 8).pvalue)
