@@ -320,6 +320,8 @@ KINDS = [
          CLI, r"--uncertainty-method shape the uncertainty map: give --uncertainty FILE too"),
     Kind("evaluate --json under a file", lambda r: evaluate(r, "--json", r / "dataset.json" / "metrics.json"),
          CLI, r"--json '.*dataset\.json/metrics\.json' cannot be written: '.*dataset\.json' is a file, not a folder"),
+    Kind("segment --center with --locator", lambda r: segment_image(r, random_image()) + ["--center", ",".join(map(str, centre(random_image()))), "--locator", "phantom-locator"],
+         CLI, r"--center and --locator exclude each other"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints

@@ -29,6 +29,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     reporter = args.reporter if args.progress == "json" else None
     _check_outputs(args)
     _check_uncertainty_options(args)
+    if args.center and args.locator:  # the locator was silently left unused
+        raise InputError(
+            "--center and --locator exclude each other: give a centre, or let the locator find it"
+        )
     device = resolve_device(args.device)
     centers = _read_centers(args)
     if reporter:
