@@ -196,6 +196,20 @@ def test_device_choice():
         bridge.choose_device("TPU", True)
 
 
+def test_the_device_list_names_each_gpu_and_each_entry_chooses_its_gpu():
+    gpus = [("NVIDIA H200", 143_771 * 2**20), ("NVIDIA A100", 80 * 2**30)]
+    choices = bridge.device_choices(gpus)
+    assert choices == ["Auto", "CPU", "GPU 0: NVIDIA H200 (140 GiB)", "GPU 1: NVIDIA A100 (80 GiB)"]
+    assert [bridge.choose_device(c, True, 2) for c in choices] == ["cuda", "cpu", "cuda:0", "cuda:1"]
+    assert bridge.device_choices([]) == ["Auto", "CPU"]
+    with pytest.raises(InputError, match="GPU 1 was chosen but torch sees 1 GPU"):
+        bridge.choose_device(choices[3], True, 1)  # a list made before a GPU went away
+    with pytest.raises(InputError, match="GPU was chosen but torch sees no CUDA GPU"):
+        bridge.choose_device(choices[2], False)
+    with pytest.raises(InputError, match="unknown device"):
+        bridge.choose_device("GPUs", True)
+
+
 def test_execution_choice():
     big = 200**3
     assert bridge.choose_execution(big, has_center=True) == "in-process"

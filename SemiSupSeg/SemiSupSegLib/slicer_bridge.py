@@ -40,10 +40,12 @@ __all__ = [
     "choose_device",
     "choose_execution",
     "confidence_text",
+    "device_choices",
     "default_locator",
     "default_models_folder",
     "default_pool_folder",
     "geometry_from_ijk_to_ras",
+    "gpu_inventory",
     "ijk_to_ras_from_geometry",
     "ijk_to_ras_from_image",
     "image_from_array",
@@ -397,22 +399,61 @@ def confidence_text(q_value: float, confidence: float | None = None, low: bool |
 DEVICE_CHOICES = ("Auto", "GPU", "CPU")
 
 
-def choose_device(choice: str, cuda_available: bool) -> str:
-    """The torch device string for the panel's Auto/GPU/CPU choice; :class:`InputError` if a GPU is
-    asked for and torch sees none."""
+def gpu_inventory() -> list[tuple[str, int]]:
+    """(name, memory in bytes) of every GPU torch sees, in index order; empty without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+    return [(p.name, int(p.total_memory)) for p in props]
+
+
+def device_choices(gpus: Sequence[tuple[str, int]]) -> list[str]:
+    """The panel's device list: Auto, CPU, then ``"GPU i: name (N GiB)"`` per GPU (issue 18).
+
+    Args:
+        gpus: (name, memory in bytes) per GPU, as :func:`gpu_inventory` returns them.
+
+    Returns:
+        The choices; each is understood by :func:`choose_device`.
+    """
+    return [
+        "Auto",
+        "CPU",
+        *[f"GPU {i}: {name} ({memory / 2**30:.0f} GiB)" for i, (name, memory) in enumerate(gpus)],
+    ]
+
+
+def choose_device(choice: str, cuda_available: bool, gpu_count: int | None = None) -> str:
+    """The torch device string for a panel choice (``Auto``, ``CPU``, ``GPU``, or ``GPU i: ...`` of
+    :func:`device_choices`); :class:`InputError` if a GPU is asked for that torch does not see.
+
+    Args:
+        choice: the panel's text.
+        cuda_available: whether torch sees a GPU.
+        gpu_count: how many GPUs torch sees (checked for ``GPU i``), None to skip the check.
+    """
     key = str(choice).strip().lower()
     if key in ("auto", ""):
         return "cuda" if cuda_available else "cpu"
-    if key in ("gpu", "cuda"):
+    if key == "cpu":
+        return "cpu"
+    index = key.split(":")[0][3:].strip() if key.startswith("gpu") else None
+    if key.startswith("cuda") or (index is not None and (index == "" or index.isdigit())):
         if not cuda_available:
             raise InputError(
                 "GPU was chosen but torch sees no CUDA GPU on this computer (or the installed torch is a "
                 "CPU-only build); choose Auto or CPU"
             )
-        return "cuda"
-    if key == "cpu":
-        return "cpu"
-    raise InputError(f"unknown device {choice!r}; expected one of {', '.join(DEVICE_CHOICES)}")
+        if not index:
+            return "cuda"
+        if gpu_count is not None and int(index) >= gpu_count:
+            raise InputError(
+                f"GPU {index} was chosen but torch sees {gpu_count} GPU(s); choose another device"
+            )
+        return f"cuda:{int(index)}"
+    raise InputError(f"unknown device {choice!r}; expected Auto, CPU, GPU or one GPU of the list")
 
 
 # ------------------------------------------------------------------------------------- long-running

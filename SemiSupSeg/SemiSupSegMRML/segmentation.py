@@ -177,10 +177,11 @@ class SegmentationLogic:
     # --- locate -------------------------------------------------------------------------------------
     @staticmethod
     def resolve_device(choice: str) -> str:
-        """ "Auto", "GPU" or "CPU" -> the torch device string (imports torch)."""
+        """ "Auto", "GPU", "GPU i: ..." (:func:`~SemiSupSegLib.slicer_bridge.device_choices`) or "CPU" ->
+        the torch device string (imports torch)."""
         import torch
 
-        return bridge.choose_device(choice, torch.cuda.is_available())
+        return bridge.choose_device(choice, torch.cuda.is_available(), torch.cuda.device_count())
 
     def locate(self, volume_node, point_node, locator_folder, device_choice: str = "Auto"):
         """Run the DQN locator and make its point the point list's only point.
