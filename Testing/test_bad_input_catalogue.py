@@ -234,6 +234,8 @@ KINDS = [
          CLI, r"unsupported extension; expected one of \.nii\.gz"),
     Kind("unreadable image", lambda r: segment(r, unreadable_image(r)),
          CLI, r"(is not a file|cannot be read)"),
+    Kind("image a symbolic link loop", lambda r: segment(r, link_loop(r, "in.nrrd")),
+         CLI, r"in\.nrrd' is a symbolic link to nothing \(broken, or a loop\)"),
     Kind("missing image", lambda r: segment(r, "nothing.nrrd"),
          CLI, r"nothing\.nrrd' does not exist"),
     Kind("panel: 4D volume array", api(lambda r: slicer_bridge.image_from_array(np.zeros((4, 5, 6, 3)), np.eye(4))),
@@ -260,6 +262,10 @@ KINDS = [
     # --- dataset.json
     Kind("broken JSON", lambda r: train(r, text_file(r, "dataset.json", '{"training": [')),
          CLI, r"is not valid JSON: Expecting value: line 1 column 15"),
+    Kind("JSON nested beyond the recursion limit", api(dataset.load_dataset, lambda r: text_file(r, "dataset.json", "[" * 100_000 + "]" * 100_000)),
+         DatasetError, r"is not valid JSON: maximum recursion depth exceeded"),
+    Kind("JSON integer of 5000 digits", api(dataset.load_dataset, lambda r: text_file(r, "dataset.json", '{"training": [], "n": ' + "9" * 5000 + "}")),
+         DatasetError, r"is not valid JSON: Exceeds the limit \(4300 digits\)"),
     Kind("JSON not an object", api(dataset.load_dataset, lambda r: text_file(r, "dataset.json", "[1, 2]")),
          DatasetError, r"does not hold a JSON object"),
     Kind("section of the wrong type", api(dataset.load_dataset, lambda r: pool(r, raw={"training": {"a": 1}})),
@@ -322,6 +328,8 @@ KINDS = [
          CLI, r"--json '.*dataset\.json/metrics\.json' cannot be written: '.*dataset\.json' is a file, not a folder"),
     Kind("segment --center with --locator", lambda r: segment_image(r, random_image()) + ["--center", ",".join(map(str, centre(random_image()))), "--locator", "phantom-locator"],
          CLI, r"--center and --locator exclude each other"),
+    Kind("method option beyond a float", lambda r: train(r, pool(r), "--method", "dual-unet", "--option", "alpha=1" + "0" * 400),
+         CLI, r"method option alpha must be a number .*got 1000"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints
@@ -363,6 +371,13 @@ def truncated(root: Path) -> Path:
 
 def empty_file(root: Path, name: str) -> Path:
     (root / name).write_bytes(b"")
+    return root / name
+
+
+def link_loop(root: Path, name: str) -> Path:
+    """``name`` -> ``name.other`` -> ``name``: a symbolic link loop."""
+    (root / name).symlink_to(root / f"{name}.other")
+    (root / f"{name}.other").symlink_to(root / name)
     return root / name
 
 

@@ -104,9 +104,13 @@ def atomic_torch_save(
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: equal once resolved (links, ``..``), or one inode (hard links)."""
-    if a.resolve() == b.resolve():
-        return True
+    """Whether two paths name one file: equal once resolved (links, ``..``), or one inode (hard links).
+    A symbolic link loop resolves nowhere (``Path.resolve`` raises): it is compared as written."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
+        return os.path.abspath(a) == os.path.abspath(b)
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)
     except OSError:

@@ -175,10 +175,10 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"dataset file '{path}' does not exist")
     try:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is skipped
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"dataset file '{path}' is not valid JSON: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DatasetError(f"dataset file '{path}' cannot be read: {err}") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, > 4300 digits, nested 1000 deep
+        raise DatasetError(f"dataset file '{path}' is not valid JSON: {err}") from None
     if not isinstance(raw, dict):
         raise DatasetError(f"dataset file '{path}' does not hold a JSON object")
     return raw

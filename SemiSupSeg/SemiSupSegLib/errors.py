@@ -74,7 +74,7 @@ def checked_number(
         raise problem
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond a float (JSON 1e400 as digits)
         raise problem from None
     if not math.isfinite(number) or (kind is int and not number.is_integer()):
         raise problem

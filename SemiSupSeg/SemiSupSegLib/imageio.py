@@ -69,6 +69,8 @@ def _itk_reason(err: RuntimeError) -> str:
 
 def _check_file(path: Path, what: str) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"{what} file '{path}' is a symbolic link to nothing (broken, or a loop)")
         raise InputError(f"{what} file '{path}' does not exist")
     if not path.is_file():
         raise InputError(f"{what} path '{path}' is not a file")
