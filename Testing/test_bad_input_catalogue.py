@@ -330,6 +330,8 @@ KINDS = [
          CLI, r"--center and --locator exclude each other"),
     Kind("method option beyond a float", lambda r: train(r, pool(r), "--method", "dual-unet", "--option", "alpha=1" + "0" * 400),
          CLI, r"method option alpha must be a number .*got 1000"),
+    Kind("segment threshold 1 (an empty label)", lambda r: segment_image(r, random_image()) + ["--threshold", "1"],
+         CLI, r"argument --threshold: must be a number in \[0, 1\), got '1'"),
     Kind("unknown device", lambda r: segment(r, "a.nrrd") + ["--device", "tpu"],
          CLI, r"argument --device: .*'tpu'"),
     # --- models and checkpoints

@@ -48,6 +48,9 @@ _POSITIVE = _number(float, 0.0, low_open=True)  # learning rates, widths, spacin
 _PROBABILITY = _number(float, 0.0, 1.0)
 
 
+_THRESHOLD = _number(float, 0.0, 1.0, high_open=True)  # "probability > 1" never holds: an empty label
+
+
 def _triple(kind: type, order: str, positive: bool = False):
     """An argparse ``type``: 3 numbers ``a,b,c`` in ``order`` (one integer stands for all 3)."""
     noun = ("positive " if positive else "") + ("integers" if kind is int else "numbers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import InputError
-from .arguments import _COUNT, _PROBABILITY, _device, _image_output, _triple
+from .arguments import _COUNT, _THRESHOLD, _device, _image_output, _triple
 from .locator import _locate_for_segmentation
 
 
@@ -167,7 +167,7 @@ def _add_segment(sub) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=_PROBABILITY,
+        type=_THRESHOLD,
         default=0.5,
         help="label = probability > threshold (default 0.5); multi-class models take the most probable class",
     )
