@@ -301,6 +301,8 @@ KINDS = [
          DatasetError, r"'training' is not a list"),
     Kind("panel: case name without letters", api(lambda r: dataset.add_to_pool(r, "#?!", random_image())),
          InputError, r"case name '#\?!' has no letters or digits"),
+    Kind("panel: case name of non-ASCII letters only", api(lambda r: dataset.add_to_pool(r, "病例", random_image())),
+         InputError, r"case name '病例' has no letters or digits of A-Z, a-z, 0-9"),
     # --- options
     Kind("patch not divisible by the network stride", lambda r: train(r, pool(r), "--patch", "18,16,16"),
          CLI, r"divisible by 4"),

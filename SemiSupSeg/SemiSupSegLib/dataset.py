@@ -530,7 +530,9 @@ def case_name(name: str) -> str:
     """A stable file-system-safe case name from a volume's name (the same name is the same case)."""
     cleaned = _NAME_CHARS.sub("_", str(name).strip()).strip("._")
     if not cleaned:
-        raise InputError(f"case name {name!r} has no letters or digits; type a case name")
+        raise InputError(  # "病例" has letters, but none a file name keeps on every system
+            f"case name {name!r} has no letters or digits of A-Z, a-z, 0-9; type a case name with some"
+        )
     return cleaned[:120]
 
 
