@@ -149,6 +149,7 @@ def test_every_typed_flag_refuses_negative_nan_and_text(command, flag, tmp_path,
         (["train", "--seed", "1e30"], "--seed"),
         (["phantom", "--cases", str(2**31)], "--cases"),
         (["train", "--patch", "16,16,1e30"], "--patch"),
+        (["train-locator", "--memory", "2000000000"], "--memory"),  # 72 GB of replay
     ],
 )
 def test_out_of_range_values_are_refused(argv, named, capsys):

@@ -10,6 +10,10 @@ from ..errors import InputError
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _PROBABILITY, _default, _device, _number, _scales
 from .train import _given, _resume_folder, _resumed_config, _run_trainer, _unless
 
+MAX_REPLAY = 10**8
+"""Largest replay memory ``train-locator --memory`` takes: 36 bytes a transition, 3.6 GB (2e9, 72 GB, ran
+for minutes without a word)."""
+
 
 def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
     """The :class:`~SemiSupSegLib.locator.train.LocatorTrainConfig` fields given on the command line."""
@@ -225,7 +229,11 @@ def _add_train_locator(sub) -> None:
         help="keep the search's point instead of moving it to the middle of the recognised instrument",
     )
     p.add_argument("--width", type=_COUNT, help=f"channels of the first convolution ({_default(C, 'width')})")
-    p.add_argument("--memory", type=_COUNT, help=f"replay capacity in transitions ({_default(C, 'memory')})")
+    p.add_argument(
+        "--memory",
+        type=_number(int, 1, MAX_REPLAY),
+        help=f"replay capacity in transitions, at most {MAX_REPLAY:.0e} ({_default(C, 'memory')})",
+    )
     p.add_argument(
         "--starts",
         type=_number(int, 1, 9),
