@@ -114,3 +114,22 @@ def test_batch_stream_is_reproducible_and_workers_do_not_repeat_each_other(worke
     assert images.shape == (2, 1, 8, 8, 8) and labels.dtype == torch.long and unlabeled.shape == images.shape
     consecutive = [batch[0] for batch in runs[0]]  # with 2 workers, batches 0 and 1 come from different ones
     assert not any(torch.equal(consecutive[i], consecutive[i + 1]) for i in range(3))
+
+
+def test_loader_workers_survive_the_stop_signal_that_reaches_the_whole_process_group():
+    """Cancel sends SIGTERM to the training's process group: the workers must leave the stop to the trainer
+    (which finishes the step and writes a checkpoint); a killed worker made the run fail without one."""
+    import os
+    import signal
+    import time
+
+    from SemiSupSegLib.patches import batch_stream
+
+    cases = [_noise_case("a", 1)]
+    stream = batch_stream(PatchSampler(cases, [], (8, 8, 8), seed=5), 1, unlabeled=False, workers=1, seed=3)
+    next(stream)
+    for worker in stream._workers:  # the DataLoader iterator's worker processes
+        os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    images, labels, _ = next(stream)
+    assert images.shape == (1, 1, 8, 8, 8) and all(w.is_alive() for w in stream._workers)

@@ -9,6 +9,7 @@ when there is one, otherwise anywhere in the field of view.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -258,6 +259,14 @@ class _WorkerBatches(torch.utils.data.IterableDataset):
         return sampler_batches(self.sampler, self.batch, self.unlabeled)
 
 
+def _ignore_stop_signals(worker: int) -> None:
+    """A loader worker ignores SIGINT and SIGTERM: a Cancel or Ctrl-C reaches the whole process group, and
+    the training process, not its workers, decides when to stop (it finishes the step, writes its checkpoint
+    and then shuts the workers down). A worker killed first made the run fail without a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def batch_stream(
     sampler: PatchSampler, batch: int, unlabeled: bool, workers: int = 0, seed: int = 0, pin: bool = False
 ) -> Iterator[BatchTensors]:
@@ -287,5 +296,6 @@ def batch_stream(
         pin_memory=pin,
         persistent_workers=True,
         prefetch_factor=4,
+        worker_init_fn=_ignore_stop_signals,
     )
     return iter(loader)
