@@ -341,6 +341,8 @@ KINDS = [
          CLI, r"is not a model: it has no model\.json"),
     Kind("corrupt model.json", lambda r: segment(r, write(r, "a.nrrd", random_image()), damaged(r, "model.json", b"{\"networks\": ")),
          CLI, r"model\.json is corrupt"),
+    Kind("model.json nested too deep", lambda r: segment(r, write(r, "a.nrrd", random_image()), damaged(r, "model.json", b"[" * 100000 + b"]" * 100000)),
+         CLI, r"model\.json is corrupt: RecursionError"),
     Kind("model.json of a newer format", api(load_model, lambda r: edited_model(r, format=2)),
          ModelError, r"has model format 2; this SemiSupSeg reads format 1 to 1: update SemiSupSeg"),
     Kind("model classes unlike its network", api(load_model, lambda r: edited_model(r, classes={"0": "bg", "1": "a", "2": "b"})),

@@ -264,6 +264,7 @@ def test_generate_bad_arguments(kwargs: dict) -> None:
         {"test": -1},
         {"kind": "wire"},
         {"size": 8},
+        {"size": 2000},
         {"spacing": 0},
         {"workers": 0},
     ],

@@ -33,8 +33,8 @@ def read_model_json(path: str | os.PathLike) -> dict:
         raise ModelError(f"{folder} is not a model: it has no {MODEL_JSON}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path} is corrupt: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge ints
+        raise ModelError(f"{meta_path} is corrupt: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("networks"), dict) or not meta["networks"]:
         raise ModelError(f"{meta_path} describes no networks")
     return meta

@@ -48,6 +48,7 @@ KINDS = ("catheter", "guidewire", "mixed")
 MIXED = "mixed"
 MIXED_LABELS = {0: "background", 1: "catheter", 2: "guidewire"}
 MIN_SIZE = 32
+MAX_SIZE = 1024  # 1024^3 float32 is 4 GiB per field; larger sizes only run out of memory, slowly
 MAX_CASES_PER_SPLIT = 25000
 SEED_STRIDE = 100003
 SPLIT_SEED_OFFSET = {"training": 0, "unlabeled": 50000, "test": 75000}
@@ -368,8 +369,10 @@ def _check_size(size: int | tuple[int, int, int]) -> tuple[int, int, int]:
         isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
     ):
         raise InputError(f"Phantom size must be an integer or 3 integers, got {size!r}.")
-    if min(values) < MIN_SIZE:
-        raise InputError(f"Phantom size must be at least {MIN_SIZE} voxels along every axis, got {size!r}.")
+    if min(values) < MIN_SIZE or max(values) > MAX_SIZE:
+        raise InputError(
+            f"Phantom size must be {MIN_SIZE} to {MAX_SIZE} voxels along every axis, got {size!r}."
+        )
     return tuple(int(v) for v in values)
 
 
