@@ -472,6 +472,10 @@ def test_a_corrupt_or_missing_locator_gives_a_clear_error(trained, tmp_path):
     (other / "locator.json").write_text(json.dumps(data))
     with pytest.raises(ModelError, match="does not match its weights"):
         load_locator(other)
+    for key, value in (("grid_size", "x"), ("crop_size", 0), ("scales", [3, 1.5]), ("scales", "31")):
+        (other / "locator.json").write_text(json.dumps({**data, key: value}))
+        with pytest.raises(ModelError, match=key):  # was a ValueError traceback in `locate`
+            load_locator(other)
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_torch_save, atomic_write_json
-from ..errors import ModelError
+from ..errors import InputError, ModelError, checked_number
 from ..model_store import PRETRAINED_DIR, home_dir, refused_load_reason, software_versions
 from .agent import QNetwork, QNetworkConfig
 from .environment import LEVEL_KINDS
@@ -138,8 +138,8 @@ def read_locator_json(folder: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path} is corrupt: {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge ints
+        raise ModelError(f"{path} is corrupt: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise ModelError(f"{path} does not describe a DQN locator")
     if not isinstance(meta.get("format", 1), int) or meta.get("format", 1) > FORMAT_VERSION:
@@ -150,7 +150,22 @@ def read_locator_json(folder: Path) -> dict:
     missing = [k for k in ("grid_size", "crop_size", "scales", "network") if k not in meta]
     if missing:
         raise ModelError(f"{path} lacks {', '.join(missing)}")
+    _check_geometry(path, meta)
     return meta
+
+
+def _check_geometry(path: Path, meta: dict) -> None:
+    """grid_size, crop_size and every scale integers in [1, 1024] (ModelError otherwise)."""
+    scales = meta["scales"]
+    values = [("grid_size", meta["grid_size"]), ("crop_size", meta["crop_size"])]
+    if not isinstance(scales, list) or not scales:
+        raise ModelError(f"{path}: scales must be a non-empty list of integers, got {scales!r}")
+    values += [("scales", s) for s in scales]
+    for name, value in values:
+        try:
+            checked_number(name, value, int, 1, 1024)
+        except InputError as exc:
+            raise ModelError(f"{path}: {exc}") from None
 
 
 def _load_weights(path: Path) -> dict:
