@@ -170,6 +170,9 @@ def test_models_list_shows_models_in_the_home_folder(tiny_model, capsys):
     assert main(["models", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert any(m["path"].endswith("copy") and m["origin"] == "user" for m in listed)
+    assert main(["models", "list"]) == 0  # the human listing says what each model covers
+    shipped = next(m for m in listed if m["name"] == "phantom-catheter")
+    assert f"    {shipped['description']}" in capsys.readouterr().out.splitlines()
 
 
 def test_methods_lists_the_registry(capsys):

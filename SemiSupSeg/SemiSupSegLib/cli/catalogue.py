@@ -20,6 +20,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         dice = (m.get("metrics") or {}).get("validation", {}).get("dice")
         dice_text = f"  val Dice {dice:.3f}" if isinstance(dice, (int, float)) else ""
         print(f"{m['name']:<28} {m['method']:<14} {m['origin']:<8}{dice_text}  {m['path']}")
+        if m.get("description"):  # what the model covers (instruments, profiles), as its model.json says
+            print(f"    {m['description']}")
     return 0
 
 
