@@ -9,6 +9,7 @@ computes its losses.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from .progress import Reporter
 from .runlock import RunLock
 
 DEFAULT_NETWORK = "compact-unet"
+MAX_BATCH_VOXELS = 16 * 256**3  # voxels of one step's labelled patches; beyond it memory runs out, slowly
 
 
 @dataclass
@@ -379,6 +381,13 @@ class Trainer:
             raise InputError(
                 f"patch size {self.config.patch_size} must be divisible by {divisor} on every axis "
                 f"for the {network} network"
+            )
+        voxels = self.config.batch * math.prod(self.config.patch_size)
+        if voxels > MAX_BATCH_VOXELS:
+            raise InputError(
+                f"--batch {self.config.batch} of {'x'.join(map(str, self.config.patch_size))} patches is "
+                f"{voxels:.3g} voxels per step, above {MAX_BATCH_VOXELS:.3g} (16 patches of 256^3): no "
+                "computer holds its activations; lower --batch or --patch"
             )
         lock = RunLock(self.out)
         lock.acquire()  # before any data is read; InputError if another run writes this folder
