@@ -308,6 +308,8 @@ KINDS = [
          CLI, r"divisible by 4"),
     Kind("patch beyond an integer", lambda r: train(r, pool(r), "--patch", "16,16,1e30"),
          CLI, r"argument --patch: must be 3 positive integers \(z,y,x\); got '16,16,1e30'"),
+    Kind("loader workers that exhaust the machine", lambda r: train(r, pool(r), "--loader-workers", "100000"),
+         CLI, r"--loader-workers must be 0 to 64, got 100000"),
     Kind("batch no computer holds", lambda r: train(r, pool(r), "--batch", "100000000", "--patch", "16"),
          CLI, r"--batch 100000000 of 16x16x16 patches is 4\.1e\+11 voxels per step, above 2\.68e\+08"),
     Kind("train --out onto an existing file", lambda r: train(r, pool(r))[:4] + [r / "dataset.json", "--steps", "1"],

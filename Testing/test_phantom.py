@@ -267,6 +267,7 @@ def test_generate_bad_arguments(kwargs: dict) -> None:
         {"size": 2000},
         {"spacing": 0},
         {"workers": 0},
+        {"workers": 100000},
     ],
 )
 def test_dataset_bad_arguments(tmp_path: Path, kwargs: dict) -> None:

@@ -1078,8 +1078,8 @@ def write_phantom_dataset(
         "test": _check_count("test", test),
     }
     _check_seed(seed)
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise InputError(f"workers must be a positive integer, got {workers!r}.")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 64:
+        raise InputError(f"workers must be an integer from 1 to 64, got {workers!r}.")
     out = pathlib.Path(out_dir)
     jobs = [(split, i) for split, count in counts.items() for i in range(count)]
     render = functools.partial(_write_case, out, kind, int(seed), size_xyz, spacing, profile)

@@ -35,6 +35,7 @@ from .progress import Reporter
 from .runlock import RunLock
 
 DEFAULT_NETWORK = "compact-unet"
+MAX_LOADER_WORKERS = 64  # processes cutting patches; more only exhausts the machine
 MAX_BATCH_VOXELS = 16 * 256**3  # voxels of one step's labelled patches; beyond it memory runs out, slowly
 
 
@@ -381,6 +382,10 @@ class Trainer:
             raise InputError(
                 f"patch size {self.config.patch_size} must be divisible by {divisor} on every axis "
                 f"for the {network} network"
+            )
+        if not 0 <= self.config.loader_workers <= MAX_LOADER_WORKERS:
+            raise InputError(
+                f"--loader-workers must be 0 to {MAX_LOADER_WORKERS}, got {self.config.loader_workers}"
             )
         voxels = self.config.batch * math.prod(self.config.patch_size)
         if voxels > MAX_BATCH_VOXELS:
