@@ -115,8 +115,13 @@ def test_commands_are_argument_lists_never_shell_strings(tmp_path):
     assert locator[3] == "train-locator" and locator[locator.index("--device") + 1] == "cuda"
     assert "--points-only" not in locator  # locator II by default: recognition from the masks
     assert "--points-only" in tp.locator_command([nasty], tmp_path / "loc", points_only=True)
+    # a panel's GPU entry (slicer_bridge.device_choices) trains on that GPU
+    chosen = tp.locator_command([nasty], tmp_path / "loc", device="GPU 1: NVIDIA A100 (80 GiB)")
+    assert chosen[chosen.index("--device") + 1] == "cuda:1"
     with pytest.raises(InputError):
         tp.training_command(_tiny_request(nasty, tmp_path, device="tpu"))
+    with pytest.raises(InputError):
+        tp.training_command(_tiny_request(nasty, tmp_path, device="cuda:x"))
     with pytest.raises(TypeError):
         ChildProcess("python -m SemiSupSegLib.cli train")  # a shell string is refused
 

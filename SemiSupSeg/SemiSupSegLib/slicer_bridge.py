@@ -29,7 +29,7 @@ import SimpleITK as sitk
 
 from . import model_index
 from .errors import InputError, ModelError, SemiSupSegError
-from .train_commands import cli_command
+from .train_commands import cli_command, device_argument
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -437,23 +437,23 @@ def choose_device(choice: str, cuda_available: bool, gpu_count: int | None = Non
     key = str(choice).strip().lower()
     if key in ("auto", ""):
         return "cuda" if cuda_available else "cpu"
-    if key == "cpu":
+    try:
+        device = device_argument(key)  # the one parser of device choices (train_commands)
+    except InputError:
+        raise InputError(
+            f"unknown device {choice!r}; expected Auto, CPU, GPU or one GPU of the list"
+        ) from None
+    if device == "cpu":
         return "cpu"
-    index = key.split(":")[0][3:].strip() if key.startswith("gpu") else None
-    if key.startswith("cuda") or (index is not None and (index == "" or index.isdigit())):
-        if not cuda_available:
-            raise InputError(
-                "GPU was chosen but torch sees no CUDA GPU on this computer (or the installed torch is a "
-                "CPU-only build); choose Auto or CPU"
-            )
-        if not index:
-            return "cuda"
-        if gpu_count is not None and int(index) >= gpu_count:
-            raise InputError(
-                f"GPU {index} was chosen but torch sees {gpu_count} GPU(s); choose another device"
-            )
-        return f"cuda:{int(index)}"
-    raise InputError(f"unknown device {choice!r}; expected Auto, CPU, GPU or one GPU of the list")
+    if not cuda_available:
+        raise InputError(
+            "GPU was chosen but torch sees no CUDA GPU on this computer (or the installed torch is a "
+            "CPU-only build); choose Auto or CPU"
+        )
+    index = device.partition(":")[2]
+    if index and gpu_count is not None and int(index) >= gpu_count:
+        raise InputError(f"GPU {index} was chosen but torch sees {gpu_count} GPU(s); choose another device")
+    return device
 
 
 # ------------------------------------------------------------------------------------- long-running

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,12 +92,24 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(float(value))
 
 
+_GPU_LABEL = re.compile(r"gpu\s*(\d+)(:.*)?")
+"""A panel's GPU entry, ``"GPU i: name (N GiB)"`` (``slicer_bridge.device_choices``), lower-cased."""
+
+
 def device_argument(device: str) -> str:
+    """The `--device` value for a device choice: auto, cpu, cuda, cuda:N, or a panel's GPU or "GPU i: ...".
+
+    Raises:
+        InputError: for anything else.
+    """
     device = (device or "auto").strip().lower()
     if device in ("gpu", "cuda"):
         return "cuda"
-    if device not in ("auto", "cpu") and not device.startswith("cuda:"):
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
+    label = _GPU_LABEL.fullmatch(device)
+    if label:
+        return f"cuda:{int(label.group(1))}"
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda:\d+", device):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 
