@@ -225,3 +225,23 @@ def test_a_dataset_without_labelled_cases_is_refused_by_name(tiny_phantom, tmp_p
     with pytest.raises(InputError, match="no labelled"):
         Trainer(_config(only_unlabelled, tmp_path / "m", val_cases=None)).run()
     assert not (tmp_path / "m" / "weights.pt").exists()
+
+
+def test_loader_workers_train_the_same_run_twice_and_may_change_on_resume(tiny_phantom, tmp_path):
+    """--loader-workers N: patches cut in N processes, reproducible for one N; --resume may change N."""
+    import argparse
+
+    from SemiSupSegLib.cli.train import _resumed_config
+
+    weights = []
+    for run in ("a", "b"):
+        config = _config(tiny_phantom, tmp_path / run, steps=2, val_cases=0, loader_workers=1)
+        folder = Trainer(config).run()
+        weights.append(torch.load(folder / "weights.pt", weights_only=True)["net"])
+    assert load_model(folder).meta["training"]["config"]["loader_workers"] == 1
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    stored = _config(tiny_phantom, tmp_path / "a", steps=2, loader_workers=1)
+    args = argparse.Namespace(out=str(tmp_path / "a"))
+    assert _resumed_config(args, stored, {"loader_workers": 3}).loader_workers == 3
+    with pytest.raises(InputError, match="--width 0.5"):
+        _resumed_config(args, stored, {"loader_workers": 3, "width": 0.5})
