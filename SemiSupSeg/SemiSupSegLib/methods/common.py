@@ -38,6 +38,7 @@ __all__ = [
     "frozen",
     "grouped_batch_norm",
     "input_noise",
+    "load_stored",
     "mc_prediction",
     "number_option",
     "paper_ramp_steps",
@@ -122,6 +123,17 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     copy_ = copy.deepcopy(module)
     copy_.requires_grad_(False)
     return copy_
+
+
+def load_stored(networks: dict[str, dict[str, torch.Tensor]], preferred: str, *modules: nn.Module) -> bool:
+    """Fine-tuning (``Method.init_from``): load the stored network ``preferred`` (else the stored model's
+    first) into every one of ``modules``, e.g. a student and its EMA teacher; False when nothing is stored."""
+    if not networks:
+        return False
+    state = networks.get(preferred) or next(iter(networks.values()))
+    for module in modules:
+        module.load_state_dict(state)
+    return True
 
 
 @torch.no_grad()

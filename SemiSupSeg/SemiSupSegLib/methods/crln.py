@@ -57,7 +57,7 @@ from torch import nn
 from ..losses import supervised_loss
 from ..networks import NetworkConfig, _channels, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, eval_mode, frozen_copy, number_option, update_ema
+from .common import check_options, ema_decay, eval_mode, frozen_copy, load_stored, number_option, update_ema
 
 __all__ = ["CRLN", "DynamicInteraction", "cps_loss", "cutmix_boxes", "info_nce", "rectify", "strong_view"]
 
@@ -304,12 +304,8 @@ class CRLN(Method):
 
     def init_from(self, networks: dict[str, dict[str, torch.Tensor]]) -> list[str]:
         """Load the stored backbone (or the stored model's first network) into student and teacher."""
-        if not networks:
-            return []
-        state = networks.get("net") or next(iter(networks.values()))
-        self.student.backbone.load_state_dict(state)
-        self.teacher.backbone.load_state_dict(state)
-        return ["student", "teacher"]
+        loaded = load_stored(networks, "net", self.student.backbone, self.teacher.backbone)
+        return ["student", "teacher"] if loaded else []
 
     def optimizers(self) -> list[OptimizerSpec]:
         main = OptimizerSpec(

@@ -58,6 +58,7 @@ from .common import (
     choice_option,
     ema_decay,
     frozen_copy,
+    load_stored,
     mc_prediction,
     number_option,
     update_ema,
@@ -200,12 +201,8 @@ class EmbeddingMatching(Method):
 
     def init_from(self, networks: dict[str, dict[str, torch.Tensor]]) -> list[str]:
         """Load the stored teacher (or the stored model's first network) into student and teacher."""
-        if not networks:
-            return []
-        state = networks.get("teacher") or next(iter(networks.values()))
-        self.student.load_state_dict(state)
-        self.teacher.load_state_dict(state)
-        return ["student", "teacher"]
+        loaded = load_stored(networks, "teacher", self.student, self.teacher)
+        return ["student", "teacher"] if loaded else []
 
     def threshold(self, step: int) -> float:
         """tau(t) = (0.75 + 0.25 ramp(t, T_max)) ln K."""

@@ -21,7 +21,7 @@ import torch
 from ..losses import ramp, supervised_loss
 from ..networks import NetworkConfig, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, frozen_copy, input_noise, number_option, update_ema
+from .common import check_options, ema_decay, frozen_copy, input_noise, load_stored, number_option, update_ema
 
 
 class MeanTeacher(Method):
@@ -66,12 +66,8 @@ class MeanTeacher(Method):
 
     def init_from(self, networks: dict[str, dict[str, torch.Tensor]]) -> list[str]:
         """Load the stored teacher (or the stored model's first network) into student and teacher."""
-        if not networks:
-            return []
-        state = networks.get("teacher") or next(iter(networks.values()))
-        self.student.load_state_dict(state)
-        self.teacher.load_state_dict(state)
-        return ["student", "teacher"]
+        loaded = load_stored(networks, "teacher", self.student, self.teacher)
+        return ["student", "teacher"] if loaded else []
 
     def teacher_target(self, x: torch.Tensor) -> torch.Tensor:
         """Teacher softmax on the noised input, without gradient (the consistency target)."""

@@ -54,7 +54,16 @@ from torch import nn
 from ..losses import ramp
 from ..networks import NetworkConfig, _channels, build_network
 from .base import Batch, Method, OptimizerSpec
-from .common import check_options, ema_decay, frozen, frozen_copy, input_noise, number_option, update_ema
+from .common import (
+    check_options,
+    ema_decay,
+    frozen,
+    frozen_copy,
+    input_noise,
+    load_stored,
+    number_option,
+    update_ema,
+)
 
 __all__ = [
     "FeatureFusion",
@@ -218,12 +227,8 @@ class VoxelAdversarial(Method):
 
     def init_from(self, networks: dict[str, dict[str, torch.Tensor]]) -> list[str]:
         """Load the stored student (or the stored model's first network) into student and teacher."""
-        if not networks:
-            return []
-        state = networks.get("student") or next(iter(networks.values()))
-        self.student.load_state_dict(state)
-        self.teacher.load_state_dict(state)
-        return ["student", "teacher"]
+        loaded = load_stored(networks, "student", self.student, self.teacher)
+        return ["student", "teacher"] if loaded else []
 
     def optimizers(self) -> list[OptimizerSpec]:
         segmenter = [
