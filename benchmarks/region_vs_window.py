@@ -62,6 +62,7 @@ from _report import (  # noqa: E402
 from SemiSupSegLib import inference  # noqa: E402
 from SemiSupSegLib.model_store import load_model  # noqa: E402
 from SemiSupSegLib.phantom import generate_phantom  # noqa: E402
+from SemiSupSegLib.training import resolve_device  # noqa: E402
 
 LAYOUTS = ("tiles", "tiles-region-stats", "tiles-centred", "one-forward", "gauss-8", "shipped", "window")
 
@@ -165,8 +166,7 @@ def measure_case(model, case, layouts) -> dict:
 
 
 def measure(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(args.model, device)
+    model = load_model(args.model, resolve_device(args.device))
     torch.set_num_threads(args.threads)
     warm = generate_phantom(64, "catheter", seed=1)
     for layout in args.layouts:  # warm-up: oneDNN primitives, MONAI import

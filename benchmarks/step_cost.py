@@ -52,7 +52,7 @@ from _report import (  # noqa: E402
 from SemiSupSegLib.losses import supervised_loss  # noqa: E402
 from SemiSupSegLib.methods import METHODS, Batch, Method  # noqa: E402
 from SemiSupSegLib.networks import NetworkConfig, build_network  # noqa: E402
-from SemiSupSegLib.training import Trainer  # noqa: E402
+from SemiSupSegLib.training import Trainer, resolve_device  # noqa: E402
 
 SCRIPT = "benchmarks/step_cost.py"
 
@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace) -> dict:
     """Seconds per step of every method and of the two-network reference; the raw results."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     config = NetworkConfig(width=args.width)
     batch = make_batch(args.batch, args.patch).to(device)
     total = 10000

@@ -41,8 +41,9 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     out, inputs = Path(argv[1]), [Path(a) for a in argv[2:]]
-    out.write_text(json.dumps(merge(inputs), indent=1))
-    print(f"wrote {out}: " + ", ".join(f"{len(v)} {k}" for k, v in merge(inputs).items() if k in SECTIONS))
+    merged = merge(inputs)
+    out.write_text(json.dumps(merged, indent=1))
+    print(f"wrote {out}: " + ", ".join(f"{len(merged[k])} {k}" for k in SECTIONS))
     return 0
 
 

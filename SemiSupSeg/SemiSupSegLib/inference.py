@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -161,15 +162,16 @@ def bf16_native(device: torch.device | str) -> bool:
     return flags is None or bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def _cpu_flags() -> set[str] | None:
+@functools.cache  # read once: resolve_precision runs at every segmentation and every training MC pass
+def _cpu_flags() -> frozenset[str] | None:
     """The processor's feature flags from ``/proc/cpuinfo``, or None where there is no such file."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    return {
+    return frozenset(
         flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":")[-1].split()
-    }
+    )
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

@@ -98,6 +98,12 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
+def resume_seed(seed: int, step: int) -> int:
+    """The random streams' seed of a run continued at ``step`` without stored states (an old checkpoint,
+    or loader workers): ``seed * 1_000_003 + step``."""
+    return seed * 1_000_003 + step
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -252,7 +258,7 @@ class Trainer:
             cfg.batch,
             method.uses_unlabeled,
             workers=cfg.loader_workers,
-            seed=cfg.seed * 1_000_003 + start,
+            seed=resume_seed(cfg.seed, start),
             pin=self.device.type == "cuda",
         )
         return (Batch(*tensors).to(self.device) for tensors in stream)
@@ -315,8 +321,8 @@ class Trainer:
                 extra = checkpoints.restore_random_state(state["random"])
                 sampler.set_random_state(extra["sampler"])
             else:
-                sampler.reseed(self.config.seed * 1_000_003 + step)
-                torch.manual_seed(self.config.seed * 1_000_003 + step)
+                sampler.reseed(resume_seed(self.config.seed, step))
+                torch.manual_seed(resume_seed(self.config.seed, step))
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ModelError(f"checkpoint {path} is from another configuration: {exc}") from None
         self.history = json.loads(state.get("history", "[]"))

@@ -84,12 +84,6 @@ def _report_error(message: str, args: argparse.Namespace | None, argv: Sequence[
         print(f"semisupseg: error: {message}", file=sys.stderr)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    from ..slicer_bridge import is_out_of_memory
-
-    return is_out_of_memory(exc)
-
-
 def _out_of_memory_message(exc: BaseException, args: argparse.Namespace | None) -> str:
     """One line for a command that ran out of memory: almost always a size given by the user (``phantom
     --size 1000000000``, ``train --patch 4000 --batch 1e8``) or an image's damaged header."""
@@ -140,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report_error(_os_error_message(exc), args, argv)
         return 2
     except Exception as exc:
-        if _is_out_of_memory(exc):
+        from ..slicer_bridge import is_out_of_memory
+
+        if is_out_of_memory(exc):
             _report_error(_out_of_memory_message(exc, args), args, argv)
             return 2
         if getattr(args, "progress", None) == "json":  # a bug: the reader still learns that the run ended
