@@ -3,7 +3,8 @@
 It owns data preparation, optimisers and their schedules, fixed seeds, periodic validation,
 atomic checkpoints and resume, cancellation on SIGINT/SIGTERM, progress reporting, and writing
 the final model folder. The method (see :mod:`SemiSupSegLib.methods`) owns its networks and
-computes its losses.
+computes its losses. In a job of several processes (:mod:`SemiSupSegLib.distributed`) the loop is the
+same: it calls the method through DistributedDataParallel, and only rank 0 touches the output folder.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from . import checkpoints
 from .checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from .dataset import Case, load_dataset
+from .distributed import Distributed, rank_seed
 from .errors import InputError, ModelError, TrainingCancelled, TrainingDiverged
 from .imageio import read_image
 from .inference import resolve_precision
@@ -123,9 +125,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, reporter: Reporter | None = None) -> None:
         self.config = config
-        self.reporter = reporter or Reporter()
+        self.dist = Distributed.from_environment()
+        self.reporter = (reporter or Reporter()) if self.dist.is_main else Reporter()  # rank 0 reports
         self.out = Path(config.out)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(self.dist.device_name(config.device))
         self.precision = resolve_precision(config.precision, self.device)
         self._stop_requested = False
         self.history: list[dict] = []
@@ -258,18 +261,21 @@ class Trainer:
             cfg.batch,
             method.uses_unlabeled,
             workers=cfg.loader_workers,
-            seed=resume_seed(cfg.seed, start),
+            seed=rank_seed(resume_seed(cfg.seed, start), self.dist.rank),
             pin=self.device.type == "cuda",
         )
         return (Batch(*tensors).to(self.device) for tensors in stream)
 
-    def _iteration(self, method: Method, stages: list, batch: Batch, step: int) -> dict[str, float]:
+    def _iteration(
+        self, model: torch.nn.Module, method: Method, stages: list, batch: Batch, step: int
+    ) -> dict[str, float]:
+        """One step of every stage through ``model``: the method, or DDP around it."""
         logged: dict[str, float] = {}
         for spec, optimizer, scheduler in stages:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                losses = method.compute_losses(spec.stage, batch, step)
+                losses = model(spec.stage, batch, step)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
+            if self.dist.any(not bool(torch.isfinite(loss)), self.device):  # every rank stops together
                 raise TrainingDiverged(
                     f"the {spec.stage} loss became {loss.item()} at step {step}; try a lower --lr"
                 )
@@ -287,7 +293,11 @@ class Trainer:
         return checkpoint_path(self.out)
 
     def _save_checkpoint(self, method: Method, stages: list, sampler: PatchSampler, step: int) -> Path:
-        """Everything the next step depends on: networks, optimisers, schedules and every random stream."""
+        """Everything the next step depends on: networks, optimisers, schedules and every random stream
+        (rank 0's; every other rank only returns the path)."""
+        path = self._checkpoint_path()
+        if not self.dist.is_main:
+            return path
         state = {
             "step": step,
             "config": self.config.to_json(),
@@ -296,8 +306,8 @@ class Trainer:
             "optimizers": {spec.stage: opt.state_dict() for spec, opt, _ in stages},
             "schedulers": {spec.stage: sch.state_dict() for spec, _, sch in stages},
             "random": checkpoints.capture_random_state({"sampler": sampler.random_state()}),
+            "world_size": self.dist.world_size,
         }
-        path = self._checkpoint_path()
         write_checkpoint(path, state, self.reporter)
         return path
 
@@ -307,22 +317,26 @@ class Trainer:
         A checkpoint written before random states were stored (no ``"random"`` key) still resumes: the
         sampler and torch are then reseeded with ``seed * 1_000_003 + step``, so that run is reproducible
         but differs from an uninterrupted one. So does a run with ``loader_workers`` > 0: its workers'
-        streams restart from ``seed * 1_000_003 + step`` (see :func:`~SemiSupSegLib.patches.batch_stream`).
+        streams restart from ``seed * 1_000_003 + step`` (see :func:`~SemiSupSegLib.patches.batch_stream`),
+        and a job of several processes (or resumed from one): rank 0 reads the checkpoint and sends it to
+        the others, and every rank reseeds from the seed, the step and its rank (:func:`rank_seed`), so
+        the job may resume with another number of processes.
         """
         path = self._checkpoint_path()
-        state = read_checkpoint(path, self.device)
+        state = self.dist.from_main(read_checkpoint(path, self.device) if self.dist.is_main else None)
         try:
             method.load_state_dict(state["method"])
             for spec, optimizer, scheduler in stages:
                 optimizer.load_state_dict(state["optimizers"][spec.stage])
                 scheduler.load_state_dict(state["schedulers"][spec.stage])
             step = int(state["step"])
-            if "random" in state:
+            if "random" in state and not self.dist.active and state.get("world_size", 1) == 1:
                 extra = checkpoints.restore_random_state(state["random"])
                 sampler.set_random_state(extra["sampler"])
             else:
-                sampler.reseed(resume_seed(self.config.seed, step))
-                torch.manual_seed(resume_seed(self.config.seed, step))
+                seed = rank_seed(resume_seed(self.config.seed, step), self.dist.rank)
+                sampler.reseed(seed)
+                torch.manual_seed(seed)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise ModelError(f"checkpoint {path} is from another configuration: {exc}") from None
         self.history = json.loads(state.get("history", "[]"))
@@ -400,16 +414,38 @@ class Trainer:
                 f"{voxels:.3g} voxels per step, above {MAX_BATCH_VOXELS:.3g} (16 patches of 256^3): no "
                 "computer holds its activations; lower --batch or --patch"
             )
-        lock = RunLock(self.out)
-        lock.acquire()  # before any data is read; InputError if another run writes this folder
+        created = self.dist.start(self.device)
         try:
-            return self._run_locked(resume)
+            lock = self._acquire_lock()
+            try:
+                return self._run_locked(resume)
+            finally:
+                if lock is not None:
+                    lock.release()
         finally:
-            lock.release()
+            Distributed.finish(created)
+
+    def _acquire_lock(self) -> RunLock | None:
+        """Rank 0 locks the output folder before any data is read; every rank learns whether it could.
+
+        Raises:
+            InputError: another run writes this folder (on every rank, so that none waits for the others).
+        """
+        lock, refusal = None, None
+        if self.dist.is_main:
+            lock = RunLock(self.out)
+            try:
+                lock.acquire()
+            except InputError as exc:
+                refusal = str(exc)
+        refusal = self.dist.from_main(refusal)
+        if refusal is not None:
+            raise InputError(refusal)
+        return lock
 
     def _run_locked(self, resume: bool) -> Path:
         cfg = self.config
-        seed_everything(cfg.seed)
+        seed_everything(rank_seed(cfg.seed, self.dist.rank))
         self.dataset = load_dataset(cfg.data)
         train_cases, val_cases = self._split(self.dataset.training)
         init = self._initial_model()
@@ -421,17 +457,23 @@ class Trainer:
         unlabeled = (
             self._prepare(self.dataset.unlabeled, preprocessing, False) if method.uses_unlabeled else []
         )
-        val = [
+        val = [  # validated by rank 0 alone
             ValidationCase(c.name, read_image(c.image), read_image(c.label, what="label"), c.center)
-            for c in val_cases
+            for c in (val_cases if self.dist.is_main else [])
         ]
         sampler = PatchSampler(
-            labeled, unlabeled, cfg.patch_size, cfg.seed, cfg.translation, augment=cfg.augment
+            labeled,
+            unlabeled,
+            cfg.patch_size,
+            rank_seed(cfg.seed, self.dist.rank),
+            cfg.translation,
+            augment=cfg.augment,
         )
         stages = [
             (spec, opt := self._optimizer(spec), self._scheduler(spec, opt)) for spec in method.optimizers()
         ]
         start = self._load_checkpoint(method, stages, sampler) if resume else 0
+        model = self.dist.wrap(method)  # after the checkpoint: DDP starts every rank from rank 0's weights
         summary = {
             "method": method.name,
             "labeled": len(labeled),
@@ -442,6 +484,8 @@ class Trainer:
             "device": str(self.device),
             "precision": self.precision,
             "target_spacing": list(preprocessing.target_spacing or []),
+            "world_size": self.dist.world_size,
+            "global_batch": cfg.batch * self.dist.world_size,
         }
         self.reporter.emit("started", task="training", summary=summary, total=cfg.steps, step=start)
         method.train()
@@ -451,7 +495,7 @@ class Trainer:
         batches = self._batches(sampler, method, start)
         with stop_on_signals(self.request_stop):
             for step in range(start, cfg.steps):
-                losses = self._iteration(method, stages, next(batches), step)
+                losses = self._iteration(model, method, stages, next(batches), step)
                 done = step + 1
                 if done % report_every == 0 or done == cfg.steps:
                     rate = (time.monotonic() - t0) / (done - start)
@@ -467,7 +511,7 @@ class Trainer:
                     last_val = self._validate(method, val, preprocessing)
                     self.history.append({"step": done, "metrics": last_val})
                     self.reporter.emit("validation", step=done, total=cfg.steps, metrics=last_val)
-                if self._stop_requested:
+                if self.dist.any(self._stop_requested, self.device):  # a signal on any rank stops all
                     self._save_checkpoint(method, stages, sampler, done)
                     self.reporter.emit(
                         "cancelled", step=done, message=f"stopped at step {done}; resume with --resume"
@@ -482,6 +526,8 @@ class Trainer:
                 "labeled_cases": [c.name for c in train_cases],
                 "unlabeled_cases": len(unlabeled),
                 "validation_cases": [c.name for c in val_cases],
+                "world_size": self.dist.world_size,
+                "global_batch": cfg.batch * self.dist.world_size,
                 "config": json.loads(cfg.to_json()),
                 "history": self.history,
             },
@@ -493,6 +539,8 @@ class Trainer:
             },
         }
         method.eval()
+        if not self.dist.is_main:
+            return self.out
         folder = save_model(
             self.out,
             method.networks(),

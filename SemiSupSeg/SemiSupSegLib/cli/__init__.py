@@ -72,10 +72,28 @@ def _asks_json_progress(argv: Sequence[str]) -> bool:
     )
 
 
-def _report_error(message: str, args: argparse.Namespace | None, argv: Sequence[str]) -> None:
-    """One line naming the problem: an ``error`` event on stdout with ``--progress json``, else on stderr."""
+def _is_main_process() -> bool:
+    """Whether this is rank 0 of a training job (or no job): the one that reports what every rank saw."""
+    from ..distributed import Distributed
+
+    try:
+        return Distributed.from_environment().is_main
+    except SemiSupSegError:
+        return True
+
+
+def _report_error(
+    message: str, args: argparse.Namespace | None, argv: Sequence[str], every_rank: bool = False
+) -> None:
+    """One line naming the problem: an ``error`` event on stdout with ``--progress json``, else on stderr.
+
+    In a job of several processes every rank reads the same input and meets the same problem, so only
+    rank 0 reports it, unless ``every_rank`` (a problem of one process's own, like its memory).
+    """
     from ..progress import JsonLinesReporter
 
+    if not (every_rank or _is_main_process()):
+        return
     if args is not None and getattr(args, "progress", None) == "json":
         args.reporter.emit("error", message=message)
     elif args is None and _asks_json_progress(argv):
@@ -118,11 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(_glue_negative_values(argv))
+        args.argv = argv  # a command that starts processes of itself (train --nproc) hands them on
         if hasattr(args, "progress"):
             args.reporter = make_reporter(args.progress)
         return args.func(args)
     except TrainingCancelled as exc:
-        print(f"semisupseg: {exc}", file=sys.stderr)
+        if _is_main_process():
+            print(f"semisupseg: {exc}", file=sys.stderr)
         return 130
     except SemiSupSegError as exc:
         _report_error(str(exc), args, argv)
@@ -137,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..slicer_bridge import is_out_of_memory
 
         if is_out_of_memory(exc):
-            _report_error(_out_of_memory_message(exc, args), args, argv)
+            _report_error(_out_of_memory_message(exc, args), args, argv, every_rank=True)
             return 2
         if getattr(args, "progress", None) == "json":  # a bug: the reader still learns that the run ended
             args.reporter.emit("error", message=f"internal error, {type(exc).__name__}: {exc}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -128,8 +129,10 @@ def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
 
 def _run_trainer(args: argparse.Namespace, trainer_cls, config, what: str) -> int:
     """Shared by ``train`` and ``train-locator``: run a checked configuration, new or resumed."""
+    from ..distributed import Distributed
+
     folder = trainer_cls(config, args.reporter).run(resume=args.resume)
-    if args.progress != "json":
+    if args.progress != "json" and Distributed.from_environment().is_main:
         print(f"{what} written to {folder}")
     return 0
 
@@ -144,7 +147,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "method_options" in fields:
         fields["method_options"] = method.parse_options(fields["method_options"])
     config = _resumed_config(args, stored, fields) if stored else _new_train_config(args, fields)
+    if _launches(args):
+        from ..distributed import launch
+
+        return launch(args.nproc, args.argv)
     return _run_trainer(args, Trainer, config, "model")
+
+
+def _launches(args: argparse.Namespace) -> bool:
+    """Whether this process starts ``--nproc`` processes of the job (after checking the command line),
+    rather than training itself: not when ``--nproc`` is 1, nor inside a job already started."""
+    from ..distributed import LAUNCHED, Distributed, check_nproc
+
+    nproc = args.nproc or 1
+    check_nproc(nproc)
+    return nproc > 1 and not os.environ.get(LAUNCHED) and not Distributed.from_environment().active
 
 
 TRAIN_HELP = """Train a segmentation model, or continue an interrupted run with --resume.
@@ -223,6 +240,12 @@ def _add_train(sub) -> None:
         "--precision",
         choices=("fp32", "bf16", "auto"),
         help=f"bf16 autocast halves a CPU step on CPUs with AVX512-BF16/AMX ({_default(C, 'precision')})",
+    )
+    p.add_argument(
+        "--nproc",
+        type=_COUNT,
+        help="processes on this machine, one per GPU (NCCL) or sharing the CPU cores (gloo), through "
+        "torch's elastic launcher; --batch is per process (default 1; under torchrun leave it out)",
     )
     p.add_argument("--init", help="fine-tune from this model (folder or name)")
     p.add_argument("--option", type=_method_option, action="append", help="method option KEY=VALUE")

@@ -5,7 +5,8 @@ A method owns its networks and computes its losses. The training loop
 and never branches on which method it runs.
 
 Each iteration, for every :class:`OptimizerSpec` the method declares, in order, the loop calls
-``method.compute_losses(stage, batch, step)``, back-propagates ``losses["loss"]`` and steps that
+``method(stage, batch, step)`` (``forward`` is ``compute_losses``, so that DistributedDataParallel can wrap
+the method: :mod:`SemiSupSegLib.distributed`), back-propagates ``losses["loss"]`` and steps that
 stage's optimiser. Then it calls ``method.after_iteration(step)`` (EMA teachers update there).
 A method with an adversarial classifier thus declares two stages, "segmenters" then
 "classifier", and the classifier is updated after the segmenters in each iteration.
@@ -109,6 +110,10 @@ class Method(nn.Module):
     def compute_losses(self, stage: str, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """Return named scalar losses for one stage; ``"loss"`` is the one back-propagated."""
         raise NotImplementedError
+
+    def forward(self, stage: str, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """:meth:`compute_losses`: calling the method is what DistributedDataParallel wraps (issue 18)."""
+        return self.compute_losses(stage, batch, step)
 
     def after_iteration(self, step: int) -> None:
         """Called once per iteration after every stage has stepped (EMA updates go here)."""
