@@ -38,9 +38,10 @@ from SemiSupSegMRML.pool import add_to_pool
 from SemiSupSegMRML.refine import RefineHistory
 from SemiSupSegMRML.segmentation import Cancelled, SegmentationLogic
 from SemiSupSegWidgets.actions import userAction
+from SemiSupSegWidgets.device_list import DeviceList
 from SemiSupSegWidgets.workflow_section import WorkflowSection
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Default, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -99,7 +100,7 @@ class SemiSupSegParameterNode:
     locatorFolder: Annotated[pathlib.Path, Default(generator=bridge.default_locator)]
     modelsFolder: Annotated[pathlib.Path, Default(generator=bridge.default_models_folder)]
     modelPath: str = ""
-    device: Annotated[str, Choice(list(bridge.DEVICE_CHOICES))] = "Auto"
+    device: str = "Auto"  # one of bridge.panel_device_choices(), kept in step by DeviceList
     probabilityOutput: bool = False
     uncertaintyOutput: bool = False
     forceBackground: bool = False
@@ -140,6 +141,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SemiSupSegLogic()
+        self.deviceList = DeviceList(self.ui.deviceComboBox)
         self.logic.logCallback = self._log
 
         for pathEdit in (
@@ -224,6 +226,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
         self._parameterNode = inputParameterNode
+        self.deviceList.setParameterNode(inputParameterNode)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
@@ -259,6 +262,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
 
     def _updateGui(self, caller=None, event=None) -> None:
         p = self._parameterNode
+        self.deviceList.setParameterNode(p)
         if p is None:
             return
         self._refreshModels()

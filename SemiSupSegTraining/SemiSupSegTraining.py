@@ -35,8 +35,9 @@ from SemiSupSegTrainingLib import engine as _engine
 from SemiSupSegTrainingLib.compare_section import CompareSection
 from SemiSupSegTrainingLib.data_section import DataSection
 from SemiSupSegTrainingLib.suggest_section import SuggestSection
+from SemiSupSegWidgets.device_list import DeviceList
 from slicer import vtkMRMLPlotChartNode, vtkMRMLTableNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -97,7 +98,7 @@ class SemiSupSegTrainingParameterNode:
     patch: Annotated[int, WithinRange(16, 160)] = 48
     batch: Annotated[int, WithinRange(1, 64)] = 2
     width: Annotated[float, WithinRange(0.125, 4.0)] = 1.0
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    device: str = "Auto"  # one of slicer_bridge.panel_device_choices(), kept in step by DeviceList
     modelName: str = ""
     locatorSteps: Annotated[int, WithinRange(1, 1000000)] = 8000
     runFolder: str = ""
@@ -139,6 +140,7 @@ class SemiSupSegTrainingWidget(
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = SemiSupSegTrainingLogic()
+        self.deviceList = DeviceList(self.ui.deviceComboBox)
         self.logic.log = logging.info
 
         self.plotWidget = slicer.qMRMLPlotWidget()
@@ -222,6 +224,7 @@ class SemiSupSegTrainingWidget(
                 self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode
             )
         self._parameterNode = inputParameterNode
+        self.deviceList.setParameterNode(inputParameterNode)
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(
@@ -231,6 +234,7 @@ class SemiSupSegTrainingWidget(
 
     # --- parameter node <-> widgets that connectGui does not bind -------------------------------
     def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
+        self.deviceList.setParameterNode(self._parameterNode)
         if self._parameterNode is None or self._updatingGui:
             return
         self._updatingGui = True

@@ -6,6 +6,7 @@ the origin in the last column, in RAS; SimpleITK's geometry is the same grid in 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -445,3 +446,21 @@ def test_background_segmentation_command_reports_json_lines(untrained_model, tmp
     error = parse_line(captured.out.splitlines()[-1])
     assert error["event"] == "error" and "not found" in error["message"]
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_the_panels_list_the_gpus_torch_sees_and_open_without_torch_or_cuda(monkeypatch):
+    """Catches a panel list without the GPUs, one that imports torch before it is installed, and a panel
+    that cannot open when CUDA is broken."""
+    gpus = [("NVIDIA H200", 140 * 2**30)]
+    assert bridge.panel_device_choices(lambda: gpus) == ["Auto", "CPU", "GPU 0: NVIDIA H200 (140 GiB)"]
+
+    def broken():
+        raise RuntimeError("CUDA driver initialization failed")
+
+    assert bridge.panel_device_choices(broken) == list(bridge.DEVICE_CHOICES)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
+    unused = lambda: pytest.fail("torch must not be imported")  # noqa: E731
+    assert bridge.panel_device_choices(unused) == ["Auto", "GPU", "CPU"]

@@ -19,8 +19,9 @@ Coordinate conventions
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "choose_execution",
     "confidence_text",
     "device_choices",
+    "panel_device_choices",
     "default_locator",
     "default_models_folder",
     "default_pool_folder",
@@ -423,6 +425,25 @@ def device_choices(gpus: Sequence[tuple[str, int]]) -> list[str]:
         "CPU",
         *[f"GPU {i}: {name} ({memory / 2**30:.0f} GiB)" for i, (name, memory) in enumerate(gpus)],
     ]
+
+
+def panel_device_choices(inventory: Callable[[], list[tuple[str, int]]] = gpu_inventory) -> list[str]:
+    """What a panel's device list offers: :func:`device_choices` of the GPUs torch sees, or
+    :data:`DEVICE_CHOICES` (Auto, GPU, CPU) while torch is not installed (it is not imported then: the
+    PyTorch extension installs it on first use) or cannot list its GPUs.
+
+    Args:
+        inventory: lists the GPUs (:func:`gpu_inventory`; a test double in tests).
+
+    Returns:
+        The panel's choices, each understood by :func:`choose_device` and the training commands.
+    """
+    if importlib.util.find_spec("torch") is None:
+        return list(DEVICE_CHOICES)
+    try:
+        return device_choices(inventory())
+    except (ImportError, RuntimeError, OSError):  # a broken CUDA install: the panel still opens
+        return list(DEVICE_CHOICES)
 
 
 def choose_device(choice: str, cuda_available: bool, gpu_count: int | None = None) -> str:
