@@ -184,6 +184,17 @@ def check_nproc(nproc: int) -> None:
         raise InputError("--nproc starts processes itself; under torchrun leave it out")
 
 
+def _quiet_elastic_loggers() -> dict[logging.Logger, int]:
+    """Silence torch's elastic loggers (each sets its own level, so the parent's does not reach them); a
+    stopped or failed job is then told by its processes' own one line. Returns the levels to restore."""
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]
+    loggers = [logging.getLogger(n) for n in names]
+    saved = {logger: logger.level for logger in loggers}
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    return saved
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m SemiSupSegLib.cli ARGV`` as ``nproc`` processes of one job on this machine.
 
@@ -223,8 +234,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         monitor_interval=0.2,
         start_method="spawn",
     )
-    quiet = logging.getLogger("torch.distributed")
-    level, quiet.level = quiet.level, logging.CRITICAL
+    quiet = _quiet_elastic_loggers()
     try:
         elastic_launch(config, sys.executable)("-m", "SemiSupSegLib.cli", *argv)
     except ChildFailedError as exc:
@@ -233,7 +243,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     except SignalException:
         return 130
     finally:
-        quiet.level = level
+        for logger, level in quiet.items():
+            logger.setLevel(level)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
