@@ -8,7 +8,9 @@
 #                        2 labelled + 2 unlabelled, bf16 autocast: seconds per step, steps per second and
 #                        peak GPU memory (benchmarks/step_cost.py --device cuda);
 #   gpu_check.log        the GPU's name and memory, versions, and both scripts' tables.
-# A 2-process NCCL run needs `train --nproc` (issue 18, not built yet); with two GPUs the script says so.
+#   gpu_nccl/            with two GPUs or more: a 2-process NCCL Dual-UNet training (`train --nproc 2`,
+#                        width 0.5, STEPS steps on 8+4 phantoms of 96^3), its progress lines and model.json
+#                        (world_size 2, global batch), against the same run on one GPU (gpu_nccl/one).
 # MONAI and SimpleITK come from wheels in .whl/ where the machine lacks them (see gpu_runs.sh).
 set -u
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -36,6 +38,14 @@ timeout 180 python3 benchmarks/step_cost.py --width "$WIDTH" --patch "$PATCH" --
   --methods supervised,dual-unet --device "$DEVICE" --precision bf16 --out "$OUT/gpu_step_cost.json" >>"$LOG" 2>&1
 echo "step cost exit $?" >>"$LOG"
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
-  echo "two GPUs: a 2-process NCCL run needs 'semisupseg train --nproc 2' (issue 18, not built yet)" >>"$LOG"
+  N="$OUT/gpu_nccl"
+  python3 -m SemiSupSegLib.cli phantom "$N/data" --cases 8 --unlabeled 4 --size 96 --seed 5 --workers 8 \
+    >>"$LOG" 2>&1
+  for run in one:1 two:2; do
+    timeout 150 python3 -m SemiSupSegLib.cli train --data "$N/data/dataset.json" --out "$N/${run%%:*}" \
+      --method dual-unet --steps "$STEPS" --width 0.5 --batch 2 --val-cases 0 --device cuda --precision bf16 \
+      --nproc "${run##*:}" --progress json >"$N/${run%%:*}.jsonl" 2>>"$LOG"
+    echo "nccl ${run%%:*} exit $? $(grep -o '"seconds_per_step": [0-9.]*' "$N/${run%%:*}/model.json")" >>"$LOG"
+  done
 fi
 tail -n 40 "$LOG"
