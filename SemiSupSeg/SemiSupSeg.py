@@ -87,7 +87,8 @@ class SemiSupSeg(ScriptedLoadableModule):
 class SemiSupSegParameterNode:
     """Everything the panel remembers; saved with the scene.
 
-    inputVolume - the ultrasound volume. centerPoint - point list with the instrument centre (one point).
+    inputVolume - the ultrasound volume. centerPoint - point list with the instrument centre (up to
+    markups.MAX_CENTERS points: the region at each, merged).
     locatorFolder - DQN locator used by Find instrument. modelsFolder / modelPath - where models are
     listed / the chosen model folder. device - Auto, GPU or CPU. probabilityOutput, uncertaintyOutput -
     optional outputs. forceBackground - run every segmentation in a background process. segmentation,
@@ -152,7 +153,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
             pathEdit.filters = ctk.ctkPathLineEdit.Dirs
         self.ui.pointPlaceWidget.buttonsVisible = True
         self.ui.pointPlaceWidget.placeMultipleMarkups = (
-            slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+            slicer.qSlicerMarkupsPlaceWidget.ShowPlaceMultipleMarkupsOption  # several centres (issue 19)
         )
         self.ui.progressBar.setVisible(False)
 
@@ -217,7 +218,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
                 p.inputVolume = first
         if not p.centerPoint:
-            p.centerPoint = markups.create_point_node()
+            p.centerPoint = markups.create_point_node(max_points=markups.MAX_CENTERS)
         if not p.refinePoint:
             p.refinePoint = markups.create_point_node("Refine point")
 

@@ -7,7 +7,7 @@
 * the rank-dependent random streams and the environment a launcher describes;
 * end to end, ``semisupseg train --resume --nproc 2``: a run stopped in one process resumes in two (torch's
   elastic launcher, gloo), rank 0 alone reports and writes, and ``model.json`` records the world size;
-* bad input inside the launched processes is one line, once, with status 2.
+* bad input is one line, once (rank 0's), and the launcher hands on the failed process's status 2.
 """
 
 from __future__ import annotations
@@ -160,12 +160,41 @@ def test_a_run_stopped_alone_resumes_on_two_processes_and_only_rank_zero_writes(
     assert not (out / ".training" / "checkpoint.pt").exists()
 
 
-def test_bad_input_inside_the_launched_processes_is_one_line_with_status_2(tiny_phantom, tmp_path):
-    """Catches each rank printing the same error, a launcher traceback, and the status lost on the way."""
-    done = _cli(
-        "train", "--data", str(tiny_phantom), "--out", str(tmp_path / "m"), "--patch", "16,16,18",
-        "--steps", "1", "--width", "0.0625", "--device", "cpu", "--nproc", "2",
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "divisible by 4" in lines[0], lines
+def test_bad_input_is_reported_by_rank_zero_alone(tiny_phantom, tmp_path, monkeypatch, capsys):
+    """Every rank reads the same input and meets the same problem: catches N copies of the one line."""
+    from SemiSupSegLib.cli import main
+
+    bad = ["train", "--data", str(tiny_phantom), "--out", str(tmp_path / "m"), "--patch", "16,16,18"]
+    bad += ["--steps", "1", "--width", "0.0625", "--device", "cpu"]
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setattr(Trainer, "_run_locked", lambda *a: pytest.fail("trained on bad input"))
+        assert main(bad) == 2
+        printed = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(printed) == lines and all("divisible by 4" in line for line in printed)
+
+
+def test_the_launcher_returns_the_failed_process_status_without_a_traceback(monkeypatch, capsys):
+    """Catches the launcher's ChildFailedError escaping (a traceback) and a bad input turned into 1."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from torch.distributed.launcher import api
+
+    from SemiSupSegLib.distributed import LAUNCHED, launch
+
+    seen = {}
+
+    def fake_launch(config, entrypoint):
+        def run(*args):
+            seen.update(nproc=config.nproc_per_node, args=args, launched=os.environ.get(LAUNCHED))
+            failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file="/nonexistent")
+            raise ChildFailedError("SemiSupSegLib.cli", {1: failure})
+
+        return run
+
+    monkeypatch.delenv(LAUNCHED, raising=False)
+    monkeypatch.setattr(api, "elastic_launch", fake_launch)
+    assert launch(3, ["train", "--nproc", "3"]) == 2
+    assert seen == {"nproc": 3, "args": ("-m", "SemiSupSegLib.cli", "train", "--nproc", "3"), "launched": "1"}
+    assert LAUNCHED not in os.environ  # the launcher's own environment is restored
+    assert capsys.readouterr().err == ""

@@ -338,14 +338,15 @@ def test_worker_command_and_progress_lines():
         model="m",
         input_path="in.nrrd",
         output_path="out.nrrd",
-        center_lps=(-1.5, 2, 3),
+        centers_lps=[(-1.5, 2, 3), (4, 5, 6.5)],
         uncertainty_path="u.nrrd",
         mc_samples=4,
         device="cuda",
     )
     assert args[:4] == ["/s/PythonSlicer", "-m", "SemiSupSegLib.cli", "segment"]
     assert args[args.index("--progress") + 1] == "json"
-    assert "--center=-1.5,2.0,3.0" in args and args[args.index("--mc-samples") + 1] == "4"
+    assert [a for a in args if a.startswith("--center")] == ["--center=-1.5,2.0,3.0", "--center=4.0,5.0,6.5"]
+    assert args[args.index("--mc-samples") + 1] == "4"
     assert "--probability" not in args
     assert parse_line('{"protocol": 1, "event": "progress", "fraction": 0.5}\n')["fraction"] == 0.5
     assert parse_line("UserWarning: something") is None
@@ -426,7 +427,7 @@ def test_background_segmentation_command_reports_json_lines(untrained_model, tmp
         model=str(untrained_model),
         input_path=str(tmp_path / "in.nrrd"),
         output_path=str(tmp_path / "seg.nrrd"),
-        center_lps=center,
+        centers_lps=[center],
         probability_path=str(tmp_path / "p.nrrd"),
     )[3:]
     assert main(args) == 0

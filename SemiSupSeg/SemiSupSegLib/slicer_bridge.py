@@ -508,7 +508,7 @@ def segment_command(
     model: str,
     input_path: str,
     output_path: str,
-    center_lps: Sequence[float] | None = None,
+    centers_lps: Sequence[Sequence[float]] = (),
     probability_path: str | None = None,
     uncertainty_path: str | None = None,
     mc_samples: int = 0,
@@ -520,7 +520,8 @@ def segment_command(
     Args:
         python: the interpreter (Slicer's ``PythonSlicer``).
         model, input_path, output_path: the model folder, the volume file and the label file to write.
-        center_lps: the instrument centre in the volume's LPS frame (None: the whole volume).
+        centers_lps: the instrument centres in the volume's LPS frame, one ``--center`` each (none: the
+            whole volume).
         probability_path, uncertainty_path: optional outputs.
         mc_samples: passes of the uncertainty estimator (0: the estimator's own default).
         device, precision: as ``semisupseg segment`` takes them.
@@ -530,8 +531,8 @@ def segment_command(
     """
     args = ["--model", str(model), "--input", str(input_path), "--output", str(output_path)]
     args += ["--device", str(device), "--precision", str(precision), "--progress", "json"]
-    if center_lps is not None:
-        args.append("--center=" + ",".join(repr(float(v)) for v in _point(center_lps, "centre point")))
+    for point in centers_lps:
+        args.append("--center=" + ",".join(repr(float(v)) for v in _point(point, "centre point")))
     if probability_path:
         args += ["--probability", str(probability_path)]
     if uncertainty_path:

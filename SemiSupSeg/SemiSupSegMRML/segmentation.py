@@ -23,7 +23,7 @@ from SemiSupSegLib import childprocess
 from SemiSupSegLib import slicer_bridge as bridge
 from SemiSupSegLib.errors import InputError
 
-from .markups import center_lps, set_center_lps
+from .markups import centers_lps, set_center_lps
 from .segments import import_results
 from .volumes import check_volume, volume_to_image
 
@@ -41,7 +41,7 @@ class SegmentationRequest:
 
     volume_node: object = None
     image: sitk.Image | None = None
-    center_lps: tuple | None = None
+    centers_lps: tuple = ()  # LPS points; several: the region at each, merged by the maximum (issue 19)
     model_path: str = ""
     device: str = "cpu"
     probability: bool = False
@@ -228,7 +228,7 @@ class SegmentationLogic:
         check_volume(volume_node)  # named before the point is read in the volume's frame
         return self.prepare_at(
             volume_node,
-            center_lps(point_node, volume_node),
+            centers_lps(point_node, volume_node),
             model_path,
             device_choice,
             probability=probability,
@@ -239,7 +239,7 @@ class SegmentationLogic:
     def prepare_at(
         self,
         volume_node,
-        center: tuple | None,
+        centers: tuple | list | None,
         model_path: str,
         device_choice: str = "Auto",
         *,
@@ -247,7 +247,8 @@ class SegmentationLogic:
         uncertainty: bool = False,
         force_background: bool = False,
     ) -> SegmentationRequest:
-        """:meth:`prepare` for a centre given as an LPS point in the volume's own frame (or None)."""
+        """:meth:`prepare` for centres given as LPS points in the volume's own frame: one ``(x, y, z)``,
+        a list of them, or None / empty for the whole volume."""
         from SemiSupSegLib.imageio import check_point_inside
         from SemiSupSegLib.model_store import resolve_model
 
@@ -255,16 +256,16 @@ class SegmentationLogic:
         if not model_path:
             raise InputError("no model is chosen; pick one in the Model section (or choose its folder)")
         model_folder = resolve_model(model_path)
-        if center is not None:
-            check_point_inside(image, center, what="the centre point")
+        points = _as_points(centers)
+        for i, point in enumerate(points):
+            what = "the centre point" if len(points) == 1 else f"centre point {i + 1}"
+            check_point_inside(image, point, what=what)
         voxels = int(np.prod(image.GetSize()))
-        execution = bridge.choose_execution(
-            voxels, center is not None, 1 if uncertainty else 0, force_background
-        )
+        execution = bridge.choose_execution(voxels, bool(points), 1 if uncertainty else 0, force_background)
         return SegmentationRequest(
             volume_node=volume_node,
             image=image,
-            center_lps=center,
+            centers_lps=points,
             model_path=str(model_folder),
             device=self.resolve_device(device_choice),
             probability=probability,
@@ -301,7 +302,7 @@ class SegmentationLogic:
         result = segment(
             model,
             request.image,
-            request.center_lps,
+            centers=request.centers_lps or None,
             uncertainty_method=DEFAULT_UNCERTAINTY if request.uncertainty else None,
             progress=progress,
         )
@@ -334,7 +335,7 @@ class SegmentationLogic:
             model=request.model_path,
             input_path=input_path,
             output_path=request.outputs["label"],
-            center_lps=request.center_lps,
+            centers_lps=request.centers_lps,
             probability_path=request.outputs.get("probability"),
             uncertainty_path=request.outputs.get("uncertainty"),
             mc_samples=0,  # the default estimator's own passes
@@ -415,3 +416,12 @@ class SegmentationLogic:
             outcome = done["outcome"]
         nodes = self.import_results(request, outcome, segmentation_node)
         return {**nodes, "execution": request.execution, "summary": outcome["summary"]}
+
+
+def _as_points(centers) -> tuple:
+    """``centers`` as a tuple of ``(x, y, z)`` float points: one point, a list of points, or None."""
+    if centers is None or len(centers) == 0:
+        return ()
+    if np.ndim(centers) == 1:
+        centers = [centers]
+    return tuple(tuple(float(v) for v in point) for point in centers)
