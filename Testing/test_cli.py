@@ -2,9 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -197,57 +194,3 @@ def test_demo_with_a_given_model(tiny_model, tmp_path, capsys):
     assert "Dice" in capsys.readouterr().out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(results["cases"]) == 1 and (tmp_path / "demo" / "segmentations").is_dir()
-
-
-def _run_cli(*args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "SemiSupSeg")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "SemiSupSegLib.cli", *args],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kw,
-    )
-
-
-def test_sigterm_checkpoints_and_resume_finishes_in_a_real_process(tiny_phantom, tmp_path):
-    out = tmp_path / "run"
-    proc = _run_cli(
-        "train",
-        "--data",
-        str(tiny_phantom),
-        "--out",
-        str(out),
-        "--steps",
-        "40",
-        "--patch",
-        "16",
-        "--width",
-        "0.125",
-        "--val-cases",
-        "0",
-        "--checkpoint-every",
-        "1000",
-        "--progress",
-        "json",
-    )
-    events = []
-    for line in proc.stdout:
-        events.append(json.loads(line))
-        if events[-1]["event"] == "progress" and events[-1]["step"] >= 4:
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest, _ = proc.communicate(timeout=120)
-    events += [json.loads(line) for line in rest.splitlines()]
-    assert proc.returncode == 130
-    assert events[-1]["event"] == "cancelled"
-    stopped = events[-1]["step"]
-    assert (out / ".training" / "checkpoint.pt").is_file()
-    resumed = _run_cli("train", "--out", str(out), "--resume", "--progress", "json")
-    lines, _ = resumed.communicate(timeout=300)
-    final = [json.loads(line) for line in lines.splitlines()]
-    assert resumed.returncode == 0
-    assert next(e for e in final if e["event"] == "started")["step"] == stopped
-    assert final[-1]["event"] == "finished" and final[-1]["step"] == 40
-    assert (out / "model.json").is_file()

@@ -5,8 +5,11 @@
   stage whose parameters DDP expects but never sees, or a gradient DDP zeroes where the plain loop leaves
   none, shows;
 * the rank-dependent random streams and the environment a launcher describes;
-* end to end, ``semisupseg train --resume --nproc 2``: a run stopped in one process resumes in two (torch's
-  elastic launcher, gloo), rank 0 alone reports and writes, and ``model.json`` records the world size;
+* one supervised step on two processes (gloo) equals one process stepping with the mean of the two halves'
+  gradients;
+* end to end, ``semisupseg train --resume --nproc 2`` of the Dual-UNet: a run stopped in one process resumes
+  in two (torch's elastic launcher, gloo), rank 0 alone reports and writes, and ``model.json`` records the
+  world size;
 * bad input is one line, once (rank 0's), and the launcher hands on the failed process's status 2.
 """
 
@@ -78,6 +81,61 @@ def test_every_method_steps_through_ddp_exactly_as_alone(one_process_group, name
         torch.testing.assert_close(through_ddp[key], alone[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _supervised_sgd(seed: int = 0):
+    """A tiny supervised method without dropout and one plain-SGD stage (SGD, unlike Adam's first step,
+    shows a gradient summed instead of averaged over the ranks)."""
+    from SemiSupSegLib.methods import OptimizerSpec
+
+    torch.manual_seed(seed)
+    method = get_method("supervised")(NetworkConfig(width=0.0625, dropout=0.0), 4)
+    spec = OptimizerSpec("main", list(method.parameters()), kind="sgd", lr=0.5, momentum=0.0)
+    optimizer = torch.optim.SGD(spec.parameters, lr=spec.lr)
+    return method, [(spec, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0))]
+
+
+def _rank_step(rank: int, store_path: str, out: str) -> None:
+    """One rank of a 2-process gloo job: one step on its half of the batch through DDP; saves the weights."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    try:
+        method, stages = _supervised_sgd()
+        full = make_batch(seed=0)
+        half = type(full)(full.labeled_image[rank : rank + 1], full.labeled_label[rank : rank + 1])
+        trainer = Trainer(TrainConfig(data="unused", out=out, device="cpu"))
+        trainer._iteration(Distributed(rank=rank, world_size=2).wrap(method), method, stages, half, 1)
+        torch.save(method.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_step_on_two_processes_averages_the_two_halves_of_the_batch(tmp_path):
+    """Catches gradients not all-reduced (the ranks drift apart), summed instead of averaged, or weights not
+    starting equal. The reference is one process stepping with the mean of the two halves' gradients:
+    plain BatchNorm normalises each rank's half with its own statistics, so that is what a 2-process step
+    equals (one process on the whole batch would pool the statistics; see distributed.py)."""
+    torch.multiprocessing.spawn(_rank_step, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+    method, [(_, optimizer, _)] = _supervised_sgd()
+    full = make_batch(seed=0)
+    grads = []
+    for r in range(2):
+        optimizer.zero_grad()
+        half = type(full)(full.labeled_image[r : r + 1], full.labeled_label[r : r + 1])
+        method.compute_losses("main", half, 1)["loss"].backward()
+        grads.append([p.grad.clone() for p in method.parameters()])
+    with torch.no_grad():
+        for p, g0, g1 in zip(method.parameters(), *grads, strict=True):
+            p.grad = (g0 + g1) / 2
+    optimizer.step()
+    expected = method.state_dict()
+    for key, value in expected.items():
+        if "running" in key or "num_batches" in key:
+            continue  # buffers: DDP keeps rank 0's, the reference saw both halves
+        torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(ranks[0][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_rank_zero_keeps_the_seed_and_other_ranks_draw_their_own():
     """Catches every rank drawing the same patches (a batch N times over) or rank 0 leaving the plain run."""
     assert rank_seed(11, 0) == 11
@@ -130,7 +188,8 @@ def test_a_run_stopped_alone_resumes_on_two_processes_and_only_rank_zero_writes(
     config = TrainConfig(
         data=str(tiny_phantom),
         out=str(out),
-        method="mean-teacher",  # an EMA teacher, unlabelled batches
+        method="dual-unet",  # two networks, a second optimiser stage, Monte-Carlo passes, unlabelled batches
+        method_options={"mc_samples": 2},
         steps=3,
         batch=1,
         patch_size=(16, 16, 20),
