@@ -132,3 +132,25 @@ def test_the_demo_writes_a_figure_per_case(untrained_model, tmp_path):
     assert main([*argv, "--true-center", "--device", "cpu"]) == 0
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["phantom_catheter_t000.png"]
     assert _png_size(tmp_path / "figures" / "phantom_catheter_t000.png") == figure_pixels(False)
+
+
+def test_the_uncertainty_row_says_what_fraction_of_the_predicted_instrument_is_uncertain():
+    """Catches the line missing, counted over the whole image instead of the prediction, or on the truth."""
+    from SemiSupSegLib.figures import render_case_figure
+
+    image = _volume(np.random.default_rng(0).random(SIZE_XYZ[::-1]).astype(np.float32))
+    prediction = _label()
+    instrument = np.flatnonzero(sitk.GetArrayFromImage(prediction) > 0)
+    entropy = np.full(SIZE_XYZ[::-1], 0.6, np.float32)  # uncertain everywhere but on the instrument...
+    entropy.flat[instrument] = 0.0
+    quarter = len(instrument) // 4
+    entropy.flat[instrument[:quarter]] = 0.6  # ...except a quarter of its voxels
+    truth = sitk.Image(prediction.GetSize(), sitk.sitkUInt8)  # empty: a line from the truth would differ
+    truth.CopyInformation(prediction)
+    fig = render_case_figure(image, truth=truth, prediction=prediction, uncertainty=_volume(entropy))
+    lines = [t.get_text() for t in fig.texts if "of the instrument" in t.get_text()]
+    share = 100 * quarter / len(instrument)
+    expected = f"{share:.1f} % of the instrument ({quarter} of {len(instrument)} voxels) is uncertain"
+    assert len(lines) == 1 and lines[0].startswith(expected)
+    without = render_case_figure(image, prediction=prediction)  # no uncertainty row, no line
+    assert not any("of the instrument" in t.get_text() for t in without.texts)

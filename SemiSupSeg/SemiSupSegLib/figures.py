@@ -162,7 +162,8 @@ def render_case_figure(
         image: the volume.
         truth: reference label on the image's grid (green contour), or None.
         prediction: predicted label on the image's grid (magenta contour), or None.
-        uncertainty: uncertainty map on the image's grid (second row, heat map), or None.
+        uncertainty: uncertainty map on the image's grid (second row, heat map, and with ``prediction``
+            the line saying what fraction of the predicted instrument is uncertain), or None.
         center_lps: the point the slices go through (LPS mm); None: the truth's, else the
             prediction's centroid, else the middle of the volume.
         title: the figure's title.
@@ -197,6 +198,10 @@ def render_case_figure(
         heat = {"cmap": UNCERTAINTY_CMAP, "vmin": 0.0, "vmax": max(float(entropy.max()), 1e-6)}
         artist = _draw_row(axes[1], entropy, {**layers, "style": heat}, centre, spacing_zyx)
         fig.colorbar(artist, cax=fig.add_axes((0.935, 0.08, 0.012, 0.36)), label="uncertainty")
+        if layers["prediction"] is not None:  # the panel's one line, under the uncertainty row (issue 19)
+            from .suggest import uncertainty_summary
+
+            fig.text(0.5, 0.005, uncertainty_summary(entropy, layers["prediction"]), ha="center", fontsize=8)
     legend = "green: reference, magenta: prediction" if layers["truth"] is not None else "magenta: prediction"
     fig.suptitle(f"{title}  ({legend})" if title else legend, fontsize=10)
     fig.canvas.draw()
