@@ -158,6 +158,9 @@ def test_the_environment_names_the_rank_and_a_wrong_one_is_refused():
         job.device_name("cuda:1")  # four processes cannot share one named GPU
     with pytest.raises(InputError, match="--nproc"):
         check_nproc(0)
+    with pytest.raises(InputError, match="CPU core"):
+        check_nproc((os.cpu_count() or 1) + 1, "cpu")  # 64 torch processes on 2 cores exhaust memory
+    check_nproc(min(2, os.cpu_count() or 1), "cpu")
 
 
 # ------------------------------------------------------------------------------------ end to end

@@ -172,14 +172,24 @@ class Distributed:
         return box[0]
 
 
-def check_nproc(nproc: int) -> None:
-    """Refuse a ``--nproc`` that cannot run.
+def check_nproc(nproc: int, device: str = "auto") -> None:
+    """Refuse a ``--nproc`` that cannot run, before any process starts.
+
+    Args:
+        nproc: processes asked for.
+        device: ``--device``: on CUDA each process takes one GPU; on the CPU each needs a core.
 
     Raises:
-        InputError: outside 1..MAX_PROCESSES, or ``--nproc`` inside a job ``torchrun`` already started.
+        InputError: outside 1..MAX_PROCESSES, more processes than GPUs (CUDA) or cores (CPU), or
+            ``--nproc`` inside a job ``torchrun`` already started.
     """
     if not 1 <= nproc <= MAX_PROCESSES:
         raise InputError(f"--nproc must be 1 to {MAX_PROCESSES}, got {nproc}")
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    have = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+    if nproc > max(1, have):
+        what = "GPU(s), one per process" if on_gpu else "CPU core(s), one per process at least"
+        raise InputError(f"--nproc {nproc} needs more than this machine's {have} {what}")
     if nproc > 1 and Distributed.from_environment().active and not os.environ.get(LAUNCHED):
         raise InputError("--nproc starts processes itself; under torchrun leave it out")
 

@@ -147,20 +147,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "method_options" in fields:
         fields["method_options"] = method.parse_options(fields["method_options"])
     config = _resumed_config(args, stored, fields) if stored else _new_train_config(args, fields)
-    if _launches(args):
+    if _launches(args, config.device):
         from ..distributed import launch
 
         return launch(args.nproc, args.argv)
     return _run_trainer(args, Trainer, config, "model")
 
 
-def _launches(args: argparse.Namespace) -> bool:
+def _launches(args: argparse.Namespace, device: str) -> bool:
     """Whether this process starts ``--nproc`` processes of the job (after checking the command line),
     rather than training itself: not when ``--nproc`` is 1, nor inside a job already started."""
     from ..distributed import LAUNCHED, Distributed, check_nproc
 
     nproc = args.nproc or 1
-    check_nproc(nproc)
+    check_nproc(nproc, device)
     return nproc > 1 and not os.environ.get(LAUNCHED) and not Distributed.from_environment().active
 
 
