@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU session for issues 12 and 13 (run from the repository root on a GPU machine).
+# The prepared GPU session for issues 12, 13 and 19 (run from the repository root on a GPU machine).
 #
-# Three branches run side by side, each bounded so that the script ends within BUDGET seconds
+# Four branches run side by side, each bounded so that the script ends within BUDGET seconds
 # (default 530) and whatever finished comes back under $OUT (at most 8 files):
 #   A. issue 12: render 32 catheter + 32 guide-wire phantoms of profile "random" (128^3), retrain the
 #      shipped model on them (supervised Compact-UNet width 0.25, batch 4, 3000 steps, bf16, patches cut
@@ -11,8 +11,12 @@
 #   B. issue 13: the new-scanner SSL benchmark (benchmarks/ssl_domain_shift.py: default -> cluttered,
 #      B labels 2 and 0, 3 seeds, 9 runs at a time) -> ssl_domain_shift.json.
 #   C. issue 12: the old shipped model on the same profiles -> cross_old.json.
+#   D. issue 19: "suggest the next case" vs random picks (benchmarks/active_learning.py: random-profile
+#      catheters of 96^3, 2 start labels, pool of 12, k = 2, arms init/start-only/random/suggested/
+#      least-doubted, 300 steps, 3 seeds, 7 runs at a time) -> active_learning.json (the 8th file back).
 # A machine without MONAI/SimpleITK gets them from wheels in .whl/ (see the device README).
-# Smaller settings for a dry run on a CPU: SIZE=48 CASES=2 STEPS=3 DS_STEPS=2 ... (the variables below).
+# Smaller settings for a dry run on a CPU: SIZE=48 CASES=2 STEPS=3 DS_STEPS=2 AL_SIZE=48 AL_STEPS=2 ...
+# (the variables below).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 W=${W:-/tmp/semisupseg_gpu}
@@ -28,6 +32,11 @@ DS_JOBS=${DS_JOBS:-9}
 # issue 13's rows; the crln and voxel-adversarial rows (issue 16) need a second call with DS_ARGS="--rows ..."
 DS_ARGS=${DS_ARGS:---rows source-only,supervised-B,supervised-A+B,mean-teacher,ua-mt,dual-unet}
 XP_CASES=${XP_CASES:-3}
+AL_SIZE=${AL_SIZE:-96}
+AL_STEPS=${AL_STEPS:-300}
+AL_SEEDS=${AL_SEEDS:-0,1,2}
+AL_JOBS=${AL_JOBS:-7}
+AL_ARGS=${AL_ARGS:-}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT" "$W"
 start=$(date +%s)
@@ -81,13 +90,22 @@ branch_c() {
   log "C: cross-profile (old model) exit $?"
 }
 
+branch_d() {
+  # shellcheck disable=SC2086
+  timeout $(($(left) - 15)) python3 benchmarks/active_learning.py --out "$W/al" \
+    --json "$OUT/active_learning.json" --size "$AL_SIZE" --steps "$AL_STEPS" --seeds "$AL_SEEDS" \
+    --jobs "$AL_JOBS" --workers 4 --device "$DEVICE" --precision bf16 $AL_ARGS >"$W/al.log" 2>&1
+  log "D: active learning exit $?"
+}
+
 branch_a &
 branch_b &
 branch_c &
+branch_d &
 wait
 log "all branches done"
 tail -n 5 "$W/train.jsonl" >>"$W/log.txt" 2>/dev/null
-for f in train.err ds.log cross_old.log cross_new.log; do
+for f in train.err ds.log al.log cross_old.log cross_new.log; do
   { echo "== $f"; tail -n 40 "$W/$f"; } >>"$W/log.txt" 2>/dev/null
 done
 cp "$W/train.jsonl" "$OUT/" 2>/dev/null
