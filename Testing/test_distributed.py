@@ -7,16 +7,18 @@
 * the rank-dependent random streams and the environment a launcher describes;
 * one supervised step on two processes (gloo) equals one process stepping with the mean of the two halves'
   gradients;
-* end to end, ``semisupseg train --resume --nproc 2`` of the Dual-UNet: a run stopped in one process resumes
-  in two (torch's elastic launcher, gloo), rank 0 alone reports and writes, and ``model.json`` records the
-  world size;
+* end to end, a Dual-UNet run stopped in one process resumes on two (``train --resume --nproc 2``: torch's
+  elastic launcher, gloo), is stopped there by SIGTERM (status 130, a checkpoint, one line) and finishes in
+  one; rank 0 alone reports and writes;
 * bad input is one line, once (rank 0's), and the launcher hands on the failed process's status 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -25,6 +27,7 @@ import torch
 import torch.distributed as dist
 from test_loss_composition import make_batch
 
+from SemiSupSegLib.checkpoints import checkpoint_path, read_checkpoint
 from SemiSupSegLib.distributed import Distributed, check_nproc, rank_seed
 from SemiSupSegLib.errors import InputError, TrainingCancelled
 from SemiSupSegLib.methods import METHODS, get_method
@@ -176,50 +179,67 @@ class _StopAt(Reporter):
             self.trainer.request_stop()
 
 
-def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _launch(*args: str) -> subprocess.Popen:
+    """``python -m SemiSupSegLib.cli ARGS`` as a new process (not inside any job), JSON lines on stdout."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SEMISUPSEG_LAUNCHED"):
         environment.pop(key, None)
     command = [sys.executable, "-m", "SemiSupSegLib.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
 
 
-def test_a_run_stopped_alone_resumes_on_two_processes_and_only_rank_zero_writes(tiny_phantom, tmp_path):
-    """Catches every rank reporting or writing (two started/finished events, two models), the world size
-    not recorded, and a resume that cannot change the number of processes."""
+def test_a_job_resumes_across_process_counts_and_stops_on_sigterm(tiny_phantom, tmp_path):
+    """One process stops at step 2; two processes resume it (through the launcher) and are stopped by
+    SIGTERM to the launcher; one process finishes it. Catches every rank reporting (two started events),
+    a stop that leaves a rank waiting (no exit) or no checkpoint, the launcher's status lost, the world
+    size not recorded, and a resume that cannot change the number of processes."""
     out = tmp_path / "m"
     config = TrainConfig(
         data=str(tiny_phantom),
         out=str(out),
         method="dual-unet",  # two networks, a second optimiser stage, Monte-Carlo passes, unlabelled batches
         method_options={"mc_samples": 2},
-        steps=3,
+        steps=400,
         batch=1,
         patch_size=(16, 16, 20),
         width=0.0625,
-        val_cases=1,
-        val_every=3,
-        checkpoint_every=100,
+        val_cases=0,
+        checkpoint_every=1000,
         translation=4,
         seed=3,
         device="cpu",
     )
-    reporter = _StopAt(1)
+    reporter = _StopAt(2)  # progress comes every steps // 200 = 2 steps
     reporter.trainer = Trainer(config, reporter)
     with pytest.raises(TrainingCancelled):
         reporter.trainer.run()
-    done = _cli("train", "--out", str(out), "--resume", "--nproc", "2", "--progress", "json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+    job = _launch("train", "--out", str(out), "--resume", "--nproc", "2", "--progress", "json")
+    events = []
+    for line in job.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress":
+            job.send_signal(signal.SIGTERM)  # the launcher: torch's elastic agent hands it to both ranks
+            break
+    rest, errors = job.communicate(timeout=120)
+    events += [json.loads(line) for line in rest.splitlines() if line.startswith("{")]
     kinds = [e["event"] for e in events]
-    assert kinds.count("started") == 1 and kinds.count("finished") == 1 and kinds.count("validation") == 1
+    assert job.returncode == 130, errors[-2000:]
+    assert kinds.count("started") == 1 and kinds.count("cancelled") == 1 and kinds[-1] == "cancelled"
     started = events[kinds.index("started")]["summary"]
-    assert (started["start_step"], started["world_size"], started["global_batch"]) == (1, 2, 2)
-    assert [e["step"] for e in events if e["event"] == "progress"] == [2, 3]
-    meta = json.loads((out / "model.json").read_text())
-    assert (meta["training"]["world_size"], meta["training"]["global_batch"]) == (2, 2)
+    assert (started["start_step"], started["world_size"], started["global_batch"]) == (2, 2, 2)
+    stopped = events[-1]["step"]
+    lines = [line for line in errors.splitlines() if line.strip()]
+    assert lines == [f"semisupseg: training stopped at step {stopped}; the checkpoint is usable"], lines
+    checkpoint = read_checkpoint(checkpoint_path(out))
+    assert (checkpoint["step"], checkpoint["world_size"]) == (stopped, 2)
+
+    finished = Trainer(dataclasses.replace(config, steps=stopped + 2)).run(resume=True)
+    meta = json.loads((finished / "model.json").read_text())
+    assert meta["training"]["world_size"] == 1 and meta["training"]["config"]["steps"] == stopped + 2
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["model.json", "weights.pt"]
-    assert not (out / ".training" / "checkpoint.pt").exists()
 
 
 def test_bad_input_is_reported_by_rank_zero_alone(tiny_phantom, tmp_path, monkeypatch, capsys):
