@@ -74,7 +74,7 @@ from _report import (  # noqa: E402
     write_block,
     write_json,
 )
-from ssl_domain_shift import DEFAULT_INIT, evaluate, paired, paired_test  # noqa: E402
+from ssl_domain_shift import DEFAULT_INIT, evaluate, fine_tune, paired, paired_test  # noqa: E402
 
 SCRIPT = "benchmarks/active_learning.py"
 BLOCK = "active_learning"
@@ -257,28 +257,12 @@ def run_one(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from SemiSupSegLib.training import TrainConfig, Trainer
-
     t0 = time.monotonic()
     model = spec["init"]
     if spec["arm"] != "init":
         name = f"active-learning-{spec['arm']}-seed{spec['seed']}"
         data = write_dataset(run_dir, name, spec["training"], [], spec["test"])
-        config = TrainConfig(
-            data=str(data),
-            out=str(run_dir / "model"),
-            method="supervised",
-            steps=spec["steps"],
-            batch=spec["batch"],
-            lr=spec["lr"],
-            seed=spec["seed"],
-            val_cases=0,
-            checkpoint_every=10**9,
-            device=spec["device"],
-            precision=spec["precision"],
-            init=spec["init"],
-        )
-        model = str(Trainer(config).run())
+        model = fine_tune(spec, "supervised", data, run_dir / "model")
     train_seconds = time.monotonic() - t0
     result = {
         "arm": spec["arm"],

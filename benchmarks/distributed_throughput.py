@@ -6,7 +6,8 @@ elastic launcher, and the model's recorded ``timings.seconds_per_step`` (the loo
 data preparation and the process-group rendezvous excluded) and the wall time of the whole command are
 kept. Samples per second count the global batch (``batch × processes``). Runs are cached per pair in
 ``--work`` and the raw JSON is rewritten after each one. On a 2-core machine the processes share the cores
-(gloo, ``OMP_NUM_THREADS`` = cores / N): the figure shows the overhead of the all-reduce, not a speedup.
+(gloo, ``--threads`` torch threads per process, 1 by default, whatever N): with N processes on N free
+cores the figure shows how far the all-reduce keeps the ideal N-fold samples per second.
 
 ``--tabulate JSON`` renders the table without training; ``--write DOC`` replaces the
 ``[distributed_throughput]`` block of DOC.
@@ -84,7 +85,7 @@ def run_pair(args, method: str, nproc: int, data: Path, env: dict[str, str]) -> 
 
 def measure(args) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE), os.environ.get("PYTHONPATH", "")])}
-    env.pop("OMP_NUM_THREADS", None)  # the launcher shares the cores out (cores / N per process)
+    env["OMP_NUM_THREADS"] = str(args.threads)  # per process, the same for every process count
     data = args.work / "data"
     if not (data / "dataset.json").is_file():
         _cli(
@@ -120,6 +121,7 @@ def _setting(args) -> dict:
         "patch": args.patch,
         "width": args.width,
         "size": args.size,
+        "threads_per_process": args.threads,
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
@@ -158,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, default=32)
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--size", type=int, default=64, help="phantom voxels per axis")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process, whatever the number of processes (on a shared machine more "
+        "threads than free cores slow small convolutions down several times)",
+    )
     p.add_argument("--out", type=Path, help="raw results (JSON)")
     p.add_argument("--tabulate", type=Path, metavar="JSON", help="measure nothing: render this JSON")
     p.add_argument("--write", type=Path, help="markdown file whose block is replaced")
@@ -186,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"*{setting['date']}, {setting['cores']} cores ({setting['cpu']}), width {setting['width']}, "
                 f"{setting['patch']}³ patches, {setting['batch_per_process']} labelled (+ as many "
                 "unlabelled) "
-                f"per process, {setting['steps']} steps, gloo.*"
+                f"per process, {setting.get('threads_per_process', '?')} thread(s) per process, "
+                f"{setting['steps']} steps, gloo.*"
             )
             tabulate = f"python {SCRIPT} --tabulate {source} --write {args.write}"
             write_block(

@@ -185,27 +185,9 @@ def run_one(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from SemiSupSegLib.training import TrainConfig, Trainer
-
     method, _ = ROWS[spec["row"]]
     t0 = time.monotonic()
-    model = spec["init"]
-    if method is not None:
-        config = TrainConfig(
-            data=spec["data"],
-            out=str(run_dir / "model"),
-            method=method,
-            steps=spec["steps"],
-            batch=spec["batch"],
-            lr=spec["lr"],
-            seed=spec["seed"],
-            val_cases=0,
-            checkpoint_every=10**9,
-            device=spec["device"],
-            precision=spec["precision"],
-            init=spec["init"],
-        )
-        model = str(Trainer(config).run())
+    model = spec["init"] if method is None else fine_tune(spec, method, spec["data"], run_dir / "model")
     train_seconds = time.monotonic() - t0
     per_case = evaluate(model, spec["test"], spec["device"])
     result = {
@@ -218,6 +200,29 @@ def run_one(spec: dict) -> dict:
     }
     cached.write_text(json.dumps(result, indent=1))
     return result
+
+
+def fine_tune(spec: dict, method: str, data: str | Path, out: Path) -> str:
+    """Fine-tune ``spec["init"]`` with ``method`` on ``data`` (no validation cases, no checkpoints) with the
+    spec's steps, batch, lr, seed, device and precision; the model folder written (shared with
+    ``active_learning.py``)."""
+    from SemiSupSegLib.training import TrainConfig, Trainer
+
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        method=method,
+        steps=spec["steps"],
+        batch=spec["batch"],
+        lr=spec["lr"],
+        seed=spec["seed"],
+        val_cases=0,
+        checkpoint_every=10**9,
+        device=spec["device"],
+        precision=spec["precision"],
+        init=spec["init"],
+    )
+    return str(Trainer(config).run())
 
 
 def evaluate(model_dir: str, test: list[dict], device: str) -> list[dict]:
