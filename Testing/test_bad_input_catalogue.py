@@ -26,6 +26,7 @@ import torch
 from SemiSupSegLib import dataset, imageio, slicer_bridge
 from SemiSupSegLib.checkpoints import checkpoint_path, write_checkpoint
 from SemiSupSegLib.cli import main
+from SemiSupSegLib.distributed import Distributed
 from SemiSupSegLib.errors import DatasetError, InputError, ModelError
 from SemiSupSegLib.model_store import load_model, save_model
 from SemiSupSegLib.networks import CompactUNet
@@ -310,6 +311,14 @@ KINDS = [
          CLI, r"argument --patch: must be 3 positive integers \(z,y,x\); got '16,16,1e30'"),
     Kind("loader workers that exhaust the machine", lambda r: train(r, pool(r), "--loader-workers", "100000"),
          CLI, r"--loader-workers must be 0 to 64, got 100000"),
+    Kind("more training processes than cores", lambda r: train(r, pool(r), "--nproc", str((os.cpu_count() or 1) + 1), "--device", "cpu"),
+         CLI, r"--nproc \d+ needs more than this machine's \d+ CPU core\(s\)"),
+    Kind("more training processes than any machine", lambda r: train(r, pool(r), "--nproc", "65"),
+         CLI, r"--nproc must be 1 to 64, got 65"),
+    Kind("a torchrun environment that is not a number", api(lambda r: Distributed.from_environment({"WORLD_SIZE": "two"})),
+         InputError, r"WORLD_SIZE='two' is not a whole number"),
+    Kind("a rank outside the torchrun world", api(lambda r: Distributed.from_environment({"WORLD_SIZE": "2", "RANK": "2"})),
+         InputError, r"RANK=2, LOCAL_RANK=2 do not fit WORLD_SIZE=2"),
     Kind("batch no computer holds", lambda r: train(r, pool(r), "--batch", "100000000", "--patch", "16"),
          CLI, r"--batch 100000000 of 16x16x16 patches is 4\.1e\+11 voxels per step, above 2\.68e\+08"),
     Kind("train --out onto an existing file", lambda r: train(r, pool(r))[:4] + [r / "dataset.json", "--steps", "1"],
