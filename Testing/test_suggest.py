@@ -115,6 +115,24 @@ def pool(tmp_path_factory):
     return root, model
 
 
+def test_doubt_share_flags_a_confident_miss_and_clears_a_confident_hit():
+    """Catches the share computed without the region, over the prediction alone (a miss would score 0/0 or
+    0), or with the empty case scored 0 (a confident miss would rank as the best case)."""
+    shape = (6, 8, 10)
+    region = np.zeros(shape, bool)
+    region[1:5, 2:7, 3:9] = True
+    tube = np.zeros(shape, np.uint8)
+    tube[2:4, 3:5, 3:9] = 1  # 24 voxels, all inside the region
+    calm = np.zeros(shape, np.float32)
+    assert suggest.doubt_share(calm, tube, region) == 0.0  # a confident hit
+    assert suggest.doubt_share(calm, np.zeros(shape), region) == 1.0  # a confident miss: nothing at all
+    doubt = calm.copy()
+    doubt[2:4, 3:5, 3:6] = 0.6  # half the tube doubted
+    doubt[0, 0, 0] = doubt[5, 7, 9] = 0.69  # outside the region: does not count
+    assert suggest.doubt_share(doubt, tube, region) == pytest.approx(12 / 24)
+    assert suggest.doubt_share(doubt, np.zeros(shape), region) == 1.0  # only doubt, nothing claimed
+
+
 def test_region_is_the_segment_region_around_the_centre_on_an_oblique_volume(pool):
     root, model_dir = pool
     case = load_dataset(root / "dataset.json").unlabeled[0]

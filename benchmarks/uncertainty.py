@@ -11,7 +11,8 @@ Per estimator it records:
 - error-detection AUROC: the uncertainty as a detector of the voxels the label gets wrong, over the
   voxels of the coarse-to-fine region (on the input grid), pooled over the cases (and per case);
 - case ranking: Spearman correlation of the mean uncertainty in the region with the case's Dice
-  (negative is useful: doubtful cases score lower);
+  (negative is useful: doubtful cases score lower), and of ``SemiSupSegLib.suggest.doubt_share`` (of
+  what the model claims or doubts in the region, the share it doubts; 1 for a confident miss) with it;
 - the reliability curve: the error rate in each decile of the uncertainty (region voxels, pooled).
 
 ``--full-width`` adds the issue's memory setting: a full-width Compact-UNet (random weights, no
@@ -146,6 +147,7 @@ def run_estimator(args: argparse.Namespace, label: str) -> dict:
 
     from SemiSupSegLib import inference
     from SemiSupSegLib.model_store import load_model
+    from SemiSupSegLib.suggest import doubt_share
 
     torch.set_num_threads(args.threads)
     method, passes = ESTIMATORS[label]
@@ -165,7 +167,8 @@ def run_estimator(args: argparse.Namespace, label: str) -> dict:
             region = _region_mask(model, case.image, case.center)
             u = sitk.GetArrayFromImage(result.uncertainty)[region]
             wrong = (truth != predicted)[region]
-            row.update(mean_uncertainty=float(u.mean()), auroc=auroc(u, wrong))
+            share = doubt_share(sitk.GetArrayFromImage(result.uncertainty), predicted, region)
+            row.update(mean_uncertainty=float(u.mean()), doubt_share=share, auroc=auroc(u, wrong))
             row["error_rate"] = float(wrong.mean())
             scores.append(u)
             errors.append(wrong)
@@ -274,18 +277,22 @@ def _run_row(run: dict, plain: dict) -> list[str]:
     ratio = seconds / _mean([c["seconds"] for c in plain["cases"]])
     peak = run["peak_rss_bytes"] / 1024**3
     if run["method"] is None:
-        return [run["label"], f"{seconds:.2f}", "1.00x", f"{peak:.2f}", "-", "-", "-"]
-    rho = spearman([c["mean_uncertainty"] for c in cases], [c["dice"] for c in cases])
+        return [run["label"], f"{seconds:.2f}", "1.00x", f"{peak:.2f}", "-", "-", "-", "-"]
+    dice = [c["dice"] for c in cases]
+    rho = spearman([c["mean_uncertainty"] for c in cases], dice)
+    shares = [c.get("doubt_share") for c in cases]
+    rho_share = f"{spearman(shares, dice):+.2f}" if None not in shares else "-"  # runs before the share
     per_case = _mean([c["auroc"] for c in cases])
     return [run["label"], f"{seconds:.2f}", f"{ratio:.2f}x", f"{peak:.2f}", f"{run['auroc']:.3f}",
-            f"{per_case:.3f}", f"{rho:+.2f}"]  # fmt: skip
+            f"{per_case:.3f}", f"{rho:+.2f}", rho_share]  # fmt: skip
 
 
 def table(results: dict, json_path: Path) -> list[str]:
     runs = results["runs"]
     plain = next(r for r in runs if r["method"] is None)
     header = ["estimator", "s / volume", "x plain", "peak RSS GiB", "error AUROC (pooled)",
-              "error AUROC (mean per case)", "Spearman(mean u, Dice)"]  # fmt: skip
+              "error AUROC (mean per case)", "Spearman(mean u, Dice)",
+              "Spearman(doubt share, Dice)"]  # fmt: skip
     n, dice = len(plain["cases"]), _mean([c["dice"] for c in plain["cases"]])
     lines = [
         f"Phantom catheters, profiles {', '.join(results['profiles'])} ({results['cases_per_profile']} per "

@@ -107,6 +107,36 @@ def region_score(uncertainty: np.ndarray, region: np.ndarray) -> float:
     return float(inside.mean()) if inside.size else 0.0
 
 
+def doubt_share(
+    uncertainty: np.ndarray, prediction: np.ndarray, region: np.ndarray, threshold: float = UNCERTAIN_ENTROPY
+) -> float:
+    """Of what the model claims or doubts in the region, the share it doubts (a case score, issue 20).
+
+        share(c) = |U ∩ R| / |(U ∪ P) ∩ R|,   U = {x : H(x) > threshold},  P = predicted instrument
+
+    and 1 when both are empty. The mean entropy (:func:`region_score`) ranks cases by Dice the wrong way
+    round on our phantoms: the worst cases are confident misses, little instrument and little entropy.
+    This share is 1 for a confident miss (nothing claimed, nothing or only doubt), near 0 for a confident
+    hit, in between for a partly doubted instrument. It uses the product's premise that the region is
+    centred on an instrument, so finding nothing there is a failure, not a certainty. A candidate:
+    ``benchmarks/uncertainty.py`` measures its Spearman correlation with Dice beside the mean entropy's.
+
+    Args:
+        uncertainty: entropy per voxel (nats).
+        prediction: the predicted instrument mask (non-zero = instrument), same shape.
+        region: boolean mask of the region the model looked at, same shape.
+        threshold: the entropy above which a voxel is doubted.
+
+    Returns:
+        A share in [0, 1].
+    """
+    inside = np.asarray(region, dtype=bool)
+    doubted = (np.asarray(uncertainty) > threshold) & inside
+    claimed = (np.asarray(prediction) > 0) & inside
+    either = int((doubted | claimed).sum())
+    return float(doubted.sum() / either) if either else 1.0
+
+
 def uncertain_fraction(
     uncertainty: np.ndarray, instrument: np.ndarray, threshold: float = UNCERTAIN_ENTROPY
 ) -> float | None:
@@ -291,9 +321,7 @@ def suggest(
         the case).
     """
     cases = unlabeled_cases(dataset)
-    ranking = rank_cases(
-        cases, lambda case: measure_case(model, case, mc_samples, precision, seed), progress
-    )
+    ranking = rank_cases(cases, lambda case: measure_case(model, case, mc_samples, precision, seed), progress)
     return ranking[:top] if top is not None else ranking
 
 
