@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -249,8 +250,8 @@ def measure(args: argparse.Namespace) -> dict:
     return {
         "command": command_line(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, shared "
-        "2-core CPU (a locator training and other jobs ran alongside)",
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch threads, "
+        f"{os.cpu_count()} cores (other jobs may have run alongside: compare within one run)",
         "torch": torch.__version__,
         "model": display_path(args.model),
         "size": args.size,
