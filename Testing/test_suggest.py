@@ -50,6 +50,8 @@ def test_higher_entropy_in_the_region_ranks_first_and_outside_it_does_not_count(
     assert [s.case for s in ranking] == ["unsure", "hesitant", "confident"]
     assert ranking[0].score == pytest.approx(np.log(2), abs=1e-4)  # p = 0.5 everywhere in the region
     assert seen == [(1, 3, "confident"), (2, 3, "unsure"), (3, 3, "hesitant")]
+    shares = {s.case: s.doubt_share for s in ranking}  # claims nothing, doubts all / claims all, calm
+    assert (shares["unsure"], shares["confident"]) == (1.0, 0.0)
 
 
 def test_two_network_models_are_ranked_by_the_networks_disagreement():

@@ -26,7 +26,9 @@ without a centre ranked first).
 With the entropy, each suggestion also carries the fraction of the predicted instrument that is
 uncertain (:func:`uncertain_fraction`: entropy above :data:`UNCERTAIN_ENTROPY`, the binary entropy at
 p = 0.8), the summary the segmentation panel shows under its uncertainty overlay; with the disagreement
-it is None (that threshold is an entropy).
+it is None (that threshold is an entropy). So is ``doubt_share`` (:func:`doubt_share`): of what the model
+claims or doubts in the region, the share it doubts; near 1 the model probably missed the instrument
+(on phantoms it ranks cases by Dice where the mean entropy does not; docs/BENCHMARKS.md).
 
 Arrays are ``[z, y, x]``; points are LPS mm.
 """
@@ -84,6 +86,7 @@ class Suggestion:
     center: list[float] | None
     uncertain_fraction: float | None
     measure: str = ENTROPY_MEASURE
+    doubt_share: float | None = None  # :func:`doubt_share`; near 1: the model probably missed (issue 20)
 
     def as_dict(self) -> dict:
         """The JSON object ``semisupseg suggest --json`` prints."""
@@ -276,6 +279,7 @@ def rank_cases(
         doubt = measure(case)
         entropy_based = doubt.measure == ENTROPY_MEASURE
         share = uncertain_fraction(doubt.uncertainty, doubt.label) if entropy_based else None
+        missed = doubt_share(doubt.uncertainty, doubt.label, doubt.region) if entropy_based else None
         suggestions.append(
             Suggestion(
                 case=case.name,
@@ -285,6 +289,7 @@ def rank_cases(
                 center=None if case.center is None else [float(c) for c in case.center],
                 uncertain_fraction=share,
                 measure=doubt.measure,
+                doubt_share=missed,
             )
         )
         if progress is not None:

@@ -9,7 +9,7 @@ import slicer
 from SemiSupSegMRML.models import default_model
 from SemiSupSegMRML.training import path_or_empty
 
-COLUMNS = ("rank", "case", "score (nats)", "region", "instrument uncertain")
+COLUMNS = ("rank", "case", "score (nats)", "region", "instrument uncertain", "doubt share (1: likely missed)")
 
 
 class SuggestSection:
@@ -62,13 +62,14 @@ class SuggestSection:
         table.setHorizontalHeaderLabels(list(COLUMNS))
         table.setRowCount(len(ranking))
         for row, entry in enumerate(ranking):
-            share = entry.get("uncertain_fraction")
+            share, missed = entry.get("uncertain_fraction"), entry.get("doubt_share")
             cells = (
                 str(row + 1),
                 str(entry.get("case", "")),
                 f"{float(entry.get('score', 0.0)):.4f}",
                 str(entry.get("region", "")),
                 "" if share is None else f"{100 * float(share):.1f} %",
+                "" if missed is None else f"{float(missed):.2f}",
             )
             for column, text in enumerate(cells):
                 table.setItem(row, column, qt.QTableWidgetItem(text))

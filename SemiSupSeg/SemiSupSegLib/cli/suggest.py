@@ -29,7 +29,8 @@ def _case_progress(reporter):
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     """``semisupseg suggest``: prints the ranking, best first (``--json``: a list of objects with
-    ``case``, ``image``, ``score``, ``region``, ``center``, ``uncertain_fraction``, ``measure``).
+    ``case``, ``image``, ``score``, ``region``, ``center``, ``uncertain_fraction``, ``measure``,
+    ``doubt_share``).
 
     With ``--progress json`` stdout carries the protocol instead: ``started`` (task ``"suggestion"``),
     one ``progress`` per case (``step``, ``total``, ``case``, ``eta_seconds``) and ``finished`` whose
