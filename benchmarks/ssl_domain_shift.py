@@ -516,9 +516,10 @@ def draw_figure(data: dict, path: Path) -> None:
         ax.set_title(f"{b} labelled B case(s)")
         ax.set_ylim(0, 100)
     s = data["setting"]
-    fig.suptitle(
-        f"Fine-tuning to a new scanner: {s['source_profile']} -> {s['target_profile']} "
-        "(grey supervised, blue SSL)"
+    fig.suptitle(  # two lines: one panel (a single B-label setting) is too narrow for one
+        f"Fine-tuning to a new scanner: {s['source_profile']} -> {s['target_profile']}\n"
+        "(grey supervised, blue SSL)",
+        fontsize=10,
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
