@@ -180,7 +180,13 @@ def test_run_state_follows_a_run_and_explains_an_abrupt_end():
     state.begin("training")
     events = [
         {"event": "preparing", "case": "a", "index": 1, "total": 3},
-        {"event": "started", "task": "training", "step": 0, "total": 10, "summary": {"method": "dual-unet"}},
+        {
+            "event": "started",
+            "task": "training",
+            "step": 0,
+            "total": 10,
+            "summary": {"method": "dual-unet", "device": "cuda:1", "world_size": 2},
+        },
         {
             "event": "progress",
             "step": 5,
@@ -205,6 +211,7 @@ def test_run_state_follows_a_run_and_explains_an_abrupt_end():
     for e in events[1:]:
         state.update(e)
     assert state.status == "running" and state.fraction == 0.6 and state.eta_text() == "00:08"
+    assert state.status_text().endswith("ETA 00:08 on cuda:1 x 2 processes")  # Auto says what it chose
     assert state.loss_series() == ([5, 6], [0.8, 0.7]) and state.validation_series() == ([5], [0.4])
     assert "loss 0.7000" in state.losses_text() and state.checkpoint_step == 5
     state.stopping()

@@ -148,11 +148,19 @@ class RunState:
             return f"preparing case {index}/{total} ({case})"
         if self.status in ("running", "stopping"):
             speed = f", {self.seconds_per_step:.2f} s/step" if self.seconds_per_step else ""
-            text = f"step {self.step}/{self.total}{speed}, ETA {self.eta_text()}"
+            text = f"step {self.step}/{self.total}{speed}, ETA {self.eta_text()}{self._where()}"
             return text + (" - stopping, writing a checkpoint" if self.status == "stopping" else "")
         if self.status in TERMINAL_EVENTS:
             return self.message
         return self.status
+
+    def _where(self) -> str:
+        """`` on cuda:0`` (`` on cpu x 2 processes``): the device the run chose (Auto included, issue 18)."""
+        device = self.summary.get("device")
+        if not device:
+            return ""
+        world = int(self.summary.get("world_size") or 1)
+        return f" on {device}" + (f" x {world} processes" if world > 1 else "")
 
     def loss_key(self) -> str | None:
         """``loss``, or with several optimiser stages the first stage's (``segmenters/loss``)."""
@@ -194,5 +202,3 @@ def format_seconds(seconds: float | None) -> str:
     seconds = max(0, int(seconds or 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60:02d}:{rest % 60:02d}"
-
-
