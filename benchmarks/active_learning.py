@@ -47,9 +47,7 @@ CPU smoke run (minutes): ``OMP_NUM_THREADS=1 python benchmarks/active_learning.p
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -74,7 +72,14 @@ from _report import (  # noqa: E402
     write_block,
     write_json,
 )
-from ssl_domain_shift import DEFAULT_INIT, evaluate, fine_tune, paired, paired_test  # noqa: E402
+from ssl_domain_shift import (  # noqa: E402
+    DEFAULT_INIT,
+    evaluate,
+    fine_tune,
+    finished_runs,
+    paired,
+    paired_test,
+)
 
 SCRIPT = "benchmarks/active_learning.py"
 BLOCK = "active_learning"
@@ -350,14 +355,7 @@ def run_all(args) -> dict:
     picks = picks_record(specs)
     results: list[dict] = []
     print(f"{len(specs)} runs ({args.jobs} at a time)", flush=True)
-    if args.jobs <= 1:
-        finished = (run_one(s) for s in specs)
-    else:
-        context = multiprocessing.get_context("spawn")
-        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context)
-        futures = [pool.submit(run_one, s) for s in specs]
-        finished = (f.result() for f in concurrent.futures.as_completed(futures))
-    for result in finished:
+    for result in finished_runs(run_one, specs, args.jobs):
         results.append(result)
         mean = np.mean([c["dice"] for c in result["cases"]])
         print(

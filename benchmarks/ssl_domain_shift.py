@@ -45,6 +45,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +281,18 @@ def run_specs(args, cases: dict[str, list[dict]]) -> list[dict]:
     return specs
 
 
+def finished_runs(run: Callable[[dict], dict], specs: list[dict], jobs: int) -> Iterator[dict]:
+    """``run(spec)`` of every spec as each finishes: here, or ``jobs`` at once in spawned processes (the
+    pool is shut down when the generator ends, so no worker outlives the benchmark's loop)."""
+    if jobs <= 1:
+        yield from (run(s) for s in specs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        futures = [pool.submit(run, s) for s in specs]
+        yield from (f.result() for f in concurrent.futures.as_completed(futures))
+
+
 def run_all(args) -> dict:
     """Run every spec not cached (``--jobs`` at once); the raw results, rewritten after each run."""
     cases = make_data(args)
@@ -287,14 +300,7 @@ def run_all(args) -> dict:
     setting = setting_record(args, cases)
     results: list[dict] = []
     print(f"{len(specs)} runs ({args.jobs} at a time)", flush=True)
-    if args.jobs <= 1:
-        finished = (run_one(s) for s in specs)
-    else:
-        context = multiprocessing.get_context("spawn")
-        pool = concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context)
-        futures = [pool.submit(run_one, s) for s in specs]
-        finished = (f.result() for f in concurrent.futures.as_completed(futures))
-    for result in finished:
+    for result in finished_runs(run_one, specs, args.jobs):
         results.append(result)
         mean = np.mean([c["dice"] for c in result["cases"]])
         print(
