@@ -26,13 +26,13 @@ import pytest
 import torch
 import torch.distributed as dist
 from test_loss_composition import make_batch
+from test_training import _StopAt  # asks the trainer to stop at a progress step
 
 from SemiSupSegLib.checkpoints import checkpoint_path, read_checkpoint
 from SemiSupSegLib.distributed import Distributed, check_nproc, rank_seed
 from SemiSupSegLib.errors import InputError, TrainingCancelled
 from SemiSupSegLib.methods import METHODS, get_method
 from SemiSupSegLib.networks import NetworkConfig
-from SemiSupSegLib.progress import Reporter
 from SemiSupSegLib.training import TrainConfig, Trainer
 
 OPTIONS = {
@@ -167,16 +167,6 @@ def test_the_environment_names_the_rank_and_a_wrong_one_is_refused():
 
 
 # ------------------------------------------------------------------------------------ end to end
-
-
-class _StopAt(Reporter):
-    def __init__(self, step: int):
-        super().__init__()
-        self.step, self.trainer = step, None
-
-    def emit(self, event, **fields):
-        if event == "progress" and fields["step"] == self.step:
-            self.trainer.request_stop()
 
 
 def _launch(*args: str) -> subprocess.Popen:
