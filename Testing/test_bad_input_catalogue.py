@@ -28,6 +28,7 @@ from SemiSupSegLib.checkpoints import checkpoint_path, write_checkpoint
 from SemiSupSegLib.cli import main
 from SemiSupSegLib.distributed import Distributed
 from SemiSupSegLib.errors import DatasetError, InputError, ModelError
+from SemiSupSegLib.locator import load_locator, locate
 from SemiSupSegLib.model_store import load_model, save_model
 from SemiSupSegLib.networks import CompactUNet
 from SemiSupSegLib.preprocessing import check_resampled_size
@@ -217,6 +218,8 @@ KINDS = [
          InputError, r"has origin \(3, -2, 1e\+300\) mm, more than 1e\+12 voxels from 0"),
     Kind("image constant", lambda r: segment_image(r, volume(np.full(SHAPE, 7.0, np.float32))),
          CLI, r"image is constant \(every voxel is 7\)"),
+    Kind("locate on a constant image", api(lambda r: locate(load_locator("phantom-locator"), sitk.Image([40, 36, 30], sitk.sitkInt16))),
+         InputError, r"image is constant \(every voxel is 0\); there is nothing to find"),
     Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(RAMP, (1e6, 1e6, 1e6))),
          CLI, r"would need .* voxels \(.* GB as float32\).*check the image's spacing"),
     Kind("tiny spacing (a point after resampling)", lambda r: segment_image(r, volume(RAMP, (1e-9, 1e-9, 1e-9))),

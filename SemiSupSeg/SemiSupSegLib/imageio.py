@@ -156,6 +156,22 @@ def _check_finite(image: sitk.Image, path: Path, what: str) -> None:
     _check_float32_range(array, path, what)
 
 
+def check_contrast(image: sitk.Image, task: str) -> None:
+    """Refuse a constant image: z-scoring would divide by 0 and a network would answer on a blank input.
+
+    Args:
+        image: a scalar volume (already read and checked by :func:`read_image`).
+        task: what could not be done, ending the message ("segment", "find").
+
+    Raises:
+        InputError: "image is constant (every voxel is V); there is nothing to ``task``".
+    """
+    array = sitk.GetArrayViewFromImage(image)
+    low, high = array.min(), array.max()
+    if low == high:
+        raise InputError(f"image is constant (every voxel is {low.item():g}); there is nothing to {task}")
+
+
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

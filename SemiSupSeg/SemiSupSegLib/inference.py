@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, ModelError
-from .imageio import check_point_inside
+from .imageio import check_contrast, check_point_inside
 from .model_store import LoadedModel
 from .networks import set_mc_dropout
 from .preprocessing import Preprocessing, check_resampled_size
@@ -738,9 +738,7 @@ def _check_image(image: sitk.Image) -> None:
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError("image has NaN or infinite voxels; fix or mask them before segmenting")
-    low, high = array.min(), array.max()
-    if low == high:  # z-scoring would divide by 0 and the network would answer on a blank input
-        raise InputError(f"image is constant (every voxel is {low.item():g}); there is nothing to segment")
+    check_contrast(image, "segment")
 
 
 def _check_patch_size(model: LoadedModel) -> tuple[int, int, int]:

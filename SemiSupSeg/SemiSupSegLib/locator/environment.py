@@ -40,6 +40,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
+from ..imageio import check_contrast
 from ..preprocessing import Preprocessing
 
 DEFAULT_GRID = 96
@@ -92,7 +93,8 @@ def grid_geometry(image: sitk.Image, size: int) -> GridGeometry:
 
 
 def check_volume(image: sitk.Image, crop: int, grid: int) -> None:
-    """:class:`InputError` if the image is smaller than a crop along an axis, or the grid is."""
+    """:class:`InputError` if the image is smaller than a crop along an axis, or the grid is, or if it is
+    constant (the agent would wander over a blank grid and answer a point anyway)."""
     size = tuple(int(s) for s in image.GetSize())
     if grid < crop:
         raise InputError(f"locator grid {grid}³ is smaller than its crop {crop}³")
@@ -102,6 +104,7 @@ def check_volume(image: sitk.Image, crop: int, grid: int) -> None:
             f"image of size {size} is smaller than the locator's crop of {crop}³ voxels along "
             f"{', '.join(small)}; the agent needs at least a crop's worth of context"
         )
+    check_contrast(image, "find")
 
 
 def resample_to_grid(image: sitk.Image, geometry: GridGeometry) -> np.ndarray:
