@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -132,9 +133,15 @@ def test_one_step_on_two_processes_averages_the_two_halves_of_the_batch(tmp_path
     optimizer.step()
     expected = method.state_dict()
     # forked, not spawned: a spawned child imports torch and MONAI again (about 10 s of the suite's budget);
-    torch.multiprocessing.start_processes(
-        _rank_step, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="fork"
+    ranks_running = torch.multiprocessing.start_processes(
+        _rank_step, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=False, start_method="fork"
     )
+    deadline = time.monotonic() + 120  # a fork that inherited a held lock must fail the test, not hang CI
+    while not ranks_running.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks_running.processes:
+                process.kill()
+            pytest.fail("the two forked ranks did not finish in 120 s")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     for key, value in expected.items():
         if "running" in key or "num_batches" in key:
