@@ -219,7 +219,7 @@ def test_located_grid_point_maps_to_its_lps_point_on_a_rotated_anisotropic_volum
     continuous index ``(g + 0.5) * n / 16 - 0.5`` per axis (x, y, z after reversing)."""
     grid_point = np.array([13.0, 2.0, 9.0])  # z, y, x: every axis different, none at the centre
     monkeypatch.setattr(locate_module, "search_volume", lambda *args, **kwargs: (grid_point, -0.1))
-    image = _volume(np.zeros(SHAPE_ZYX, np.float32))
+    image = _volume(np.random.default_rng(0).random(SHAPE_ZYX, np.float32))  # not constant: refused
     meta = {"grid_size": 16, "crop_size": 9, "scales": [3, 1]}
     locator = Locator(Path("stub-locator"), meta, QNetwork(QNetworkConfig(crop=9, n_scales=2, width=4)))
     found = locate_module.locate(locator, image, starts=1)
