@@ -22,6 +22,7 @@ from SemiSupSegLib.locator.agent import QNetwork, QNetworkConfig
 from SemiSupSegLib.locator.environment import CropSampler, GridVolume, grid_geometry, prepare_volume
 from SemiSupSegLib.locator.recognition import (
     RecognitionConfig,
+    RecognitionNet,
     confidence_threshold,
     grid_mask,
     instrument_middle,
@@ -71,6 +72,23 @@ def test_recognition_loss_falls_and_its_mask_overlap_beats_chance():
         assert likelihood.shape == volume.shape
         chance = mask.mean()  # Dice of a mask drawn at random with the instrument's prevalence
         assert mask_overlap(likelihood, mask) > max(0.15, 20 * chance)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_network_answers_at_the_grid_over_its_stride_and_the_map_on_the_grid(stride):
+    """Catches a stride-1 network still halving (its targets would not match) or a map not brought back
+    onto a non-cubic grid; a config written before ``stride`` existed must keep the stem (stride 2)."""
+    assert RecognitionConfig.from_dict({"width": 8, "inputs": 2}).stride == 2
+    config = RecognitionConfig(width=4, stride=stride)
+    assert RecognitionConfig.from_dict(config.to_dict()) == config
+    net = RecognitionNet(config).eval()
+    with torch.no_grad():
+        logits = net(torch.zeros(1, 2, 24, 32, 40))
+    assert tuple(logits.shape) == (1, 1, 24 // stride, 32 // stride, 40 // stride)
+    volumes, masks, _ = _grids(seed=5, n=2)
+    assert likelihood_map(net, volumes[0][:, 1:, 3:], CPU).shape == volumes[0][:, 1:, 3:].shape
+    trained, losses = train_recognition(volumes, masks, config=config, steps=2, device=CPU, batch=1, patch=16)
+    assert len(losses) == 2 and trained.config.stride == stride
 
 
 def test_grid_mask_keeps_a_thin_instrument_on_a_rotated_anisotropic_image():

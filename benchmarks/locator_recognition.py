@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tabulate", metavar="JSON", help="measure nothing: print this probe's summary")
     parser.add_argument("--init", help="locator folder or run checkpoint to continue from")
     parser.add_argument("--width", type=int, default=RecognitionConfig.width)
+    parser.add_argument("--stride", type=int, choices=(1, 2), default=RecognitionConfig.stride)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--cases", type=int, default=4, help="test cases per set")
@@ -143,11 +144,17 @@ def main(argv: list[str] | None = None) -> int:
         p.parent.name: _grids(load_dataset(p).test[: args.cases])
         for p in sorted(Path(args.test).glob("*/dataset.json"))
     }
-    net = RecognitionNet(RecognitionConfig(width=args.width))
+    net = RecognitionNet(RecognitionConfig(width=args.width, stride=args.stride))
     state = _initial(args.init, args.width)
     if state is not None:
         net.load_state_dict(state)
-    results = {"command": command_line(), "init": args.init, "train_cases": len(train), "checkpoints": []}
+    results = {
+        "command": command_line(),
+        "init": args.init,
+        "stride": args.stride,
+        "train_cases": len(train),
+        "checkpoints": [],
+    }
     done, t0 = 0, time.monotonic()
     results["checkpoints"].append({"extra_steps": 0, "sets": evaluate(net.eval(), tests)})
     write_json(Path(args.out), results)

@@ -10,17 +10,20 @@ labelled and unlabelled. The likelihood map this network gives becomes state cha
 
 The input: the normalised grid and its band-pass (:func:`~.environment.band_pass`; thin bright
 structures kept, shading removed), which speeds up learning the thin guide-wires.
-The network: a stride-2 convolution (the grid's voxels all reach it, thin guide-wires included),
-then MONAI's ``UNet`` at half the grid's resolution; one logit per half-resolution voxel, turned into
-an instrument likelihood and interpolated back onto the grid. Working at half resolution costs about
-an eighth of a full-resolution network of the same widths (the locator must answer in a fraction of a
-second on a CPU); whether that resolution is enough is the open question of docs/BENCHMARKS.md,
-"Locator II".
+The network (``stride`` 2, the shipped locator II): a stride-2 convolution (the grid's voxels all reach
+it, thin guide-wires included), then MONAI's ``UNet`` at half the grid's resolution; one logit per
+half-resolution voxel, turned into an instrument likelihood and interpolated back onto the grid. Working
+at half resolution costs about an eighth of a full-resolution network of the same widths (the locator
+must answer in a fraction of a second on a CPU). ``stride`` 1: no stem, a four-level ``UNet`` with a
+residual unit per level at the grid's own resolution (one logit per grid voxel), about 3.5x the
+inference time; ``benchmarks/locator_recognition.py --stride 1`` measures whether it recognises better
+(docs/BENCHMARKS.md, "Locator II").
 
 Targets: the label resampled linearly onto the grid, instrument where it covers at least
 :data:`MASK_FRACTION` of a grid voxel (so a 0.6 mm guide-wire on a 1.2 mm grid still has voxels),
-then max-pooled by 2 onto the output's half-resolution grid. Loss: MONAI's ``DiceFocalLoss`` on the
-sigmoid (the instrument is ~0.1 % of the volume; plain cross-entropy would learn "nothing anywhere").
+then brought onto the output grid (max-pooled by 2 for stride 2). Loss: MONAI's ``DiceLoss`` on the
+sigmoid plus a cross-entropy weighting instrument voxels :data:`POS_WEIGHT` times (the instrument is
+~0.1 % of the volume; plain cross-entropy would learn "nothing anywhere").
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .environment import GridGeometry, band_pass
 MASK_FRACTION = 0.2
 PATCH = 48  # training crop of the grid (a multiple of MULTIPLE)
 POS_WEIGHT = 3.0  # instrument voxels weigh 3x in the cross-entropy (they are ~1 % of a crop)
-MULTIPLE = 8  # the stem halves the grid and the UNet halves it twice more
+MULTIPLE = 8  # stride 2: the stem halves the grid and the UNet twice more; stride 1: the UNet three times
 
 
 @dataclass(frozen=True)
@@ -51,24 +54,35 @@ class RecognitionConfig:
 
     width: int = 12
     inputs: int = 2  # the normalised grid and its band-pass
+    stride: int = 2  # grid voxels per output voxel: 2 (stem + half-resolution UNet) or 1 (full resolution);
+    # 2 is also what a locator.json written before this field means
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RecognitionConfig:
-        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
+        config = cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
+        if config.stride not in (1, 2):
+            raise ValueError(f"recognition stride must be 1 or 2, got {config.stride}")
+        return config
 
 
 class RecognitionNet(nn.Module):
-    """Instrument logits at half the grid's resolution from :func:`network_input` ``[B, inputs, g, g, g]``."""
+    """Instrument logits at 1/``stride`` of the grid's resolution from :func:`network_input` batches."""
 
     def __init__(self, config: RecognitionConfig) -> None:
         super().__init__()
         self.config = config
         w = config.width
-        self.stem = nn.Sequential(nn.Conv3d(config.inputs, w, 3, stride=2, padding=1), nn.PReLU())
-        self.body = UNet(3, w, 1, channels=(w, 2 * w, 4 * w), strides=(2, 2), num_res_units=0)
+        if config.stride == 1:
+            self.stem = nn.Identity()
+            self.body = UNet(
+                3, config.inputs, 1, channels=(w, 2 * w, 4 * w, 8 * w), strides=(2, 2, 2), num_res_units=1
+            )
+        else:
+            self.stem = nn.Sequential(nn.Conv3d(config.inputs, w, 3, stride=2, padding=1), nn.PReLU())
+            self.body = UNet(3, w, 1, channels=(w, 2 * w, 4 * w), strides=(2, 2), num_res_units=0)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         return self.body(self.stem(volume))
@@ -105,8 +119,13 @@ def grid_mask(label: sitk.Image, geometry: GridGeometry) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled) >= MASK_FRACTION
 
 
+def output_target(mask: np.ndarray, stride: int) -> np.ndarray:
+    """A grid mask on the network's output grid, float32: itself (stride 1) or max-pooled by 2."""
+    return mask.astype(np.float32) if stride == 1 else half_resolution(mask)
+
+
 def half_resolution(mask: np.ndarray) -> np.ndarray:
-    """A grid mask max-pooled by 2 (odd sizes padded), float32: the network's output grid."""
+    """A grid mask max-pooled by 2 (odd sizes padded), float32: the stride-2 network's output grid."""
     pad = [(0, s % 2) for s in mask.shape]
     padded = np.pad(mask.astype(np.float32), pad)
     z, y, x = (s // 2 for s in padded.shape)
@@ -116,7 +135,7 @@ def half_resolution(mask: np.ndarray) -> np.ndarray:
 def likelihood_map(net: RecognitionNet, volume: np.ndarray, device: torch.device) -> np.ndarray:
     """Instrument likelihood ``[g, g, g]`` in [0, 1] of a normalised grid volume, without gradients.
 
-    The grid is padded to a multiple of 8 (the network's downsampling), the half-resolution output
+    The grid is padded to a multiple of 8 (the network's downsampling); a stride-2 network's output is
     interpolated trilinearly back onto the grid.
     """
     shape = volume.shape
@@ -124,8 +143,9 @@ def likelihood_map(net: RecognitionNet, volume: np.ndarray, device: torch.device
     x = torch.from_numpy(network_input(volume, net.config.inputs))[None].to(device)
     x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]))
     with torch.no_grad():
-        probability = torch.sigmoid(net(x).float())
-        full = F.interpolate(probability, scale_factor=2, mode="trilinear", align_corners=False)
+        full = torch.sigmoid(net(x).float())
+        if net.config.stride > 1:
+            full = F.interpolate(full, scale_factor=net.config.stride, mode="trilinear", align_corners=False)
     return full[0, 0, : shape[0], : shape[1], : shape[2]].cpu().numpy()
 
 
@@ -168,9 +188,10 @@ def _batch(
     patch: int,
     rng: np.random.Generator,
     positive_fraction: float = 0.7,
+    stride: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops ``[B, C, p, p, p]`` of network inputs ``[C, g, g, g]`` and their half-resolution targets
-    ``[B, 1, p/2, p/2, p/2]``, mirrored in y and x at random."""
+    """Crops ``[B, C, p, p, p]`` of network inputs ``[C, g, g, g]`` and their targets on the output grid
+    ``[B, 1, p/stride, p/stride, p/stride]``, mirrored in y and x at random."""
     images, targets = [], []
     for _ in range(batch):
         i = int(rng.integers(len(volumes)))
@@ -181,7 +202,7 @@ def _batch(
             if rng.random() < 0.5:
                 image, mask = np.flip(image, axis + 1), np.flip(mask, axis)
         images.append(np.ascontiguousarray(image, dtype=np.float32))
-        targets.append(half_resolution(mask))
+        targets.append(output_target(mask, stride))
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))[:, None]
 
 
@@ -228,7 +249,7 @@ def train_recognition(
     dice = DiceLoss(sigmoid=True, batch=True)
     losses = []
     for step in range(steps):
-        images, targets = _batch(inputs, masks, batch, patch, rng)
+        images, targets = _batch(inputs, masks, batch, patch, rng, stride=net.config.stride)
         logits, targets = net(images.to(device)), targets.to(device)
         loss = dice(logits, targets) + F.binary_cross_entropy_with_logits(
             logits, targets, pos_weight=torch.tensor(POS_WEIGHT, device=device)

@@ -98,6 +98,7 @@ class LocatorTrainConfig:
     recognition: bool = True
     recognition_steps: int = 3000
     recognition_width: int = 12
+    recognition_stride: int = 2  # 1: the likelihood network at the grid's resolution (recognition.py)
     refine: bool = True
     width: int = 16
     memory: int = 100_000
@@ -349,7 +350,7 @@ class LocatorTrainer:
             net, losses = train_recognition(
                 volumes,
                 masks,
-                config=RecognitionConfig(width=cfg.recognition_width),
+                config=RecognitionConfig(width=cfg.recognition_width, stride=cfg.recognition_stride),
                 steps=cfg.recognition_steps,
                 device=self.device,
                 seed=cfg.seed,
@@ -370,7 +371,9 @@ class LocatorTrainer:
         if not self.config.recognition:
             return None
         if state is not None and "recognition" in state:
-            net = RecognitionNet(RecognitionConfig(width=self.config.recognition_width))
+            net = RecognitionNet(
+                RecognitionConfig(width=self.config.recognition_width, stride=self.config.recognition_stride)
+            )
             net.load_state_dict(state["recognition"])
             self.recognition_summary = json.loads(state.get("recognition_summary", "{}"))
             return net.to(self.device).eval()
@@ -667,7 +670,7 @@ class LocatorTrainer:
                 mask = grid_mask(read_image(case.label, what="label"), prepared.volume.geometry)
                 overlaps.append(mask_overlap(prepared.volume.likelihood, mask))
         return {
-            "config": RecognitionConfig(width=cfg.recognition_width).to_dict(),
+            "config": RecognitionConfig(width=cfg.recognition_width, stride=cfg.recognition_stride).to_dict(),
             "training": self.recognition_summary,
             "validation_mask_dice": [round(v, 4) for v in overlaps],
         }
