@@ -194,3 +194,24 @@ def test_demo_with_a_given_model(tiny_model, tmp_path, capsys):
     assert "Dice" in capsys.readouterr().out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert len(results["cases"]) == 1 and (tmp_path / "demo" / "segmentations").is_dir()
+
+
+class _ClosedPipe:
+    """stdout whose reader has gone (``semisupseg models list | head -1``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def fileno(self) -> int:
+        raise OSError("no descriptor")
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(monkeypatch, capsys):
+    """Catches 'semisupseg: error: BrokenPipeError' (status 2) when output is piped into ``head``: a closed
+    pipe is the reader's choice, not a bad input; shell tools end silently with 128 + SIGPIPE."""
+    monkeypatch.setattr("sys.stdout", _ClosedPipe())
+    assert main(["methods"]) == 141
+    assert capsys.readouterr().err == ""

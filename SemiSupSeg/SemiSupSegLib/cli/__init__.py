@@ -7,6 +7,7 @@ as one line naming the problem, with exit status 2; a cancelled training exits w
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -123,6 +124,15 @@ def _os_error_message(exc: OSError) -> str:
     return f"cannot use '{exc.filename}'{other}: {exc.strerror or type(exc).__name__}"
 
 
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's last flush at exit does not fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no descriptor (a replaced stdout): nothing is flushed
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status (0, 2 on bad input, 130 when cancelled).
 
@@ -150,6 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("semisupseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader closed our stdout (``| head``): end quietly, as shell tools do
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE
     except OSError as exc:  # a path given that the system refuses: a file where a folder must be, no right
         _report_error(_os_error_message(exc), args, argv)
         return 2
