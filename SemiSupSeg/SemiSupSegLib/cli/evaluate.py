@@ -128,7 +128,7 @@ def _print_summary(summary: dict, keys: Sequence[str], names: dict[int, str] | N
             index = key.removeprefix("dice_")
             label = f"dice {names[int(index)]}" if names and index.isdigit() and int(index) in names else key
             label = "dice mean" if key == "dice_mean" else label
-            print(f"{label:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+            print(f"{label:>10}: {s['mean']:.4f} ± {s['std']:.4f}  (n={int(s['n'])})")
 
 
 def _check_outputs(args: argparse.Namespace, dataset_json: Path, cases) -> None:
