@@ -119,6 +119,22 @@ def summary_lines(results: dict) -> list[str]:
     return markdown_table(header, rows)
 
 
+def per_set_lines(results: dict) -> list[str]:
+    """One markdown row per test set at the probe's last checkpoint: where recognition works and where not."""
+    header = ["test set", "mask Dice (mean)", "middle from the true centre: median (vox)",
+              "middle of the largest component within 10 vox", "cases"]  # fmt: skip
+    last, rows = results["checkpoints"][-1], []
+    for name, cases in last["sets"].items():
+        missing = lambda v: 99.0 if v is None else v  # noqa: E731  no component: counted as a miss
+        centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
+        largest = np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+        rows.append(
+            [name, f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
+             f"{100 * np.mean(largest <= 10):.0f} %", len(cases)]
+        )  # fmt: skip
+    return markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", action="append", help="dataset.json with labelled cases")
@@ -134,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/benchmark_results/locator_recognition.json")
     args = parser.parse_args(argv)
     if args.tabulate:
-        print("\n".join(summary_lines(read_json(Path(args.tabulate)))))
+        results = read_json(Path(args.tabulate))
+        print("\n".join([*summary_lines(results), "", *per_set_lines(results)]))
         return 0
     if not args.data or not args.test:
         raise fail("--data and --test are required unless --tabulate is given")
