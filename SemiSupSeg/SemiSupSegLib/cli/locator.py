@@ -38,7 +38,7 @@ def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
             "recognition": _unless(args.points_only),
             "recognition_steps": args.recognition_steps,
             "recognition_width": args.recognition_width,
-            "recognition_stride": args.recognition_stride,
+            "recognition_stride": None if args.recognition_stride is None else int(args.recognition_stride),
             "refine": _unless(args.no_refine),
             "width": args.width,
             "memory": args.memory,
@@ -225,8 +225,7 @@ def _add_train_locator(sub) -> None:
     )
     p.add_argument(
         "--recognition-stride",
-        type=int,
-        choices=(1, 2),
+        choices=("1", "2"),  # text choices: a refusal quotes the value given, as every other flag's
         help="grid voxels per voxel of the likelihood map: 2, half resolution (fast), or 1, the grid's own "
         f"(finer, about 3.5x slower) ({_default(C, 'recognition_stride')})",
     )
