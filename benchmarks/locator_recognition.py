@@ -94,6 +94,14 @@ def evaluate(net: RecognitionNet, tests: dict) -> dict:
     return result
 
 
+def _middle_errors(cases: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Errors (grid voxels) of the middle from the true centre and of the largest component's middle; a
+    case without a component counts as a miss (99)."""
+    missing = lambda v: 99.0 if v is None else v  # noqa: E731
+    centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
+    return centre, np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+
+
 def summary_lines(results: dict) -> list[str]:
     """One markdown row per checkpoint of the probe, pooled over every test case."""
     header = [
@@ -104,9 +112,7 @@ def summary_lines(results: dict) -> list[str]:
     rows = []
     for point in results["checkpoints"]:
         cases = [r for rows_ in point["sets"].values() for r in rows_]
-        missing = lambda v: 99.0 if v is None else v  # noqa: E731  no component: counted as a miss
-        centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
-        largest = np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+        centre, largest = _middle_errors(cases)
         loss = point.get("loss_last_100")
         rows.append(
             [
@@ -125,9 +131,7 @@ def per_set_lines(results: dict) -> list[str]:
               "middle of the largest component within 10 vox", "cases"]  # fmt: skip
     last, rows = results["checkpoints"][-1], []
     for name, cases in last["sets"].items():
-        missing = lambda v: 99.0 if v is None else v  # noqa: E731  no component: counted as a miss
-        centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
-        largest = np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+        centre, largest = _middle_errors(cases)
         rows.append(
             [name, f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
              f"{100 * np.mean(largest <= 10):.0f} %", len(cases)]

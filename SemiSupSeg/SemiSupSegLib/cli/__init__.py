@@ -127,8 +127,8 @@ def _os_error_message(exc: OSError) -> str:
 def _silence_stdout() -> None:
     """Point stdout at the null device, so the interpreter's last flush at exit does not fail again."""
     try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
+        descriptor = sys.stdout.fileno()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), descriptor)
     except (OSError, ValueError, AttributeError):  # no descriptor (a replaced stdout): nothing is flushed
         pass
 

@@ -227,7 +227,7 @@ def _add_train_locator(sub) -> None:
         "--recognition-stride",
         choices=("1", "2"),  # text choices: a refusal quotes the value given, as every other flag's
         help="grid voxels per voxel of the likelihood map: 2, half resolution (fast), or 1, the grid's own "
-        f"(finer, about 3.5x slower) ({_default(C, 'recognition_stride')})",
+        f"(finer, slower) ({_default(C, 'recognition_stride')})",
     )
     p.add_argument(
         "--no-refine",

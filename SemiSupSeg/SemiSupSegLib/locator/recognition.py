@@ -15,9 +15,8 @@ it, thin guide-wires included), then MONAI's ``UNet`` at half the grid's resolut
 half-resolution voxel, turned into an instrument likelihood and interpolated back onto the grid. Working
 at half resolution costs about an eighth of a full-resolution network of the same widths (the locator
 must answer in a fraction of a second on a CPU). ``stride`` 1: no stem, a four-level ``UNet`` with a
-residual unit per level at the grid's own resolution (one logit per grid voxel), about 3.5x the
-inference time; ``benchmarks/locator_recognition.py --stride 1`` measures whether it recognises better
-(docs/BENCHMARKS.md, "Locator II").
+residual unit per level at the grid's own resolution (one logit per grid voxel), several times the
+inference cost; ``benchmarks/locator_recognition.py --stride 1`` measures whether it recognises better.
 
 Targets: the label resampled linearly onto the grid, instrument where it covers at least
 :data:`MASK_FRACTION` of a grid voxel (so a 0.6 mm guide-wire on a 1.2 mm grid still has voxels),

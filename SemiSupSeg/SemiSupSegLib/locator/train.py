@@ -324,6 +324,10 @@ class LocatorTrainer:
             masks.append(grid_mask(read_image(case.label, what="label"), volume.geometry))
         return volumes, masks
 
+    def _recognition_config(self) -> RecognitionConfig:
+        """The likelihood network's shape from this run's settings (training, resume and locator.json)."""
+        return RecognitionConfig(width=self.config.recognition_width, stride=self.config.recognition_stride)
+
     def _train_recognition(self, cases: list[Case]) -> RecognitionNet:
         cfg = self.config
         volumes, masks = self._masked_grids(cases)
@@ -350,7 +354,7 @@ class LocatorTrainer:
             net, losses = train_recognition(
                 volumes,
                 masks,
-                config=RecognitionConfig(width=cfg.recognition_width, stride=cfg.recognition_stride),
+                config=self._recognition_config(),
                 steps=cfg.recognition_steps,
                 device=self.device,
                 seed=cfg.seed,
@@ -371,9 +375,7 @@ class LocatorTrainer:
         if not self.config.recognition:
             return None
         if state is not None and "recognition" in state:
-            net = RecognitionNet(
-                RecognitionConfig(width=self.config.recognition_width, stride=self.config.recognition_stride)
-            )
+            net = RecognitionNet(self._recognition_config())
             net.load_state_dict(state["recognition"])
             self.recognition_summary = json.loads(state.get("recognition_summary", "{}"))
             return net.to(self.device).eval()
@@ -663,14 +665,13 @@ class LocatorTrainer:
 
     def _recognition_meta(self, val: list[PreparedCase], val_cases: list[Case]) -> dict:
         """What ``locator.json`` records about recognition: shape, training, mask overlap on validation."""
-        cfg = self.config
         overlaps = []
         for case, prepared in zip(val_cases, val, strict=True):
             if case.label is not None and prepared.volume.likelihood is not None:
                 mask = grid_mask(read_image(case.label, what="label"), prepared.volume.geometry)
                 overlaps.append(mask_overlap(prepared.volume.likelihood, mask))
         return {
-            "config": RecognitionConfig(width=cfg.recognition_width, stride=cfg.recognition_stride).to_dict(),
+            "config": self._recognition_config().to_dict(),
             "training": self.recognition_summary,
             "validation_mask_dice": [round(v, 4) for v in overlaps],
         }
