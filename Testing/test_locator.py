@@ -86,7 +86,7 @@ def _config(data, out, **overrides) -> LocatorTrainConfig:
     settings = dict(
         data=[str(data)],
         out=str(out),
-        steps=700,
+        steps=500,  # 700 steps took 21 s; at 500 the median final distance is 0.9 voxels (random policy: 16)
         agents=8,
         batch=32,
         lr=1e-3,
@@ -100,7 +100,7 @@ def _config(data, out, **overrides) -> LocatorTrainConfig:
         episode_steps=15,
         epsilon_fraction=0.5,
         val_cases=2,
-        val_every=350,
+        val_every=250,
         checkpoint_every=10_000,
         device="cpu",
         seed=0,
@@ -390,7 +390,7 @@ def test_locator_round_trips_through_its_folder(trained, tmp_path):
     assert locator.grid == GRID and locator.crop == CROP and locator.scales == SCALES
     meta = json.loads((folder / "locator.json").read_text())
     assert meta["training"]["cases"] == 8 and meta["metrics"]["validation"]
-    assert meta["selected_step"] in (350, 700)  # the network of the best validation is kept
+    assert meta["selected_step"] in (250, 500)  # the network of the best validation is kept
     copy = load_locator(save_locator(tmp_path / "copy", locator.network, meta))
     states = np.random.default_rng(0).standard_normal((3, 4, CROP, CROP, CROP)).astype(np.float32)
     scale = np.array([0, 1, 0])

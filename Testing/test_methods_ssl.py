@@ -432,8 +432,13 @@ def _dice(model, case) -> float:
 
 def test_dual_unet_improves_validation_dice_saves_both_networks_and_fine_tunes(tiny_phantom, tmp_path):
     """12 steps of the full method from a fixed seed against its own step-0 weights (same seed, 0 steps)."""
-    start = Trainer(_config(tiny_phantom, tmp_path / "start", method="dual-unet", steps=0)).run()
-    folder, losses = _run(_config(tiny_phantom, tmp_path / "m", method="dual-unet", steps=12, val_every=12))
+
+    def dual_unet(out: str, **kw) -> TrainConfig:  # 2 Monte-Carlo passes: their number does not matter here
+        options = {"mc_samples": 2}
+        return _config(tiny_phantom, tmp_path / out, method="dual-unet", method_options=options, **kw)
+
+    start = Trainer(dual_unet("start", steps=0)).run()
+    folder, losses = _run(dual_unet("m", steps=12, val_every=12))
     assert len(losses) == 12 and all(math.isfinite(v) for row in losses for v in row.values())
     assert {"segmenters/loss", "segmenters/inter", "classifier/classifier_bce"} <= set(losses[-1])
     model = load_model(folder)
@@ -443,9 +448,7 @@ def test_dual_unet_improves_validation_dice_saves_both_networks_and_fine_tunes(t
     assert after == pytest.approx(model.meta["metrics"]["validation"]["dice"], abs=1e-6)
     assert after > before + 0.02, (before, after)
     # fine-tuning: the trained model initialises both branches, and a step from it runs
-    child, child_losses = _run(
-        _config(tiny_phantom, tmp_path / "child", method="dual-unet", init=str(folder), lr=1e-12, val_cases=0)
-    )
+    child, child_losses = _run(dual_unet("child", init=str(folder), lr=1e-12, val_cases=0))
     child_model = load_model(child)
     for name in ("net1", "net2"):
         a, b = model.networks[name].state_dict(), child_model.networks[name].state_dict()

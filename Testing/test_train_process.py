@@ -333,12 +333,19 @@ def test_tree_kill_ends_children_that_ignore_sigterm(tmp_path):
 # ------------------------------------------------------------------------------- a real run
 def _run_cli_here(command: list[str]) -> tuple[int, list[dict]]:
     """Run ``[python, -m, SemiSupSegLib.cli, ARGS]`` in this process: its exit code and JSON events."""
+    import torch
+
     from SemiSupSegLib.cli import main
 
     assert command[1:3] == ["-m", "SemiSupSegLib.cli"], command
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = main(command[3:])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the child's OMP_NUM_THREADS=1: a tiny network runs fastest on one thread
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            code = main(command[3:])
+    finally:
+        torch.set_num_threads(threads)
     return code, [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
 
 
@@ -374,10 +381,11 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
     lock_left = lock_path(out).exists()
     resumed_state = tp.RunState(**{k: getattr(state, k) for k in ("loss_history", "validation_history")})
     resumed_state.begin("training", keep_history=True)
-    resumed = ChildProcess(tp.resume_command(out), env=env).start()
-    for event in resumed.wait_events(timeout=300):
+    # the resume runs the panel's command line in this process (the first run tested the child process)
+    resumed_code, resumed_events = _run_cli_here(tp.resume_command(out))
+    for event in resumed_events:
         resumed_state.update(event)
-    resumed_state.process_ended(resumed.returncode, resumed.stderr_tail)
+    resumed_state.process_ended(resumed_code, [])
     return {
         "out": out,
         "state": state,
@@ -387,7 +395,7 @@ def stopped_and_resumed(tiny_phantom, tmp_path_factory):
         "checkpoint_existed": checkpoint_existed,
         "lock_left": lock_left,
         "resumed": resumed_state,
-        "resumed_code": resumed.returncode,
+        "resumed_code": resumed_code,
     }
 
 
