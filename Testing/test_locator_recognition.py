@@ -203,7 +203,7 @@ def resumed(labelled_blobs, tmp_path_factory):
     out = tmp_path_factory.mktemp("loc2") / "run"
     first = _SearchStopper()
     trainer = LocatorTrainer(
-        _recognition_config(labelled_blobs, out, checkpoint_every=20, steps=250, val_every=250), first
+        _recognition_config(labelled_blobs, out, checkpoint_every=20, steps=150, val_every=150), first
     )
     first.trainer = trainer
     t0 = time.monotonic()
