@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import model_index
-from .errors import InputError
+from .errors import InputError, ModelError
 from .model_index import home_dir
 
 RUN_DATASET = "dataset.json"  # written into OUT/.training/ by build_run_dataset
@@ -224,6 +224,50 @@ def summarize_data(
     return build_run_dataset(pool, unlabeled_folders, None, validation, check_images)
 
 
+def trained_case_names(model: str | os.PathLike) -> set[str]:
+    """Names of the labelled cases a model learnt from: its ``model.json``'s training and validation cases.
+
+    Args:
+        model: a model folder.
+
+    Returns:
+        The case names (what :func:`SemiSupSegLib.dataset.case_name` gives); empty when the folder is no
+        readable model or its ``model.json`` lists no cases (a model trained before the list was kept).
+    """
+    try:
+        meta = model_index.read_model_json(model)
+    except ModelError:  # a missing or corrupt model knows no case
+        return set()
+    training = meta.get("training")
+    if not isinstance(training, dict):
+        return set()
+    names = [*_list(training.get("labeled_cases")), *_list(training.get("validation_cases"))]
+    return {name for name in names if isinstance(name, str)}
+
+
+def _list(value: object) -> list:
+    return value if isinstance(value, list) else []
+
+
+def new_labelled_cases(pool: str | os.PathLike, known: Iterable[str]) -> list[str]:
+    """The pool's labelled cases whose names are not in ``known``, in the pool's order.
+
+    Args:
+        pool: the labelled pool's ``dataset.json``.
+        known: case names already learnt from (:func:`trained_case_names`).
+
+    Returns:
+        The new case names.
+
+    Raises:
+        DatasetError: the pool cannot be read.
+    """
+    from .dataset import load_dataset
+
+    known = set(known)
+    return [case.name for case in load_dataset(pool, validate=False).training if case.name not in known]
+
+
 def models_folder() -> Path:
     return home_dir() / "models"
 
@@ -284,5 +328,3 @@ def resumable_runs(root: str | os.PathLike | None = None) -> list[dict]:
                 }
             )
     return runs
-
-
