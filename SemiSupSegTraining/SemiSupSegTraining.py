@@ -32,6 +32,7 @@ from SemiSupSegMRML.training import (
 )
 from SemiSupSegMRML.training import path_or_empty as _pathOrEmpty
 from SemiSupSegTrainingLib import engine as _engine
+from SemiSupSegTrainingLib.auto_retrain_section import AutoRetrainSection
 from SemiSupSegTrainingLib.compare_section import CompareSection
 from SemiSupSegTrainingLib.data_section import DataSection
 from SemiSupSegTrainingLib.suggest_section import SuggestSection
@@ -85,6 +86,7 @@ class SemiSupSegTrainingParameterNode:
     chooseValidation/validationCases - the validation split (automatic when not chosen);
     method, initModel ("" = from scratch), steps, patch, batch, width, device - the training;
     runFolder/runTask - the last run started (for Resume); newModel - the last model trained;
+    autoRetrain/autoRetrainEvery - fine-tune the default model after N new labelled cases (off);
     lossTable, validationTable, plotChart - the plot nodes.
     """
 
@@ -105,6 +107,8 @@ class SemiSupSegTrainingParameterNode:
     runTask: str = ""
     newModel: str = ""
     estimateText: str = ""
+    autoRetrain: bool = False
+    autoRetrainEvery: Annotated[int, WithinRange(1, 1000)] = 5
     lossTable: vtkMRMLTableNode
     validationTable: vtkMRMLTableNode
     plotChart: vtkMRMLPlotChartNode
@@ -116,7 +120,12 @@ class SemiSupSegTrainingParameterNode:
 
 
 class SemiSupSegTrainingWidget(
-    ScriptedLoadableModuleWidget, VTKObservationMixin, CompareSection, DataSection, SuggestSection
+    ScriptedLoadableModuleWidget,
+    VTKObservationMixin,
+    CompareSection,
+    DataSection,
+    SuggestSection,
+    AutoRetrainSection,
 ):
     """The panel; its data, compare and suggest sections are the mixins in ``SemiSupSegTrainingLib``."""
 
@@ -173,6 +182,7 @@ class SemiSupSegTrainingWidget(
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
 
         self.setupSuggestSection()
+        self.setupAutoRetrainSection()
         self.initializeParameterNode()
         self.populateMethods()
         self.populateModels()
@@ -185,6 +195,7 @@ class SemiSupSegTrainingWidget(
             self.logic.stop_all()
         if hasattr(self, "timer"):
             self.timer.stop()
+            self.autoRetrainTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -259,6 +270,7 @@ class SemiSupSegTrainingWidget(
                 self.ui.estimateLabel.text = p.estimateText
             if p.plotChart:
                 self._showChart(p.plotChart)
+            self.updateAutoRetrainFromParameterNode(p)
         finally:
             self._updatingGui = False
         self.updateButtons()
@@ -322,24 +334,26 @@ class SemiSupSegTrainingWidget(
             summary = self.checkData()
             if not summary.ok:
                 raise ValueError("The data has problems; nothing was started.\n\n" + summary.text())
+            settings = dict(self._trainingSettings(), check_images=False)  # checkData() read them
             out = self.logic.start_training(
-                pool=_pathOrEmpty(p.poolPath),
-                unlabeled_folders=list(p.unlabeledFolders),
-                validation=self._validation(),
-                method=p.method,
-                init_model=p.initModel or None,
-                steps=p.steps,
-                patch=p.patch,
-                batch=p.batch,
-                width=p.width,
-                device=p.device,
-                name=p.modelName or None,
-                check_images=False,  # checkData() just read every image
+                _pathOrEmpty(p.poolPath), init_model=p.initModel or None, name=p.modelName or None, **settings
             )
-            p.runFolder, p.runTask, p.newModel = out, "training", ""
-            self.resetPlot()
-            self.ui.resultLabel.text = f"Training into {out}"
-            self.startPolling()
+            self._runStarted(out)
+
+    def _trainingSettings(self) -> dict:
+        """The panel's training settings (``TrainingLogic.start_training``'s keywords) but the pool, the
+        start model and the name."""
+        p = self._parameterNode
+        names = ("method", "steps", "patch", "batch", "width", "device")
+        settings = {name: getattr(p, name) for name in names}
+        return dict(settings, unlabeled_folders=list(p.unlabeledFolders), validation=self._validation())
+
+    def _runStarted(self, out: str) -> None:
+        p = self._parameterNode
+        p.runFolder, p.runTask, p.newModel = out, "training", ""
+        self.resetPlot()
+        self.ui.resultLabel.text = f"Training into {out}"
+        self.startPolling()
 
     def onStopButton(self) -> None:
         with slicer.util.tryWithErrorDisplay("Failed to stop the training.", waitCursor=False):

@@ -14,6 +14,7 @@ wheel, where ``Testing/mrml`` tests it. One module per concept:
 - :mod:`.refine` - "Refine here": the region around a point added to the result as a union, undoable;
 - :mod:`.overlay` - the uncertainty volume as a coloured slice overlay, legend, opacity, one-line summary;
 - :mod:`.training` - the training panel's child processes and the default model;
+- :mod:`.auto_retrain` - start a fine-tuning by itself once the pool has gained N new labelled cases;
 - :mod:`.plots` - table and chart nodes of the training curves;
 - :mod:`.dependencies` - the one installer of torch/MONAI/SciPy for both panels.
 """

@@ -24,6 +24,7 @@ def run_all(test) -> None:
     try:
         fake_process_drives_the_widget(test)
         stop_and_resume_buttons_with_a_fake_process(test)
+        automatic_retraining_with_a_fake_process(test)
     finally:
         test.tearDown()
     test.setUp()
@@ -37,9 +38,8 @@ def phantom_pool(test):
     """The tiny phantom pool of the real training (needs SciPy, a training dependency)."""
     from SemiSupSegLib.phantom import write_phantom_dataset
 
-    return str(
-        write_phantom_dataset(os.path.join(test.tmp, "pool"), cases=4, unlabeled=2, seed=3, size=48)
-    )
+    return str(write_phantom_dataset(os.path.join(test.tmp, "pool"), cases=4, unlabeled=2, seed=3, size=48))
+
 
 def plain_pool(test):
     """A pool of random 24^3 volumes written with SimpleITK only (the fake-process tests)."""
@@ -69,6 +69,7 @@ def plain_pool(test):
     (root / "dataset.json").write_text(json.dumps(raw))
     return str(root / "dataset.json")
 
+
 def panel_widget(pool):
     widget = slicer.util.getModuleWidget("SemiSupSegTraining")
     widget.initializeParameterNode()
@@ -80,12 +81,9 @@ def panel_widget(pool):
     p.method, p.initModel, p.modelName = PANEL_METHOD, "", ""
     return widget
 
-def fake_process_drives_the_widget(test):
-    test.delayDisplay("A fake training process drives the panel")
-    pool = plain_pool(test)
-    widget = panel_widget(pool)
-    widget.logic.requireDependencies = False
-    started = []
+
+def fake_factory(started):
+    """Fake training and comparison children; ``started`` collects their argument lists."""
 
     def factory(args, env):
         started.append(args)
@@ -95,9 +93,7 @@ def fake_process_drives_the_widget(test):
                 "cases_from": "validation",
                 "new": {"name": "new", "path": new},
                 "current": None,
-                "rows": [
-                    {"case": "c", "new": {"dice": 0.5, "jaccard": 0.3, "hd95_mm": 4.0, "asd_mm": 1.0}}
-                ],
+                "rows": [{"case": "c", "new": {"dice": 0.5, "jaccard": 0.3, "hd95_mm": 4.0, "asd_mm": 1.0}}],
                 "summary": {"new": {"dice": 0.5, "jaccard": 0.3, "hd95_mm": 4.0, "asd_mm": 1.0}},
                 "better": None,
             }
@@ -108,6 +104,17 @@ def fake_process_drives_the_widget(test):
             args, env, fake_training_process.fakeTrainingEvents(out, steps=5)
         )
 
+    return factory
+
+
+def fake_process_drives_the_widget(test):
+    test.delayDisplay("A fake training process drives the panel")
+    pool = plain_pool(test)
+    widget = panel_widget(pool)
+    widget.logic.requireDependencies = False
+    started = []
+
+    factory = fake_factory(started)
     widget.logic.process_factory = factory
     widget.onTrainButton()
     test.assertTrue(started and started[0][1:4] == ["-m", "SemiSupSegLib.cli", "train"])
@@ -132,6 +139,7 @@ def fake_process_drives_the_widget(test):
     test.assertEqual(widget.ui.comparisonTable.rowCount, 2)  # the case + the mean
     test.assertTrue(widget.ui.makeDefaultButton.enabled)
     test.delayDisplay("Fake run drove the panel")
+
 
 def stop_and_resume_buttons_with_a_fake_process(test):
     test.delayDisplay("Stop and Resume with a fake process")
@@ -171,6 +179,7 @@ def stop_and_resume_buttons_with_a_fake_process(test):
     widget.logic.wait(30)
     test.delayDisplay("Stop and Resume work")
 
+
 def real_five_step_training(test):
     test.delayDisplay("A real 5-step training on a tiny phantom pool")
     missing = dependencies.missing_dependencies()
@@ -201,3 +210,33 @@ def real_five_step_training(test):
     widget.onMakeDefault()
     test.assertEqual(os.path.abspath(default_model()), os.path.abspath(out))
     test.delayDisplay("Real training, comparison and adoption passed")
+
+
+def automatic_retraining_with_a_fake_process(test):
+    test.delayDisplay("Retrain automatically: a fine-tuning starts after N new labelled cases")
+    pool = plain_pool(test)
+    widget = panel_widget(pool)
+    widget.logic.requireDependencies = False
+    started = []
+
+    widget.logic.process_factory = fake_factory(started)
+    p = widget._parameterNode
+    p.autoRetrainEvery = 5
+    p.autoRetrain = True  # the 4 labelled cases are new to a model trained from scratch: not yet 5
+    widget.onAutoRetrainTimer()
+    test.assertEqual(started, [])
+    test.assertIn("4 of 5", widget.autoRetrainStatusLabel.text)
+    p.autoRetrainEvery = 4
+    widget.onAutoRetrainTimer()
+    test.assertEqual(len(started), 1)
+    test.assertEqual(started[0][started[0].index("--steps") + 1], "5")  # the panel's settings
+    test.assertEqual(p.runTask, "training")
+    for _ in range(50):
+        widget.onTimer()
+        if not widget.logic.active():
+            break
+    widget.onAutoRetrainTimer()
+    trainings = [args for args in started if "train" in args]
+    test.assertEqual(len(trainings), 1)  # those 4 cases are covered: nothing new
+    p.autoRetrain = False
+    test.assertFalse(widget.autoRetrainTimer.isActive())
