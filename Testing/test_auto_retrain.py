@@ -120,3 +120,22 @@ def test_it_is_off_by_default_and_a_pool_it_cannot_read_starts_nothing(home, tmp
     pool.write_text("{not json")
     auto = AutoRetrain(logic, every=1)
     assert auto.check(pool, "") is None and "cannot be read" in auto.message and not children
+
+
+def test_cli_new_labels_lists_them_and_its_status_says_whether_a_retraining_is_due(tmp_path, capsys):
+    from SemiSupSegLib.cli import main
+
+    pool = tmp_path / "pool" / "dataset.json"
+    pool.parent.mkdir()
+    _add_labelled(pool, "a", "b", "c")
+    model = _model(tmp_path / "m", ["a"])
+    base = ["new-labels", "--model", str(model), "--data", str(pool)]
+    assert main([*base, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["new"] == ["b", "c"]
+    assert main([*base, "--every", "2"]) == 0 and "2 labelled case(s)" in capsys.readouterr().out
+    assert main([*base, "--every", "3"]) == 1
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    assert main(["new-labels", "--model", str(tmp_path / "empty"), "--data", str(pool)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "model.json" in error[0]  # a folder that is no model is refused

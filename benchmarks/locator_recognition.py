@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/locator_recognition.py --data A/dataset.json --data B/dataset.json \
         --test /tmp/semisupseg-locator-bench [--init LOCATOR_OR_CHECKPOINT] --steps 3000 --every 1000 \
-        [--out docs/benchmark_results/locator_recognition.json]
+        [--stride 1|2] [--lr 3e-3] [--patch 48] [--out docs/benchmark_results/locator_recognition.json]
 
 Trains (or continues, from a locator folder's or a run checkpoint's ``recognition`` weights) the
 recognition network of :mod:`SemiSupSegLib.locator.recognition` on the labelled cases of ``--data``,
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=RecognitionConfig.width)
     parser.add_argument("--stride", type=int, choices=(1, 2), default=RecognitionConfig.stride)
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam's learning rate (default 3e-3)")
+    parser.add_argument("--patch", type=int, default=48, help="training crop size, a multiple of 8")
     parser.add_argument("--every", type=int, default=1000)
     parser.add_argument("--cases", type=int, default=4, help="test cases per set")
     parser.add_argument("--seed", type=int, default=1)
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(),
         "init": args.init,
         "stride": args.stride,
+        "lr": args.lr,
+        "patch": args.patch,
         "train_cases": len(train),
         "checkpoints": [],
     }
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             steps=chunk,
             device=CPU,
             seed=args.seed + done,
-            lr=3e-3,
+            lr=args.lr,
+            patch=args.patch,
             network=net,
         )
         done += chunk

@@ -21,7 +21,7 @@ from .evaluate import _add_evaluate
 from .locator import _add_locate, _add_train_locator
 from .phantom import _add_phantom
 from .segment import _add_segment
-from .suggest import _add_suggest
+from .suggest import _add_new_labels, _add_suggest
 from .train import _add_train
 
 __all__ = ["DEMO_LOCATOR", "DEMO_MODEL", "build_parser", "main"]
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_segment,
         _add_evaluate,
         _add_suggest,
+        _add_new_labels,
         _add_demo,
         _add_catalogue,
     ):

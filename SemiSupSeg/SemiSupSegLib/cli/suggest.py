@@ -1,4 +1,5 @@
-"""``semisupseg suggest``: which unlabelled case to label next (the score: :mod:`SemiSupSegLib.suggest`)."""
+"""``semisupseg suggest``: which unlabelled case to label next (the score: :mod:`SemiSupSegLib.suggest`);
+``semisupseg new-labels``: which labelled cases a model has not learnt from (when to retrain)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,37 @@ def _add_suggest(sub) -> None:
         help="human: a bar on stderr; json: protocol events on stdout, the ranking in 'finished'",
     )
     p.set_defaults(func=cmd_suggest)
+
+
+def cmd_new_labels(args: argparse.Namespace) -> int:
+    """``semisupseg new-labels``: the pool's labelled cases the model has not learnt from.
+
+    The same rule as the training panel's *Retrain automatically*
+    (:mod:`SemiSupSegMRML.auto_retrain`): by case name, against the training and validation cases of
+    the model's ``model.json``. Prints them (``--json``: ``{"model", "data", "new", "count"}``). With
+    ``--every N`` the status says whether a retraining is due: 0 when at least N are new, 1 when not.
+    """
+    from ..model_index import read_model_json
+    from ..model_store import resolve_model
+    from ..run_data import new_labelled_cases, trained_case_names
+
+    folder = resolve_model(args.model)
+    read_model_json(folder)  # a folder that is no model is refused, not read as "knows nothing"
+    new = new_labelled_cases(args.data, trained_case_names(folder))
+    if args.json:
+        print(json.dumps({"model": str(folder), "data": str(args.data), "new": new, "count": len(new)}))
+    else:
+        names = f": {', '.join(new)}" if new else ""
+        print(f"{len(new)} labelled case(s) in {args.data} that {folder.name} has not learnt from{names}")
+    return 0 if args.every is None or len(new) >= args.every else 1
+
+
+def _add_new_labels(sub) -> None:
+    p = sub.add_parser(
+        "new-labels", help="the pool's labelled cases a model has not learnt from (is a retraining due?)"
+    )
+    p.add_argument("--model", required=True, help="model folder or name")
+    p.add_argument("--data", required=True, help="the labelled pool's dataset.json")
+    p.add_argument("--every", type=_COUNT, help="status 0 when at least N cases are new, 1 when fewer")
+    p.add_argument("--json", action="store_true", help='print {"model", "data", "new", "count"}')
+    p.set_defaults(func=cmd_new_labels)
