@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,3 +142,18 @@ def test_the_new_scanner_paired_test_pairs_seed_by_case_and_broadcasts_a_one_see
     x = [0.5 + 0.1 * (i + 1) for i in range(4)] * 2
     assert test["wilcoxon_p"] == pytest.approx(stats.wilcoxon(x, [0.5] * 8).pvalue)
     assert test["ttest_p"] == pytest.approx(stats.ttest_rel(x, [0.5] * 8).pvalue)
+
+
+def test_the_recognition_probe_picks_the_largest_heaviest_and_most_elongated_component():
+    """locator_recognition's three ways of picking the recognised component (a thin faint tube, a big
+    confident blob and a small very confident blob) on a non-cubic grid."""
+    probe = _load_benchmark("locator_recognition")
+    likelihood = np.zeros((40, 44, 48), np.float32)
+    likelihood[20, 8, 4:40] = 0.6  # the tube: 36 voxels along x, faint
+    likelihood[8:13, 28:33, 8:13] = 0.9  # the largest: 125 voxels
+    likelihood[30:33, 30:33, 30:33] = 1.0  # 27 voxels
+    picks = probe._component_middles(likelihood)
+    np.testing.assert_allclose(picks["largest"], (10, 30, 10), atol=1.0)
+    np.testing.assert_allclose(picks["heaviest"], (10, 30, 10), atol=1.0)  # 112.5 over 21.6 and 27
+    np.testing.assert_allclose(picks["longest"], (20, 8, 21.5), atol=1.5)  # elongation 36/0.5 vs 1
+    assert probe._component_middles(np.zeros((8, 9, 10), np.float32)) == dict.fromkeys(probe.PICKS)

@@ -64,13 +64,34 @@ def _initial(init: str | None, width: int) -> dict | None:
     return read_checkpoint(path)["recognition"]
 
 
-def _largest_middle(likelihood: np.ndarray) -> np.ndarray | None:
+def _component_middles(likelihood: np.ndarray) -> dict[str, np.ndarray | None]:
+    """The middle of the recognised component picked three ways: the largest (voxels), the heaviest
+    (summed likelihood) and the most elongated among the heavy ones (summed likelihood × the ratio of
+    its first to second principal standard deviation: a tube, not a blob)."""
     found = likelihood >= 0.5
     components, n = ndimage.label(found)
     if n == 0:
-        return None
-    largest = int(np.argmax(ndimage.sum(found, components, range(1, n + 1)))) + 1
-    return instrument_middle(likelihood, np.argwhere(components == largest).mean(axis=0))
+        return dict.fromkeys(("largest", "heaviest", "longest"))
+    labels = range(1, n + 1)
+    size = np.asarray(ndimage.sum(found, components, labels))
+    mass = np.asarray(ndimage.sum(likelihood, components, labels))
+    scores = {"largest": size, "heaviest": mass, "longest": mass * _elongations(components, n)}
+    picks = {}
+    for name, score in scores.items():
+        chosen = int(np.argmax(score)) + 1
+        picks[name] = instrument_middle(likelihood, np.argwhere(components == chosen).mean(axis=0))
+    return picks
+
+
+def _elongations(components: np.ndarray, n: int) -> np.ndarray:
+    """Per component: first / second principal standard deviation of its voxels (1 for tiny ones)."""
+    out = np.ones(n)
+    for index, voxels in enumerate(ndimage.find_objects(components)):
+        points = np.argwhere(components[voxels] == index + 1).astype(float)
+        if len(points) >= 4:
+            spread = np.sqrt(np.maximum(np.linalg.eigvalsh(np.cov(points.T)), 0.0))
+            out[index] = spread[-1] / max(spread[-2], 0.5)
+    return out
 
 
 def evaluate(net: RecognitionNet, tests: dict) -> dict:
@@ -80,45 +101,56 @@ def evaluate(net: RecognitionNet, tests: dict) -> dict:
         rows = []
         for volume, mask, centre in grids:
             likelihood = likelihood_map(net, volume, CPU)
-            from_centre, largest = instrument_middle(likelihood, centre), _largest_middle(likelihood)
+            from_centre, picks = instrument_middle(likelihood, centre), _component_middles(likelihood)
             error = lambda p, c=centre: None if p is None else float(np.linalg.norm(p - c))  # noqa: E731
-            rows.append(
-                {
-                    "mask_dice": mask_overlap(likelihood, mask),
-                    "at_centre": point_confidence(likelihood, centre),
-                    "middle_from_centre_vox": error(from_centre),
-                    "middle_of_largest_vox": error(largest),
-                }
-            )
+            row = {
+                "mask_dice": mask_overlap(likelihood, mask),
+                "at_centre": point_confidence(likelihood, centre),
+                "middle_from_centre_vox": error(from_centre),
+            }
+            rows.append(row | {f"middle_of_{name}_vox": error(point) for name, point in picks.items()})
         result[name] = rows
     return result
 
 
-def _middle_errors(cases: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """Errors (grid voxels) of the middle from the true centre and of the largest component's middle; a
-    case without a component counts as a miss (99)."""
+PICKS = ("largest", "heaviest", "longest")  # how _component_middles chooses the component
+
+
+def _middle_errors(cases: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Errors (grid voxels) of the middle from the true centre and, per way of picking the component,
+    of the picked component's middle; a case without a component counts as a miss (99). Runs recorded
+    before the heaviest and longest picks existed have only ``largest``."""
     missing = lambda v: 99.0 if v is None else v  # noqa: E731
     centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
-    return centre, np.array([missing(r["middle_of_largest_vox"]) for r in cases])
+    picks = {
+        name: np.array([missing(r[f"middle_of_{name}_vox"]) for r in cases])
+        for name in PICKS
+        if all(f"middle_of_{name}_vox" in r for r in cases)
+    }
+    return centre, picks
+
+
+def _within_10(picks: dict[str, np.ndarray]) -> list[str]:
+    return [f"{100 * np.mean(picks[name] <= 10):.0f} %" if name in picks else "–" for name in PICKS]
 
 
 def summary_lines(results: dict) -> list[str]:
     """One markdown row per checkpoint of the probe, pooled over every test case."""
     header = [
         "extra steps", "last-100 loss", "mask Dice (mean)", "middle from the true centre: median (vox)",
-        "within 3 vox", "middle of the largest component within 10 vox", "likelihood at the centre (mean)",
-        "cases",
+        "within 3 vox", *[f"middle of the {name} component within 10 vox" for name in PICKS],
+        "likelihood at the centre (mean)", "cases",
     ]  # fmt: skip
     rows = []
     for point in results["checkpoints"]:
         cases = [r for rows_ in point["sets"].values() for r in rows_]
-        centre, largest = _middle_errors(cases)
+        centre, picks = _middle_errors(cases)
         loss = point.get("loss_last_100")
         rows.append(
             [
                 point["extra_steps"], "–" if loss is None else f"{loss:.3f}",
                 f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
-                f"{100 * np.mean(centre <= 3):.0f} %", f"{100 * np.mean(largest <= 10):.0f} %",
+                f"{100 * np.mean(centre <= 3):.0f} %", *_within_10(picks),
                 f"{np.mean([r['at_centre'] for r in cases]):.2f}", len(cases),
             ]
         )  # fmt: skip
@@ -128,13 +160,13 @@ def summary_lines(results: dict) -> list[str]:
 def per_set_lines(results: dict) -> list[str]:
     """One markdown row per test set at the probe's last checkpoint: where recognition works and where not."""
     header = ["test set", "mask Dice (mean)", "middle from the true centre: median (vox)",
-              "middle of the largest component within 10 vox", "cases"]  # fmt: skip
+              *[f"middle of the {name} component within 10 vox" for name in PICKS], "cases"]  # fmt: skip
     last, rows = results["checkpoints"][-1], []
     for name, cases in last["sets"].items():
-        centre, largest = _middle_errors(cases)
+        centre, picks = _middle_errors(cases)
         rows.append(
             [name, f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
-             f"{100 * np.mean(largest <= 10):.0f} %", len(cases)]
+             *_within_10(picks), len(cases)]
         )  # fmt: skip
     return markdown_table(header, rows)
 
@@ -154,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=4, help="test cases per set")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="docs/benchmark_results/locator_recognition.json")
+    parser.add_argument("--save", help="write the trained network's weights here (a .pt file)")
     args = parser.parse_args(argv)
     if args.tabulate:
         results = read_json(Path(args.tabulate))
@@ -207,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_json(Path(args.out), results)
         print(f"{done} steps: loss {results['checkpoints'][-1]['loss_last_100']:.3f}", flush=True)
+    if args.save:
+        torch.save({"recognition": net.state_dict(), "config": vars(net.config)}, args.save)
     return 0
 
 
