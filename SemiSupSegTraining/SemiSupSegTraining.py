@@ -127,7 +127,8 @@ class SemiSupSegTrainingWidget(
     SuggestSection,
     AutoRetrainSection,
 ):
-    """The panel; its data, compare and suggest sections are the mixins in ``SemiSupSegTrainingLib``."""
+    """The panel; its data, compare, suggest and automatic-retraining sections are the mixins in
+    ``SemiSupSegTrainingLib``."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
