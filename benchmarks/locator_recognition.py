@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(Path(args.out), results)
         print(f"{done} steps: loss {results['checkpoints'][-1]['loss_last_100']:.3f}", flush=True)
     if args.save:
-        torch.save({"recognition": net.state_dict(), "config": vars(net.config)}, args.save)
+        state = {"recognition": net.state_dict(), "config": vars(net.config), "step": done}
+        torch.save(state, args.save)  # a checkpoint that --init continues from
     return 0
 
 
