@@ -107,6 +107,8 @@ def evaluate(net: RecognitionNet, tests: dict) -> dict:
                 "mask_dice": mask_overlap(likelihood, mask),
                 "at_centre": point_confidence(likelihood, centre),
                 "middle_from_centre_vox": error(from_centre),
+                # a perfect map (the mask itself): how far the middle rule lands from the annotated centre
+                "mask_middle_from_centre_vox": error(instrument_middle(mask.astype(np.float32), centre)),
             }
             rows.append(row | {f"middle_of_{name}_vox": error(point) for name, point in picks.items()})
         result[name] = rows
@@ -128,6 +130,14 @@ def _middle_errors(cases: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]
         if all(f"middle_of_{name}_vox" in r for r in cases)
     }
     return centre, picks
+
+
+def _oracle(cases: list[dict]) -> str:
+    """Median error of the middle rule on the true mask ("–" for runs recorded before it was measured)."""
+    values = [r.get("mask_middle_from_centre_vox", "–") for r in cases]
+    if "–" in values:
+        return "–"
+    return f"{np.median([99.0 if v is None else v for v in values]):.1f}"
 
 
 def _within_10(picks: dict[str, np.ndarray]) -> list[str]:
@@ -160,13 +170,14 @@ def summary_lines(results: dict) -> list[str]:
 def per_set_lines(results: dict) -> list[str]:
     """One markdown row per test set at the probe's last checkpoint: where recognition works and where not."""
     header = ["test set", "mask Dice (mean)", "middle from the true centre: median (vox)",
-              *[f"middle of the {name} component within 10 vox" for name in PICKS], "cases"]  # fmt: skip
+              *[f"middle of the {name} component within 10 vox" for name in PICKS],
+              "middle of the true mask from the true centre: median (vox)", "cases"]  # fmt: skip
     last, rows = results["checkpoints"][-1], []
     for name, cases in last["sets"].items():
         centre, picks = _middle_errors(cases)
         rows.append(
             [name, f"{np.mean([r['mask_dice'] for r in cases]):.3f}", f"{np.median(centre):.1f}",
-             *_within_10(picks), len(cases)]
+             *_within_10(picks), _oracle(cases), len(cases)]
         )  # fmt: skip
     return markdown_table(header, rows)
 
