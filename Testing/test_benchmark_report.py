@@ -157,3 +157,13 @@ def test_the_recognition_probe_picks_the_largest_heaviest_and_most_elongated_com
     np.testing.assert_allclose(picks["heaviest"], (10, 30, 10), atol=1.0)  # 112.5 over 21.6 and 27
     np.testing.assert_allclose(picks["longest"], (20, 8, 21.5), atol=1.5)  # elongation 36/0.5 vs 1
     assert probe._component_middles(np.zeros((8, 9, 10), np.float32)) == dict.fromkeys(probe.PICKS)
+
+
+def test_the_recognition_probe_centre_target_is_a_ball_whose_heaviest_centroid_is_the_centre():
+    probe = _load_benchmark("locator_recognition")
+    ball = probe._ball((20, 24, 28), (5.0, 12.0, 20.5), 3.0)
+    assert ball[5, 12, 20] and ball[7, 12, 21] and not ball[8, 12, 20] and not ball[5, 16, 20]
+    likelihood = 0.9 * ball.astype(np.float32)
+    likelihood[15:17, 2:4, 2:4] = 1.0  # a lighter component (8 voxels)
+    np.testing.assert_allclose(probe._heaviest_centroid(likelihood), (5.0, 12.0, 20.5), atol=0.01)
+    assert probe._heaviest_centroid(np.zeros((4, 5, 6), np.float32)) is None
