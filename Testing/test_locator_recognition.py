@@ -273,3 +273,45 @@ def test_recognition_without_any_labelled_case_is_refused(tmp_path):
     data = _write_blob_dataset(tmp_path / "unlabelled", n=4, seed=2)
     with pytest.raises(InputError, match="--points-only"):
         LocatorTrainer(_recognition_config(data, tmp_path / "never")).run()
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], {"lr": 1e-2, "patch": 48}),  # stride 2: as the shipped locator II was trained
+        (["--recognition-stride", "1"], {"lr": 1e-3, "patch": 32}),  # stride 1: the measured setting
+        (["--recognition-stride", "1", "--recognition-lr", "5e-4", "--recognition-patch", "16"], None),
+    ],
+)
+def test_the_recognition_stage_trains_with_the_stride_setting_or_the_flags(
+    flags, expected, labelled_blobs, tmp_path, monkeypatch
+):
+    from SemiSupSegLib.cli import build_parser
+    from SemiSupSegLib.cli.locator import _locator_fields
+    from SemiSupSegLib.locator import train as locator_train
+
+    args = build_parser().parse_args(["train-locator", "--data", "d.json", "--out", "o", *flags])
+    fields = _locator_fields(args)
+    captured = {}
+
+    def spy(*args, **kwargs):
+        captured.update(lr=kwargs["lr"], patch=kwargs["patch"])
+        raise _Captured
+
+    monkeypatch.setattr(locator_train, "train_recognition", spy)
+    stride = int(fields.get("recognition_stride", 2))
+    overrides = {k: fields[k] for k in ("recognition_lr", "recognition_patch") if k in fields}
+    config = _recognition_config(labelled_blobs, tmp_path / "run", recognition_stride=stride, **overrides)
+    with pytest.raises(_Captured):
+        LocatorTrainer(config).run()
+    assert captured == (expected or {"lr": 5e-4, "patch": 16})
+
+
+def test_a_recognition_patch_that_is_no_multiple_of_8_is_refused(labelled_blobs, tmp_path):
+    for patch in (20, 4):
+        with pytest.raises(InputError, match="recognition patch"):
+            LocatorTrainer(_recognition_config(labelled_blobs, tmp_path / "r", recognition_patch=patch)).run()

@@ -39,6 +39,8 @@ def _locator_fields(args: argparse.Namespace) -> dict[str, object]:
             "recognition_steps": args.recognition_steps,
             "recognition_width": args.recognition_width,
             "recognition_stride": None if args.recognition_stride is None else int(args.recognition_stride),
+            "recognition_lr": args.recognition_lr,
+            "recognition_patch": args.recognition_patch,
             "refine": _unless(args.no_refine),
             "width": args.width,
             "memory": args.memory,
@@ -228,6 +230,16 @@ def _add_train_locator(sub) -> None:
         choices=("1", "2"),  # text choices: a refusal quotes the value given, as every other flag's
         help="grid voxels per voxel of the likelihood map: 2, half resolution (fast), or 1, the grid's own "
         f"(finer, slower) ({_default(C, 'recognition_stride')})",
+    )
+    p.add_argument(
+        "--recognition-lr",
+        type=_POSITIVE,
+        help="Adam's learning rate of the likelihood network (default: 1e-2 at stride 2, 1e-3 at stride 1)",
+    )
+    p.add_argument(
+        "--recognition-patch",
+        type=_COUNT,
+        help="its training crop, a multiple of 8 (default: 48 at stride 2, 32 at stride 1)",
     )
     p.add_argument(
         "--no-refine",

@@ -45,6 +45,11 @@ MASK_FRACTION = 0.2
 PATCH = 48  # training crop of the grid (a multiple of MULTIPLE)
 POS_WEIGHT = 3.0  # instrument voxels weigh 3x in the cross-entropy (they are ~1 % of a crop)
 MULTIPLE = 8  # stride 2: the stem halves the grid and the UNet twice more; stride 1: the UNet three times
+# Adam's learning rate and the training crop of the likelihood network, per stride. Stride 2: as the
+# shipped locator II was trained (train_recognition's defaults). Stride 1, measured (docs/BENCHMARKS.md,
+# "Recognition probe II"): at lr 3e-3 with 48³ crops it did not train (loss 0.83 after 1500 steps); at
+# 1e-3 with 32³ crops it did (0.42 after 3000), with 2.7x the mask Dice of stride 2 on the same data.
+TRAINING_BY_STRIDE = {2: {"lr": 1e-2, "patch": PATCH}, 1: {"lr": 1e-3, "patch": 32}}
 
 
 @dataclass(frozen=True)

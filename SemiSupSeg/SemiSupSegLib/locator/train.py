@@ -58,6 +58,8 @@ from .environment import (
 )
 from .locate import search_volume
 from .recognition import (
+    MULTIPLE,
+    TRAINING_BY_STRIDE,
     RecognitionConfig,
     RecognitionNet,
     confidence_threshold,
@@ -99,6 +101,9 @@ class LocatorTrainConfig:
     recognition_steps: int = 3000
     recognition_width: int = 12
     recognition_stride: int = 2  # 1: the likelihood network at the grid's resolution (recognition.py)
+    # None: the stride's measured setting (recognition.TRAINING_BY_STRIDE)
+    recognition_lr: float | None = None
+    recognition_patch: int | None = None
     refine: bool = True
     width: int = 16
     memory: int = 100_000
@@ -142,6 +147,21 @@ class LocatorTrainConfig:
             raise InputError(f"starts must be between 1 and 9, not {self.starts}")
         if self.refine and not self.recognition:
             self.refine = False  # refinement needs the likelihood map
+        if self.recognition_stride not in TRAINING_BY_STRIDE:
+            raise InputError(f"recognition stride {self.recognition_stride} must be 1 or 2")
+        patch = self.recognition_training()["patch"]
+        if patch % MULTIPLE or patch < MULTIPLE:  # larger than the grid: train_recognition takes the grid
+            raise InputError(f"recognition patch {patch} must be a positive multiple of {MULTIPLE}")
+        if not 0.0 < self.recognition_training()["lr"] <= 1.0:
+            raise InputError(f"recognition learning rate {self.recognition_lr} must be in (0, 1]")
+
+    def recognition_training(self) -> dict:
+        """The likelihood network's Adam learning rate and training crop: the flags, else the stride's
+        measured setting (:data:`~.recognition.TRAINING_BY_STRIDE`)."""
+        measured = TRAINING_BY_STRIDE[self.recognition_stride]
+        lr = measured["lr"] if self.recognition_lr is None else self.recognition_lr
+        patch = measured["patch"] if self.recognition_patch is None else self.recognition_patch
+        return {"lr": float(lr), "patch": int(patch)}
 
 
 @dataclass
@@ -359,6 +379,7 @@ class LocatorTrainer:
                 device=self.device,
                 seed=cfg.seed,
                 progress=progress,
+                **cfg.recognition_training(),
             )
         tail = losses[-max(1, len(losses) // 10) :]
         self.recognition_summary = {
