@@ -107,15 +107,18 @@ def fake_factory(started):
     return factory
 
 
-def fake_process_drives_the_widget(test):
-    test.delayDisplay("A fake training process drives the panel")
-    pool = plain_pool(test)
-    widget = panel_widget(pool)
+def widget_with_fake_children(test):
+    """The panel on the plain pool, its children faked (no torch); the list collects their arguments."""
+    widget = panel_widget(plain_pool(test))
     widget.logic.requireDependencies = False
     started = []
+    widget.logic.process_factory = fake_factory(started)
+    return widget, started
 
-    factory = fake_factory(started)
-    widget.logic.process_factory = factory
+
+def fake_process_drives_the_widget(test):
+    test.delayDisplay("A fake training process drives the panel")
+    widget, started = widget_with_fake_children(test)
     widget.onTrainButton()
     test.assertTrue(started and started[0][1:4] == ["-m", "SemiSupSegLib.cli", "train"])
     test.assertIn("--progress", started[0])
@@ -214,12 +217,7 @@ def real_five_step_training(test):
 
 def automatic_retraining_with_a_fake_process(test):
     test.delayDisplay("Retrain automatically: a fine-tuning starts after N new labelled cases")
-    pool = plain_pool(test)
-    widget = panel_widget(pool)
-    widget.logic.requireDependencies = False
-    started = []
-
-    widget.logic.process_factory = fake_factory(started)
+    widget, started = widget_with_fake_children(test)
     p = widget._parameterNode
     p.autoRetrainEvery = 5
     p.autoRetrain = True  # the 4 labelled cases are new to a model trained from scratch: not yet 5
