@@ -37,7 +37,7 @@ class AutoRetrain:
         self.logic = logic
         self.every = int(every)
         self.message = ""  # what the last check found, for the panel
-        self._covered: set[str] = set()  # the pool's labelled cases when the last automatic run started
+        self._covered: set[str] = set()  # the new cases that started automatic runs
         self._last_seen: tuple | None = None
 
     def pending(self, pool, model) -> list[str]:
@@ -86,7 +86,7 @@ class AutoRetrain:
         except (ValueError, RuntimeError) as exc:  # the data's problems: tried again when the pool changes
             self.message = f"automatic retraining did not start: {exc}"
             return None
-        self._covered |= set(run_data.new_labelled_cases(pool, ()))
+        self._covered |= set(new)
         self.message = f"fine-tuning started on {len(new)} new labelled case(s) ({', '.join(new)}) into {out}"
         return out
 
