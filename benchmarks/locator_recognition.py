@@ -64,6 +64,7 @@ def _grids(cases, target: str = "mask") -> list[tuple]:
 
 
 CENTRE_RADIUS = 3.0
+PICKS = ("largest", "heaviest", "longest")  # how _component_middles chooses the component
 
 
 def _ball(shape: tuple[int, ...], centre, radius: float) -> np.ndarray:
@@ -81,18 +82,23 @@ def _initial(init: str | None, width: int) -> dict | None:
     return read_checkpoint(path)["recognition"]
 
 
-def _component_middles(likelihood: np.ndarray) -> dict[str, np.ndarray | None]:
-    """The middle of the recognised component picked three ways: the largest (voxels), the heaviest
-    (summed likelihood) and the most elongated among the heavy ones (summed likelihood × the ratio of
-    its first to second principal standard deviation: a tube, not a blob)."""
+def _recognised(likelihood: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Components of ``likelihood >= 0.5``: (labels, count, voxels per component, summed likelihood)."""
     found = likelihood >= 0.5
     components, n = ndimage.label(found)
-    if n == 0:
-        return dict.fromkeys(("largest", "heaviest", "longest"))
     labels = range(1, n + 1)
     size = np.asarray(ndimage.sum(found, components, labels))
-    mass = np.asarray(ndimage.sum(likelihood, components, labels))
-    scores = {"largest": size, "heaviest": mass, "longest": mass * _elongations(components, n)}
+    return components, n, size, np.asarray(ndimage.sum(likelihood, components, labels))
+
+
+def _component_middles(likelihood: np.ndarray) -> dict[str, np.ndarray | None]:
+    """The middle of the recognised component picked three ways (:data:`PICKS`): the largest (voxels),
+    the heaviest (summed likelihood) and the longest (summed likelihood × the ratio of its first to
+    second principal standard deviation: a tube, not a blob)."""
+    components, n, size, mass = _recognised(likelihood)
+    if n == 0:
+        return dict.fromkeys(PICKS)
+    scores = dict(zip(PICKS, (size, mass, mass * _elongations(components, n)), strict=True))
     picks = {}
     for name, score in scores.items():
         chosen = int(np.argmax(score)) + 1
@@ -102,11 +108,10 @@ def _component_middles(likelihood: np.ndarray) -> dict[str, np.ndarray | None]:
 
 def _heaviest_centroid(likelihood: np.ndarray) -> np.ndarray | None:
     """Likelihood-weighted centroid of the heaviest component: the located point of a centre map."""
-    components, n = ndimage.label(likelihood >= 0.5)
+    components, n, _, mass = _recognised(likelihood)
     if n == 0:
         return None
-    heaviest = int(np.argmax(ndimage.sum(likelihood, components, range(1, n + 1)))) + 1
-    return np.asarray(ndimage.center_of_mass(likelihood, components, heaviest))
+    return np.asarray(ndimage.center_of_mass(likelihood, components, int(np.argmax(mass)) + 1))
 
 
 def _elongations(components: np.ndarray, n: int) -> np.ndarray:
@@ -143,39 +148,33 @@ def evaluate(net: RecognitionNet, tests: dict) -> dict:
     return result
 
 
-PICKS = ("largest", "heaviest", "longest")  # how _component_middles chooses the component
+def _errors(cases: list[dict], key: str) -> np.ndarray | None:
+    """Every case's ``key`` error (grid voxels; a case without a component counts as a miss, 99), or None
+    when a run recorded before that measurement existed lacks it."""
+    if not all(key in r for r in cases):
+        return None
+    return np.array([99.0 if r[key] is None else r[key] for r in cases])
 
 
 def _middle_errors(cases: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Errors (grid voxels) of the middle from the true centre and, per way of picking the component,
-    of the picked component's middle; a case without a component counts as a miss (99). Runs recorded
-    before the heaviest and longest picks existed have only ``largest``."""
-    missing = lambda v: 99.0 if v is None else v  # noqa: E731
-    centre = np.array([missing(r["middle_from_centre_vox"]) for r in cases])
-    picks = {
-        name: np.array([missing(r[f"middle_of_{name}_vox"]) for r in cases])
-        for name in PICKS
-        if all(f"middle_of_{name}_vox" in r for r in cases)
-    }
-    return centre, picks
+    """Errors of the middle from the true centre and, per way of picking the component, of the picked
+    component's middle (runs recorded before the heaviest and longest picks have only ``largest``)."""
+    picks = {name: _errors(cases, f"middle_of_{name}_vox") for name in PICKS}
+    return _errors(cases, "middle_from_centre_vox"), {k: v for k, v in picks.items() if v is not None}
 
 
 def _oracle(cases: list[dict]) -> str:
     """Median error of the middle rule on the true mask ("–" for runs recorded before it was measured)."""
-    values = [r.get("mask_middle_from_centre_vox", "–") for r in cases]
-    if "–" in values:
-        return "–"
-    return f"{np.median([99.0 if v is None else v for v in values]):.1f}"
+    errors = _errors(cases, "mask_middle_from_centre_vox")
+    return "–" if errors is None else f"{np.median(errors):.1f}"
 
 
 def _centroid(cases: list[dict]) -> list[str]:
     """Median error and share within 3 and 10 voxels of the heaviest component's centroid (the point a
     centre map gives); "–" for runs recorded before it was measured."""
-    if not all("centroid_of_heaviest_vox" in r for r in cases):
+    errors = _errors(cases, "centroid_of_heaviest_vox")
+    if errors is None:
         return ["–"] * 3
-    errors = np.array(
-        [99.0 if r["centroid_of_heaviest_vox"] is None else r["centroid_of_heaviest_vox"] for r in cases]
-    )
     return [
         f"{np.median(errors):.1f}",
         f"{100 * np.mean(errors <= 3):.0f} %",

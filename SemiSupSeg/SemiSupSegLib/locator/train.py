@@ -149,11 +149,13 @@ class LocatorTrainConfig:
             self.refine = False  # refinement needs the likelihood map
         if self.recognition_stride not in TRAINING_BY_STRIDE:
             raise InputError(f"recognition stride {self.recognition_stride} must be 1 or 2")
-        patch = self.recognition_training()["patch"]
-        if patch % MULTIPLE or patch < MULTIPLE:  # larger than the grid: train_recognition takes the grid
-            raise InputError(f"recognition patch {patch} must be a positive multiple of {MULTIPLE}")
-        if not 0.0 < self.recognition_training()["lr"] <= 1.0:
-            raise InputError(f"recognition learning rate {self.recognition_lr} must be in (0, 1]")
+        training = self.recognition_training()
+        if training["patch"] % MULTIPLE or training["patch"] < MULTIPLE:  # above the grid: the grid is used
+            raise InputError(
+                f"recognition patch {training['patch']} must be a positive multiple of {MULTIPLE}"
+            )
+        if not 0.0 < training["lr"] <= 1.0:
+            raise InputError(f"recognition learning rate {training['lr']} must be in (0, 1]")
 
     def recognition_training(self) -> dict:
         """The likelihood network's Adam learning rate and training crop: the flags, else the stride's
