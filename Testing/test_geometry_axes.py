@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from stub_networks import ConstantNet, ThresholdNet, stub_model
 from torch import nn
 
 from SemiSupSegLib import inference
@@ -58,32 +58,8 @@ def _far_point(image: sitk.Image) -> tuple[float, float, float]:
     return image.TransformContinuousIndexToPhysicalPoint(FAR_INDEX_XYZ)
 
 
-class ThresholdNet(nn.Module):
-    """Stub network: foreground logit ``20 (x - level)`` of the normalised input, background 0."""
-
-    def __init__(self, level: float) -> None:
-        super().__init__()
-        self.level = level
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x), 20.0 * (x - self.level)], dim=1)
-
-
-class ConstantNet(nn.Module):
-    """Stub network: foreground probability 0.9 everywhere, so the label is the region's footprint."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x), torch.full_like(x, float(np.log(9.0)))], dim=1)
-
-
 def _model(net: nn.Module, target_spacing) -> LoadedModel:
-    meta = {
-        "name": "stub",
-        "patch_size": list(PATCH_ZYX),
-        "preprocessing": Preprocessing(target_spacing=tuple(target_spacing)).to_dict(),
-        "classes": {"0": "background", "1": "foreground"},
-    }
-    return LoadedModel(path=Path("stub-model"), meta=meta, networks={"stub": net})
+    return stub_model({"stub": net}, PATCH_ZYX, target_spacing)
 
 
 def _assert_on_grid_of(out: sitk.Image, image: sitk.Image) -> None:

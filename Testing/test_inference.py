@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from stub_networks import ConstantNet, ThresholdNet, halfway_level, stub_model
 from torch import nn
 
 from SemiSupSegLib import inference
 from SemiSupSegLib.errors import InputError, ModelError
 from SemiSupSegLib.model_store import LoadedModel
 from SemiSupSegLib.networks import CompactUNet
-from SemiSupSegLib.preprocessing import Preprocessing
 
 SPACING = (0.4, 0.55, 0.7)
 TARGET = (0.5, 0.5, 0.5)
@@ -58,45 +57,13 @@ def _physical(image: sitk.Image, axes_mm: np.ndarray) -> tuple[float, float, flo
     return image.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in index))
 
 
-class ThresholdNet(nn.Module):
-    """Fake network: foreground logit ``20 (x - level)`` of the normalised input, background 0."""
-
-    def __init__(self, level: float) -> None:
-        super().__init__()
-        self.level = level
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x), 20.0 * (x - self.level)], dim=1)
-
-
-class ConstantNet(nn.Module):
-    """Fake network whose foreground probability is ``p`` everywhere."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.logit = math.log(p / (1 - p))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([torch.zeros_like(x), torch.full_like(x, self.logit)], dim=1)
-
-
 def _model(networks: dict, patch=16, target=TARGET, inference_networks=None) -> LoadedModel:
-    meta = {
-        "name": "test",
-        "patch_size": [patch] * 3 if isinstance(patch, int) else list(patch),
-        "preprocessing": Preprocessing(target_spacing=target).to_dict(),
-        "classes": {"0": "background", "1": "foreground"},
-    }
-    if inference_networks:
-        meta["inference_networks"] = inference_networks
-    return LoadedModel(path=Path("test-model"), meta=meta, networks=networks)
+    return stub_model(networks, patch, target, inference_networks)
 
 
 def _sphere_model(image: sitk.Image, patch=16) -> LoadedModel:
     """A model whose fake network thresholds the normalised input half-way between background and sphere."""
-    prep = Preprocessing(target_spacing=TARGET)
-    stats = prep.intensity_statistics(sitk.GetArrayViewFromImage(image))
-    level = float(prep.normalize(np.array([0.0, 100.0]), stats).mean())
+    level = halfway_level(image, 0.0, 100.0, TARGET)
     return _model({"threshold": ThresholdNet(level)}, patch=patch)
 
 
