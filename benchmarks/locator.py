@@ -1,7 +1,8 @@
 """Benchmark of instrument localisation on phantom volumes no locator trained on (not a test).
 
     OMP_NUM_THREADS=1 python benchmarks/locator.py --locator phantom-locator-ii \
-        --points-only phantom-locator --model phantom-catheter [--cases 10] [--window-cases 2] \
+        --points-only phantom-locator [--segmentation phantom-locator-seg] --model phantom-catheter \
+        [--cases 10] [--window-cases 2] \
         [--work /tmp/locator-bench] [--out docs/benchmark_results/locator.json] [--write docs/BENCHMARKS.md]
     python benchmarks/locator.py --tabulate docs/benchmark_results/locator.json [--write docs/BENCHMARKS.md]
 
@@ -18,7 +19,10 @@ Rows, side by side on the same cases:
   sets of ``--dice-kinds`` (the shipped model segments catheters only);
 - **points-only DQN** (``--points-only``): the paper's agent, learnt from centre points only;
 - **locator II, search only**: the new locator's DQN point before the refinement;
-- **locator II**: the new locator as shipped (search, then the middle of the recognised instrument).
+- **locator II**: the new locator as shipped (search, then the middle of the recognised instrument);
+- **segmentation locator** (``--segmentation``): the segmentation model run once over the whole
+  volume, the probability-weighted centroid of its heaviest component, the volume's centre when that
+  component is below the locator's ``min_volume_mm3`` (``SemiSupSegLib/locator/by_segmentation.py``).
 
 Columns: median and worst error in voxels of the locator's 96³ grid and in mm; % within 10 grid
 voxels; ROI coverage (% of the instrument's voxels inside the 2×2×2-patch region the segmentation
@@ -78,6 +82,7 @@ WINDOW = "segmentation centroid (sliding window)"
 POINTS_ONLY = "points-only DQN"
 SEARCH_ONLY = "locator II, search only"
 LOCATOR = "locator II"
+SEGMENTATION = "segmentation locator"
 TRUE = "true centre"
 SCRIPT = "benchmarks/locator.py"
 
@@ -214,6 +219,8 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
     locators = {LOCATOR: load_locator(args.locator)}
     if args.points_only:
         locators[POINTS_ONLY] = load_locator(args.points_only)
+    if args.segmentation:
+        locators[SEGMENTATION] = load_locator(args.segmentation)
     model = None
     if args.model:
         from SemiSupSegLib.model_store import load_model
@@ -221,7 +228,9 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
         model = load_model(args.model)
     results.setdefault("sets", {})
     results["training_minutes"] = {
-        name: round(_train_seconds(loc.meta.get("timings", {})) / 60, 1) for name, loc in locators.items()
+        name: round(_train_seconds(loc.meta.get("timings", {})) / 60, 1)
+        for name, loc in locators.items()
+        if name != SEGMENTATION  # it trains nothing: it uses the segmentation model
     }
     for name in SETS:
         done = results["sets"].setdefault(name, {"cases": {}})["cases"]
@@ -232,8 +241,8 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
             done[case.name] = _case_rows(
                 locators, model, case, window=dice and i < args.window_cases, dice=dice
             )
-            row = done[case.name][LOCATOR]
-            print(f"{name} {case.name}: {row['vox']:.1f} vox, {row['seconds']:.2f} s", flush=True)
+            found = ", ".join(f"{row}: {done[case.name][row]['vox']:.1f} vox" for row in locators)
+            print(f"{name} {case.name}: {found}", flush=True)
             write_json(json_path, results)
     if model is not None:
         _complete_true_centre_rows(results, model, Path(args.work), args.cases)
@@ -276,7 +285,7 @@ def _cells(cases: dict, row: str) -> list[str] | None:
     ]
 
 
-ROWS = (GRID_CENTRE, WINDOW, POINTS_ONLY, SEARCH_ONLY, LOCATOR)
+ROWS = (GRID_CENTRE, WINDOW, POINTS_ONLY, SEARCH_ONLY, LOCATOR, SEGMENTATION)
 
 
 def _table(results: dict) -> list[str]:
@@ -300,17 +309,21 @@ def _table(results: dict) -> list[str]:
 
 
 def _confidence_lines(results: dict) -> list[str]:
-    """Does the confidence separate hits (≤ 10 grid voxels) from misses? Pooled over every set."""
+    """Does each row's confidence separate hits (≤ 10 grid voxels) from misses? Pooled over every set."""
+    return [line for row in (LOCATOR, SEGMENTATION) for line in _row_confidence_lines(results, row)]
+
+
+def _row_confidence_lines(results: dict, row: str) -> list[str]:
     conf, hit = [], []
     for result in results["sets"].values():
         for case in result["cases"].values():
-            if "confidence" in case.get(LOCATOR, {}):
-                conf.append(case[LOCATOR]["confidence"])
-                hit.append(case[LOCATOR]["vox"] <= 10)
+            if "confidence" in case.get(row, {}):
+                conf.append(case[row]["confidence"])
+                hit.append(case[row]["vox"] <= 10)
     conf, hit = np.array(conf), np.array(hit, bool)
     if not len(conf):
         return []
-    text = f"Confidence of `{LOCATOR}` over all {len(conf)} cases: {int(hit.sum())} hits (≤ 10 grid voxels)"
+    text = f"Confidence of `{row}` over all {len(conf)} cases: {int(hit.sum())} hits (≤ 10 grid voxels)"
     if hit.any():
         text += f", confidence of hits median {np.median(conf[hit]):.2f} (min {conf[hit].min():.2f})"
     if (~hit).any():
@@ -339,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--locator", help="the locator II folder or name (required unless --tabulate)")
     parser.add_argument("--points-only", help="a points-only locator measured beside it")
+    parser.add_argument("--segmentation", help="a segmentation locator measured beside them")
     parser.add_argument("--model", help="segmentation model for ROI coverage, Dice and the centroid row")
     parser.add_argument("--cases", type=int, default=10, help="test cases per set (default 10)")
     parser.add_argument("--window-cases", type=int, default=2, help="cases per set for the centroid row")
@@ -368,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             results.update(
                 command=command_line(),
                 machine=_machine(),
-                locators={LOCATOR: str(args.locator), POINTS_ONLY: str(args.points_only)},
+                locators={
+                    LOCATOR: str(args.locator),
+                    POINTS_ONLY: str(args.points_only),
+                    SEGMENTATION: str(args.segmentation),
+                },
                 model=args.model,
             )
             results = measure(args, results, json_path)

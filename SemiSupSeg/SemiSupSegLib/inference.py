@@ -907,6 +907,46 @@ def _segment_whole(
     return (*ctx.outputs(predicted), grid)
 
 
+def _size_divisor(nets: Sequence[nn.Module]) -> int:
+    """What every input side must be a multiple of for all ``nets`` (their pooling depth)."""
+    return max(int(getattr(net, "size_divisor", 4)) for net in nets)
+
+
+def volume_probability(
+    model: LoadedModel, image: sitk.Image, *, precision: str = "auto", channels_last: bool | None = None
+) -> tuple[np.ndarray, sitk.Image]:
+    """Foreground probability of the whole volume at the model's spacing, without seams.
+
+    Like the coarse-to-fine region, the whole resampled volume goes through the networks as ONE window
+    when it fits the memory budget (padded with the background intensity to the networks' size
+    divisor), else as Gaussian-blended windows (:func:`_region_probabilities`). Measured on 24 phantoms
+    of 128³-160³ (one thread): 2-7 s per volume, where the sliding window of :func:`segment` without a
+    centre took 38-146 s on the same machine under load. Used by the segmentation locator.
+
+    Args:
+        model: a loaded segmentation model.
+        image: the volume (checked like :func:`segment` does).
+        precision: "fp32", "bf16" or "auto".
+        channels_last: convolution layout (None: the device's measured default).
+
+    Returns:
+        ``[Z, Y, X]`` float32 foreground probability (``1 - P(background)``) on the model's grid, and
+        that grid (the volume resampled to the model's spacing, same origin and direction).
+    """
+    _check_image(image)
+    ctx = _make_context(model, image, precision, 0, channels_last)
+    grid = ctx.preprocessing.resample(image)
+    array = sitk.GetArrayViewFromImage(grid)
+    divisor = _size_divisor(ctx.nets)
+    padded_shape = [-(-n // divisor) * divisor for n in array.shape]
+    padded = np.full(padded_shape, ctx.background, dtype=np.float32)
+    padded[: array.shape[0], : array.shape[1], : array.shape[2]] = array
+    with torch.inference_mode(), _inference_state(ctx.nets, mc_dropout=False):
+        probabilities = _region_probabilities(ctx, ctx.tensor(padded)[None, None], ctx.probabilities)
+    foreground = foreground_probability(probabilities)[0].float().cpu().numpy()
+    return foreground[: array.shape[0], : array.shape[1], : array.shape[2]], grid
+
+
 def predict_uncertainty(
     networks: Sequence[nn.Module],
     batch: torch.Tensor,

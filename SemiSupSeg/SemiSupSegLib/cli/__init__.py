@@ -18,7 +18,7 @@ from .arguments import _Parser
 from .catalogue import _add_catalogue
 from .demo import DEMO_LOCATOR, DEMO_MODEL, _add_demo
 from .evaluate import _add_evaluate
-from .locator import _add_locate, _add_train_locator
+from .locator import _add_locate, _add_locator_from_model, _add_train_locator
 from .phantom import _add_phantom
 from .segment import _add_segment
 from .suggest import _add_new_labels, _add_suggest
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_phantom,
         _add_train,
         _add_train_locator,
+        _add_locator_from_model,
         _add_locate,
         _add_segment,
         _add_evaluate,

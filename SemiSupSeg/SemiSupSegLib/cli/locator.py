@@ -1,9 +1,11 @@
-"""``semisupseg train-locator`` and ``locate``: the DQN instrument locator on the command line."""
+"""``semisupseg train-locator``, ``locator-from-model`` and ``locate``: the instrument locators on the
+command line (the DQN locators, and the segmentation locator built on a segmentation model)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from ..errors import InputError
@@ -85,7 +87,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
             "point_lps": list(found.point_lps),
             "point_ras": list(lps_to_ras(found.point_lps)),
             "index_xyz": list(found.index_xyz),
-            "q_value": found.q_value,
+            "q_value": found.q_value if math.isfinite(found.q_value) else None,  # JSON has no NaN
             "confidence": found.confidence,
             "low_confidence": found.low_confidence,
             "seconds": found.seconds,
@@ -97,6 +99,22 @@ def cmd_locate(args: argparse.Namespace) -> int:
     print(f"point (RAS mm): {fmt(lps_to_ras(found.point_lps))}")
     print(f"voxel (x, y, z): {fmt(found.index_xyz)}")
     print(f"{_confidence_text(found)}  ({found.seconds:.2f} s)")
+    return 0
+
+
+def cmd_locator_from_model(args: argparse.Namespace) -> int:
+    from ..locator.by_segmentation import save_segmentation_locator
+    from ..locator.store import locators_dir
+
+    name = args.name or f"locator-{args.model}".replace("/", "-").strip("-.")
+    folder = save_segmentation_locator(
+        args.out or locators_dir() / name,
+        args.model,
+        name=args.name,
+        description=args.description or f"segmentation locator on model {args.model}",
+        min_volume_mm3=args.min_volume,
+    )
+    print(f"wrote segmentation locator {folder} (model {args.model}, min volume {args.min_volume:g} mm³)")
     return 0
 
 
@@ -272,8 +290,33 @@ def _add_train_locator(sub) -> None:
     p.set_defaults(func=cmd_train_locator)
 
 
+def _add_locator_from_model(sub) -> None:
+    from ..locator.by_segmentation import DEFAULT_MIN_VOLUME_MM3
+
+    p = sub.add_parser(
+        "locator-from-model",
+        help="make a segmentation locator: a segmentation model run over the volume finds the instrument",
+        description="Write a locator folder (locator.json only, nothing is trained) that finds the "
+        "instrument by running the segmentation model MODEL once over the whole volume and taking the "
+        "centroid of its most probable component; below --min-volume the answer is the volume's centre "
+        "with low confidence.",
+    )
+    p.add_argument("--model", required=True, help="segmentation model name or folder")
+    p.add_argument("--out", help="locator folder to write (default: the locators folder / NAME)")
+    p.add_argument("--name", help="locator name (default: locator-MODEL)")
+    p.add_argument("--description")
+    p.add_argument(
+        "--min-volume",
+        type=_number(float, 0.0, 1e9),
+        default=DEFAULT_MIN_VOLUME_MM3,
+        help="mm³ of the found component below which the confidence is low "
+        f"(default {DEFAULT_MIN_VOLUME_MM3:g})",
+    )
+    p.set_defaults(func=cmd_locator_from_model)
+
+
 def _add_locate(sub) -> None:
-    p = sub.add_parser("locate", help="find the instrument centre point with a DQN locator")
+    p = sub.add_parser("locate", help="find the instrument centre point with a locator (DQN or segmentation)")
     p.add_argument("--locator", required=True, help="locator folder or name")
     p.add_argument("--input", required=True)
     p.add_argument(

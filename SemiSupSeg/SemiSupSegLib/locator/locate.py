@@ -12,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from .agent import QNetwork, q_values
+from .by_segmentation import SegmentationLocator, find_instrument
 from .environment import (
     CropSampler,
     GridVolume,
@@ -99,7 +100,7 @@ def search_volume(
 
 
 def locate(
-    locator: Locator,
+    locator: Locator | SegmentationLocator,
     image: sitk.Image,
     *,
     starts: int | None = None,
@@ -114,11 +115,15 @@ def locate(
         image: the volume.
         starts: agents (1-9); how: ``"q"`` or ``"median"``; max_steps: per agent and scale;
             refine: move the point to the recognised instrument's middle (default: the locator's).
+            None of these apply to a segmentation locator (:mod:`.by_segmentation`).
 
     Returns:
-        The point, its confidence (with recognition) and the time taken (file reading excluded).
+        The point, its confidence (with recognition, or a segmentation locator's) and the time taken
+        (file reading excluded).
     """
     t0 = time.monotonic()
+    if isinstance(locator, SegmentationLocator):
+        return _located_by_segmentation(locator, image, t0)
     search = locator.search
     starts = int(search["starts"] if starts is None else starts)
     check_volume(image, locator.crop, locator.grid)
@@ -152,6 +157,23 @@ def locate(
         agents=starts,
         confidence=confidence,
         low_confidence=low,
+    )
+
+
+def _located_by_segmentation(locator: SegmentationLocator, image: sitk.Image, t0: float) -> LocateResult:
+    """:func:`locate` for a segmentation locator; ``q_value`` is NaN (there is no agent)."""
+    found = find_instrument(locator, image)
+    index = image.TransformPhysicalPointToContinuousIndex(found.point_lps)
+    grid_point = grid_geometry(image, locator.grid).to_index(found.point_lps)
+    return LocateResult(
+        point_lps=found.point_lps,
+        index_xyz=tuple(float(v) for v in index),
+        q_value=float("nan"),
+        seconds=time.monotonic() - t0,
+        grid_index_zyx=tuple(float(v) for v in grid_point),
+        agents=0,
+        confidence=found.confidence,
+        low_confidence=found.low_confidence,
     )
 
 

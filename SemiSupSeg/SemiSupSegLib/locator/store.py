@@ -25,6 +25,7 @@ from ..atomic import atomic_torch_save, atomic_write_json
 from ..errors import InputError, ModelError, checked_number
 from ..model_store import PRETRAINED_DIR, home_dir, refused_load_reason, software_versions
 from .agent import QNetwork, QNetworkConfig
+from .by_segmentation import SEGMENTATION_KIND, SegmentationLocator, load_segmentation_locator
 from .environment import LEVEL_KINDS
 from .recognition import RecognitionConfig, RecognitionNet
 
@@ -140,8 +141,10 @@ def read_locator_json(folder: Path) -> dict:
         raise ModelError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: JSON, huge ints
         raise ModelError(f"{path} is corrupt: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not isinstance(meta, dict) or meta.get("kind") != KIND:
-        raise ModelError(f"{path} does not describe a DQN locator")
+    if not isinstance(meta, dict) or meta.get("kind") not in (KIND, SEGMENTATION_KIND):
+        raise ModelError(f"{path} does not describe a locator")
+    if meta["kind"] == SEGMENTATION_KIND:
+        return meta
     if not isinstance(meta.get("format", 1), int) or meta.get("format", 1) > FORMAT_VERSION:
         raise ModelError(
             f"{path} has locator format {meta.get('format')!r}; this SemiSupSeg reads up to "
@@ -191,10 +194,15 @@ def _recognizer(folder: Path, meta: dict, state: dict) -> RecognitionNet | None:
     return net
 
 
-def load_locator(locator: str | os.PathLike, device: str | torch.device = "cpu") -> Locator:
-    """Load a locator folder (or name) for inference, with ``weights_only=True``."""
+def load_locator(
+    locator: str | os.PathLike, device: str | torch.device = "cpu"
+) -> Locator | SegmentationLocator:
+    """Load a locator folder (or name) for inference, with ``weights_only=True``: a DQN locator, or a
+    segmentation locator (:mod:`.by_segmentation`) with the model it names."""
     folder = resolve_locator(locator)
     meta = read_locator_json(folder)
+    if meta["kind"] == SEGMENTATION_KIND:
+        return load_segmentation_locator(folder, meta, device)
     state = _load_weights(folder / WEIGHTS)
     try:
         network = QNetwork(QNetworkConfig.from_dict(meta["network"]))

@@ -1,0 +1,221 @@
+"""The segmentation locator: find the instrument with the segmentation model itself.
+
+**[decision]** (issue 11, 2026-12-02). Neither DQN agent (the paper's points-only agent, nor locator
+II with a recognition map learnt from masks) beat answering the grid centre on unseen phantoms
+(docs/BENCHMARKS.md, "Locator II"); the only row of the locator benchmark that found catheters was
+the centroid of the segmentation model's output, and the recognition probes showed why: a small
+network does not learn to recognise the instrument from a few dozen masks, while the segmentation
+model, trained on many more patches at full resolution, does. So this locator runs the segmentation
+model once over the whole volume (:func:`~SemiSupSegLib.inference.volume_probability`: one window at
+the model's spacing, 2-7 s per volume on one CPU thread; running it at 1.5x or 2x the model's spacing
+to save time lost the instrument, measured on the same 24 cases), takes the connected component of
+``probability > 0.5`` with the largest summed probability, and answers its probability-weighted
+centroid. The annotated centre is the middle of the visible instrument (``phantom._pick_center``);
+the model segments what is visible, so the centroid of what it finds approximates that middle.
+
+Confidence: ``v / (v + V_min)`` with ``v`` the component's volume (mm³) and ``V_min`` the locator's
+``min_volume_mm3``, so 0.5 at ``V_min``. **[decision]** ``V_min`` = 250 mm³ by default, chosen on the
+probe cases (12 catheter phantoms of 128³-160³, default and cluttered profiles, and 12 guide-wires:
+every component that landed within 10 grid voxels of the centre had 267-680 mm³, every miss 3-260
+mm³); it is checked on fresh cases by ``benchmarks/locator.py``. Below it the located component is
+not trusted: the answer is the volume's centre (on unseen phantoms a wrong component lay a median
+35-50 grid voxels from the instrument, the grid centre 17-21) and ``low_confidence`` tells the
+clinician to place the point by hand. A locator is a folder with a ``locator.json`` of kind
+``segmentation-locator`` naming its model; it needs no training (:func:`save_segmentation_locator`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from ..atomic import atomic_write_json
+from ..errors import InputError, ModelError, checked_number
+from ..model_store import LoadedModel, load_model, software_versions
+
+SEGMENTATION_KIND = "segmentation-locator"
+SEGMENTATION_FORMAT = 1
+DEFAULT_MIN_VOLUME_MM3 = 250.0
+REPORT_GRID = 96  # the grid on which LocateResult.grid_index_zyx is reported, as for the DQN locators
+PROBABILITY_THRESHOLD = 0.5
+
+
+@dataclass
+class SegmentationLocator:
+    """A segmentation locator ready for use: its description and its loaded segmentation model."""
+
+    path: Path
+    meta: dict
+    model: LoadedModel
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def grid(self) -> int:
+        return REPORT_GRID
+
+    @property
+    def min_volume_mm3(self) -> float:
+        return float(self.meta.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3))
+
+    @property
+    def confidence_threshold(self) -> float:
+        return 0.5
+
+    recognizer = None  # no recognition network: the benchmark's "search only" row does not apply
+
+
+@dataclass
+class SegmentationFind:
+    """What the segmentation locator found: the point (LPS mm), its confidence and its component."""
+
+    point_lps: tuple[float, float, float]
+    confidence: float
+    low_confidence: bool
+    volume_mm3: float
+
+
+def heaviest_component(
+    probability_zyx: np.ndarray, voxel_mm3: float, threshold: float = PROBABILITY_THRESHOLD
+) -> tuple[tuple[float, float, float], float] | None:
+    """The component of ``probability > threshold`` with the largest summed probability.
+
+    Args:
+        probability_zyx: ``[Z, Y, X]`` foreground probability.
+        voxel_mm3: the volume of one voxel.
+        threshold: the probability above which a voxel is instrument.
+
+    Returns:
+        The component's probability-weighted centroid (continuous index z, y, x) and its volume (mm³),
+        or None when no voxel is above ``threshold``.
+    """
+    components, count = ndimage.label(probability_zyx > threshold)
+    if count == 0:
+        return None
+    labels = np.arange(1, count + 1)
+    heaviest = int(labels[np.argmax(ndimage.sum(probability_zyx, components, labels))])
+    inside = components == heaviest
+    centroid = ndimage.center_of_mass(np.where(inside, probability_zyx, 0.0))
+    return tuple(float(c) for c in centroid), float(inside.sum()) * float(voxel_mm3)  # type: ignore[return-value]
+
+
+def volume_confidence(volume_mm3: float, min_volume_mm3: float) -> float:
+    """``v / (v + V_min)``: 0 for nothing found, 0.5 at the locator's ``min_volume_mm3``, towards 1 above."""
+    return float(volume_mm3) / (float(volume_mm3) + float(min_volume_mm3))
+
+
+def volume_centre(image: sitk.Image) -> tuple[float, float, float]:
+    """The physical point (LPS mm) at the middle of ``image``'s voxel grid."""
+    middle = (np.asarray(image.GetSize(), dtype=float) - 1.0) / 2.0
+    return tuple(float(v) for v in image.TransformContinuousIndexToPhysicalPoint(middle.tolist()))  # type: ignore[return-value]
+
+
+def find_instrument(locator: SegmentationLocator, image: sitk.Image) -> SegmentationFind:
+    """Run the locator's model over ``image`` and locate the instrument (module docstring).
+
+    Args:
+        locator: a loaded segmentation locator.
+        image: the volume (bad images raise :class:`InputError`, as for :func:`segment`).
+
+    Returns:
+        The point, its confidence, whether it is below the threshold (then the point is the volume's
+        centre), and the component's volume.
+    """
+    from ..inference import volume_probability
+
+    probability, grid = volume_probability(locator.model, image)
+    found = heaviest_component(probability, float(np.prod(grid.GetSpacing())))
+    volume = 0.0 if found is None else found[1]
+    confidence = volume_confidence(volume, locator.min_volume_mm3)
+    low = confidence < locator.confidence_threshold
+    if found is None or low:
+        point = volume_centre(image)
+    else:
+        point = grid.TransformContinuousIndexToPhysicalPoint(list(found[0][::-1]))
+    return SegmentationFind(tuple(float(v) for v in point), confidence, low, volume)  # type: ignore[arg-type]
+
+
+def _model_reference(folder: Path, meta: dict) -> str:
+    """The model a locator names: a model name, or a path (relative ones from the locator folder)."""
+    model = meta.get("model")
+    if not isinstance(model, str) or not model:
+        raise ModelError(f"{folder / 'locator.json'}: a segmentation locator needs a 'model' (name or path)")
+    if os.sep in model or "/" in model:
+        path = Path(model).expanduser()
+        return str(path if path.is_absolute() else (folder / path).resolve())
+    return model
+
+
+def check_segmentation_meta(path: Path, meta: dict) -> None:
+    """Refuse a segmentation locator's description that this version cannot use (:class:`ModelError`)."""
+    version = meta.get("format", 1)
+    if not isinstance(version, int) or version > SEGMENTATION_FORMAT:
+        raise ModelError(
+            f"{path} has segmentation-locator format {version!r}; this SemiSupSeg reads up to "
+            f"{SEGMENTATION_FORMAT}: update SemiSupSeg"
+        )
+    try:
+        checked_number("min_volume_mm3", meta.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3), float, 0.0, 1e9)
+    except InputError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
+def load_segmentation_locator(folder: Path, meta: dict, device: str | torch.device) -> SegmentationLocator:
+    """Load the model a segmentation locator names (``weights_only=True``, as every model)."""
+    check_segmentation_meta(folder / "locator.json", meta)
+    reference = _model_reference(folder, meta)
+    try:
+        model = load_model(reference, device)
+    except ModelError as exc:
+        raise ModelError(f"segmentation locator {folder}: {exc}") from None
+    return SegmentationLocator(path=folder, meta=meta, model=model, device=torch.device(device))
+
+
+def save_segmentation_locator(
+    folder: str | os.PathLike,
+    model: str,
+    *,
+    name: str | None = None,
+    description: str = "",
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+) -> Path:
+    """Write a segmentation locator folder (``locator.json`` only; the model stays where it is).
+
+    Args:
+        folder: the locator folder to write.
+        model: the segmentation model: a name (models folder or shipped) or a path.
+        name: the locator's name (default: the folder name).
+        description: one line for the panels.
+        min_volume_mm3: below this component volume the locator reports low confidence.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    checked_number("min_volume_mm3", min_volume_mm3, float, 0.0, 1e9)
+    load_model(model)  # refuse a model that cannot be loaded now rather than at the first locate
+    if os.sep in str(model) or "/" in str(model):
+        model = str(Path(model).expanduser().resolve())  # a path is recorded absolute
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": SEGMENTATION_FORMAT,
+        "kind": SEGMENTATION_KIND,
+        "name": name or folder.name,
+        "description": description,
+        "model": str(model),
+        "min_volume_mm3": float(min_volume_mm3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": software_versions(),
+    }
+    atomic_write_json(folder / "locator.json", meta)
+    return folder

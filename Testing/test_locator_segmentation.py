@@ -1,0 +1,186 @@
+"""The segmentation locator (issue 11): the segmentation model run over the whole volume finds the
+instrument. Volumes are non-cubic, anisotropic and rotated, with the instrument off-centre, so an axis
+swap or a padding placed on the wrong side moves the answer."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from stub_networks import ThresholdNet, halfway_level, stub_model
+
+from SemiSupSegLib import inference
+from SemiSupSegLib.cli import main
+from SemiSupSegLib.errors import ModelError
+from SemiSupSegLib.locator import load_locator, locate
+from SemiSupSegLib.locator.by_segmentation import (
+    DEFAULT_MIN_VOLUME_MM3,
+    SegmentationLocator,
+    heaviest_component,
+    save_segmentation_locator,
+    volume_centre,
+    volume_confidence,
+)
+from SemiSupSegLib.model_store import save_model
+from SemiSupSegLib.networks import CompactUNet
+from SemiSupSegLib.preprocessing import Preprocessing
+
+SHAPE_ZYX = (30, 44, 58)  # SimpleITK size (x, y, z) = (58, 44, 30)
+SPACING = (0.6, 0.9, 1.3)  # (x, y, z) mm
+TARGET = (1.0, 1.0, 1.0)  # the stub model's spacing: the volume is resampled
+TUBE_INDEX_XYZ = (40.0, 28.0, 20.0)  # the tube's middle, far from the volume's centre
+
+
+def _rotated(array_zyx: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx, dtype=np.float32))
+    image.SetSpacing(SPACING)
+    image.SetOrigin((5.0, -12.0, 30.5))
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(0.4, -0.3, 0.9)
+    image.SetDirection(rotation.GetMatrix())
+    return image
+
+
+def _tube_volume(with_speck: bool = True, length_mm: float = 24.0) -> sitk.Image:
+    """A bright tube (radius 2.5 mm) along the image's x axis around TUBE_INDEX_XYZ, and a small speck."""
+    z, y, x = np.indices(SHAPE_ZYX, dtype=float)
+    cx, cy, cz = TUBE_INDEX_XYZ
+    radial = np.hypot((y - cy) * SPACING[1], (z - cz) * SPACING[2])
+    along = np.abs(x - cx) * SPACING[0]
+    array = np.where((radial < 2.5) & (along < length_mm / 2), 100.0, 0.0)
+    if with_speck:
+        array[4:6, 5:7, 5:8] = 100.0  # a few mm³ near the origin corner: lighter than the tube
+    return _rotated(array)
+
+
+def _locator(image: sitk.Image, min_volume: float = 100.0) -> SegmentationLocator:
+    model = stub_model({"t": ThresholdNet(halfway_level(image, 0.0, 100.0, TARGET))}, 16, TARGET)
+    return SegmentationLocator(path=Path("stub"), meta={"min_volume_mm3": min_volume}, model=model)
+
+
+def test_heaviest_component_is_the_one_with_most_probability_not_most_voxels():
+    probability = np.zeros((6, 7, 11))
+    probability[1, 1, 0:10] = 0.55  # 10 voxels, summed 5.5: the largest
+    probability[4, 5, 2:6] = [0.99, 0.99, 0.9, 0.9]  # with the next line 6 voxels, summed 5.76: the heaviest
+    probability[4, 4, 2:4] = 0.99
+    centroid, volume = heaviest_component(probability, voxel_mm3=0.5)
+    weights = np.array([0.99, 0.99, 0.9, 0.9, 0.99, 0.99])
+    ys, xs = np.array([5, 5, 5, 5, 4, 4]), np.array([2, 3, 4, 5, 2, 3])
+    expected_yx = ((weights * ys).sum() / weights.sum(), (weights * xs).sum() / weights.sum())
+    assert centroid == pytest.approx((4.0, *expected_yx))
+    assert volume == pytest.approx(6 * 0.5)
+    assert heaviest_component(np.full((3, 4, 5), 0.2), voxel_mm3=1.0) is None
+
+
+def test_confidence_is_a_half_at_the_minimum_volume():
+    assert volume_confidence(0.0, 250.0) == 0.0
+    assert volume_confidence(250.0, 250.0) == pytest.approx(0.5)
+    assert 0.5 < volume_confidence(600.0, 250.0) < 1.0
+
+
+def test_volume_probability_is_the_pointwise_net_on_the_whole_resampled_volume():
+    image = _tube_volume()
+    net = ThresholdNet(halfway_level(image, 0.0, 100.0, TARGET))
+    net.size_divisor = 16  # the padding (to 16) must be cut off at the far end of every axis
+    model = stub_model({"t": net}, 16, TARGET)
+    probability, grid = inference.volume_probability(model, image, precision="fp32")
+    prep = Preprocessing(target_spacing=TARGET)
+    resampled = sitk.GetArrayFromImage(prep.resample(image))
+    normalised = prep.normalize(resampled, prep.intensity_statistics(sitk.GetArrayViewFromImage(image)))
+    expected = torch.sigmoid(20.0 * (torch.from_numpy(normalised) - net.level)).numpy()
+    assert probability.shape == resampled.shape
+    assert any(n % 16 for n in resampled.shape)  # the test needs padding to happen
+    np.testing.assert_allclose(probability, expected, atol=1e-5)
+    assert grid.GetSpacing() == pytest.approx(TARGET)
+
+
+def test_it_finds_the_tube_on_a_rotated_anisotropic_volume():
+    image = _tube_volume()
+    found = locate(_locator(image), image)
+    truth = np.asarray(image.TransformContinuousIndexToPhysicalPoint(TUBE_INDEX_XYZ))
+    assert np.linalg.norm(np.asarray(found.point_lps) - truth) < 1.0  # mm; the model's voxels are 1 mm
+    assert found.index_xyz == pytest.approx(TUBE_INDEX_XYZ, abs=1.5)
+    assert found.low_confidence is False and found.confidence > 0.5
+    assert math.isnan(found.q_value)
+    assert np.linalg.norm(np.asarray(volume_centre(image)) - truth) > 10.0  # the centre would be wrong
+
+
+def test_a_component_below_the_minimum_volume_gives_the_volume_centre_with_low_confidence():
+    image = _tube_volume(with_speck=False, length_mm=3.0)  # about 60 mm³
+    found = locate(_locator(image, min_volume=250.0), image)
+    assert found.low_confidence is True and 0.0 < found.confidence < 0.5
+    assert found.point_lps == pytest.approx(volume_centre(image))
+    empty = _rotated(np.zeros(SHAPE_ZYX) + np.random.default_rng(0).normal(0, 1, SHAPE_ZYX))
+    nothing = locate(_locator(empty, min_volume=250.0), empty)
+    assert nothing.confidence < 0.5 and nothing.low_confidence is True
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory) -> Path:
+    meta = {
+        "name": "random",
+        "method": "supervised",
+        "classes": {"0": "background", "1": "instrument"},
+        "patch_size": [16, 16, 16],
+        "preprocessing": Preprocessing(target_spacing=(1.5, 1.5, 1.5)).to_dict(),
+    }
+    return save_model(tmp_path_factory.mktemp("models") / "random", {"net": CompactUNet(width=0.125)}, meta)
+
+
+def test_a_locator_folder_names_its_model_by_relative_path_and_loads_through_load_locator(
+    saved_model, tmp_path
+):
+    folder = save_segmentation_locator(tmp_path / "loc", str(saved_model), min_volume_mm3=80.0)
+    meta = json.loads((folder / "locator.json").read_text())
+    assert meta["kind"] == "segmentation-locator" and Path(meta["model"]).is_absolute()
+    meta["model"] = str(Path("..") / ".." / saved_model.parent.name / saved_model.name)
+    moved = tmp_path.parent / saved_model.parent.name  # the relative path is from the locator folder
+    assert moved == saved_model.parent
+    (folder / "locator.json").write_text(json.dumps(meta))
+    locator = load_locator(folder)
+    assert isinstance(locator, SegmentationLocator)
+    assert locator.model.path.resolve() == saved_model.resolve() and locator.min_volume_mm3 == 80.0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "no-such-model"}, "no-such-model"),
+        ({"format": 99}, "update SemiSupSeg"),
+        ({"min_volume_mm3": -1}, "min_volume_mm3"),
+        ({"kind": "something-else"}, "does not describe a locator"),
+        ({"model": None}, "needs a 'model'"),
+    ],
+)
+def test_a_bad_locator_json_is_refused_by_name(saved_model, tmp_path, change, message):
+    folder = save_segmentation_locator(tmp_path / "loc", str(saved_model))
+    meta = {**json.loads((folder / "locator.json").read_text()), **change}
+    (folder / "locator.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=message):
+        load_locator(folder)
+
+
+def test_cli_makes_a_locator_and_locate_prints_strict_json(saved_model, tmp_path, capsys):
+    image = _tube_volume()
+    sitk.WriteImage(image, str(tmp_path / "image.nrrd"))
+    out = tmp_path / "seg-locator"
+    assert main(["locator-from-model", "--model", str(saved_model), "--out", str(out)]) == 0
+    assert json.loads((out / "locator.json").read_text())["min_volume_mm3"] == DEFAULT_MIN_VOLUME_MM3
+    capsys.readouterr()
+    assert main(["locate", "--locator", str(out), "--input", str(tmp_path / "image.nrrd"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"JSON has {name}"))
+    assert record["q_value"] is None and 0.0 <= record["confidence"] < 1.0
+    assert isinstance(record["low_confidence"], bool) and len(record["point_lps"]) == 3
+
+
+def test_cli_refuses_a_missing_model_and_a_negative_volume_with_status_2(tmp_path, capsys):
+    assert main(["locator-from-model", "--model", "no-such-model", "--out", str(tmp_path / "l")]) == 2
+    assert (
+        main(["locator-from-model", "--model", "x", "--min-volume", "-3", "--out", str(tmp_path / "l")]) == 2
+    )
+    assert not (tmp_path / "l" / "locator.json").exists()
