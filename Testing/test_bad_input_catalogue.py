@@ -220,6 +220,8 @@ KINDS = [
          CLI, r"image is constant \(every voxel is 7\)"),
     Kind("locate on a constant image", api(lambda r: locate(load_locator("phantom-locator"), sitk.Image([40, 36, 30], sitk.sitkInt16))),
          InputError, r"image is constant \(every voxel is 0\); there is nothing to find"),
+    Kind("locate on a constant image (DQN locator)", api(lambda r: locate(load_locator("phantom-locator-dqn"), sitk.Image([40, 36, 30], sitk.sitkInt16))),
+         InputError, r"image is constant \(every voxel is 0\); there is nothing to find"),
     Kind("huge spacing (too big after resampling)", lambda r: segment_image(r, volume(RAMP, (1e6, 1e6, 1e6))),
          CLI, r"would need .* voxels \(.* GB as float32\).*check the image's spacing"),
     Kind("tiny spacing (a point after resampling)", lambda r: segment_image(r, volume(RAMP, (1e-9, 1e-9, 1e-9))),

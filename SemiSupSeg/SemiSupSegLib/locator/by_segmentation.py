@@ -131,8 +131,10 @@ def find_instrument(locator: SegmentationLocator, image: sitk.Image) -> Segmenta
         The point, its confidence, whether it is below the threshold (then the point is the volume's
         centre), and the component's volume.
     """
+    from ..imageio import check_contrast
     from ..inference import volume_probability
 
+    check_contrast(image, "find")
     probability, grid = volume_probability(locator.model, image)
     found = heaviest_component(probability, float(np.prod(grid.GetSpacing())))
     volume = 0.0 if found is None else found[1]
