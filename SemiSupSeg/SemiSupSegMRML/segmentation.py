@@ -184,7 +184,7 @@ class SegmentationLogic:
         return bridge.choose_device(choice, torch.cuda.is_available(), torch.cuda.device_count())
 
     def locate(self, volume_node, point_node, locator_folder, device_choice: str = "Auto"):
-        """Run the DQN locator and make its point the point list's only point.
+        """Run the locator (segmentation or DQN) and make its point the point list's only point.
 
         Args:
             volume_node: the volume to search.
@@ -193,7 +193,8 @@ class SegmentationLogic:
             device_choice: "Auto", "GPU" or "CPU".
 
         Returns:
-            The engine's ``LocateResult`` (``point_lps`` in the volume's own frame, ``q_value``, ``seconds``).
+            The engine's ``LocateResult`` (``point_lps`` in the volume's own frame, ``confidence``,
+            ``low_confidence``, ``q_value``, ``seconds``).
         """
         from SemiSupSegLib.locator import load_locator, locate
 

@@ -148,7 +148,9 @@ def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, f
     from ..metrics import localisation_error
 
     found = locate(locator, image)
-    row = {"loc_q": found.q_value, "loc_seconds": found.seconds}
+    row = {"loc_seconds": found.seconds}
+    if math.isfinite(found.q_value):  # a DQN agent's; a segmentation locator has none
+        row["loc_q"] = found.q_value
     if found.confidence is not None:
         row["loc_confidence"] = found.confidence
     if case.center is not None:

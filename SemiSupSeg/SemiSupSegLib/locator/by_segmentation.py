@@ -2,24 +2,25 @@
 
 **[decision]** (issue 11, 2026-12-02). Neither DQN agent (the paper's points-only agent, nor locator
 II with a recognition map learnt from masks) beat answering the grid centre on unseen phantoms
-(docs/BENCHMARKS.md, "Locator II"); the only row of the locator benchmark that found catheters was
+(docs/BENCHMARKS.md, "Locators"); the only row of the locator benchmark that found catheters was
 the centroid of the segmentation model's output, and the recognition probes showed why: a small
 network does not learn to recognise the instrument from a few dozen masks, while the segmentation
 model, trained on many more patches at full resolution, does. So this locator runs the segmentation
 model once over the whole volume (:func:`~SemiSupSegLib.inference.volume_probability`: one window at
-the model's spacing, 2-7 s per volume on one CPU thread; running it at 1.5x or 2x the model's spacing
-to save time lost the instrument, measured on the same 24 cases), takes the connected component of
-``probability > 0.5`` with the largest summed probability, and answers its probability-weighted
+the model's spacing, 1.5-3 s per volume on one CPU thread; running it at 1.5x or 2x the model's
+spacing to save time lost the instrument, ``benchmarks/locator_spacing.py``), takes the connected
+component of ``probability > 0.5`` with the largest summed probability, and answers its probability-weighted
 centroid. The annotated centre is the middle of the visible instrument (``phantom._pick_center``);
 the model segments what is visible, so the centroid of what it finds approximates that middle.
 
 Confidence: ``v / (v + V_min)`` with ``v`` the component's volume (mm³) and ``V_min`` the locator's
 ``min_volume_mm3``, so 0.5 at ``V_min``. **[decision]** ``V_min`` = 250 mm³ by default, chosen on the
-probe cases (12 catheter phantoms of 128³-160³, default and cluttered profiles, and 12 guide-wires:
-every component that landed within 10 grid voxels of the centre had 267-680 mm³, every miss 3-260
-mm³); it is checked on fresh cases by ``benchmarks/locator.py``. Below it the located component is
-not trusted: the answer is the volume's centre (on unseen phantoms a wrong component lay a median
-35-50 grid voxels from the instrument, the grid centre 17-21) and ``low_confidence`` tells the
+probe cases (the first 4 of each set of ``benchmarks/locator.py``: 12 catheters of 128³-160³, default
+and cluttered profiles, and 12 guide-wires; ``docs/benchmark_results/locator_spacing.json``, factor 1):
+every component that landed within 10 grid voxels of the centre had 268-679 mm³, every miss 17-261
+mm³. On the benchmark's other 36 cases, 10 of the 11 points it trusted were within 10 grid voxels.
+Below it the located component is not trusted: the answer is the volume's centre (a wrong component
+lay a median 40 grid voxels from the guide-wires, the grid centre 17-21) and ``low_confidence`` tells the
 clinician to place the point by hand. A locator is a folder with a ``locator.json`` of kind
 ``segmentation-locator`` naming its model; it needs no training (:func:`save_segmentation_locator`).
 """
