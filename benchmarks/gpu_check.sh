@@ -7,6 +7,8 @@
 #   gpu_step_cost.json   200 training steps of supervised and the Dual-UNet at full width, 48^3 patches,
 #                        2 labelled + 2 unlabelled, bf16 autocast: seconds per step, steps per second and
 #                        peak GPU memory (benchmarks/step_cost.py --device cuda);
+#   gpu_locate.jsonl     issue 11: `semisupseg locate` with the shipped segmentation locator on 3 phantoms
+#                        of 128^3 on the GPU (its `seconds` against the 0.3 s target; 1.5-2.9 s on one CPU thread);
 #   gpu_check.log        the GPU's name and memory, versions, and both scripts' tables.
 #   gpu_nccl/            with two GPUs or more: a 2-process NCCL Dual-UNet training (`train --nproc 2`,
 #                        width 0.5, STEPS steps on 8+4 phantoms of 96^3), its progress lines and model.json
@@ -37,6 +39,13 @@ echo "inference exit $?" >>"$LOG"
 timeout 180 python3 benchmarks/step_cost.py --width "$WIDTH" --patch "$PATCH" --steps "$STEPS" \
   --methods supervised,dual-unet --device "$DEVICE" --precision bf16 --out "$OUT/gpu_step_cost.json" >>"$LOG" 2>&1
 echo "step cost exit $?" >>"$LOG"
+L="$OUT/gpu_locate"
+python3 -m SemiSupSegLib.cli phantom "$L" --cases 0 --test 3 --size 128 --seed 101 --kind catheter >>"$LOG" 2>&1
+for image in "$L"/images/*; do
+  timeout 60 python3 -m SemiSupSegLib.cli locate --locator phantom-locator --input "$image" --device "$DEVICE" \
+    --json >>"$OUT/gpu_locate.jsonl" 2>>"$LOG"
+done
+echo "locate exit $? $(grep -o '"seconds": [0-9.]*' "$OUT/gpu_locate.jsonl" | tr '\n' ' ')" >>"$LOG"
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
   N="$OUT/gpu_nccl"
   python3 -m SemiSupSegLib.cli phantom "$N/data" --cases 8 --unlabeled 4 --size 96 --seed 5 --workers 8 \
