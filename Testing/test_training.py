@@ -245,3 +245,18 @@ def test_loader_workers_train_the_same_run_twice_and_may_change_on_resume(tiny_p
     assert _resumed_config(args, stored, {"loader_workers": 3}).loader_workers == 3
     with pytest.raises(InputError, match="--width 0.5"):
         _resumed_config(args, stored, {"loader_workers": 3, "width": 0.5})
+
+
+@pytest.mark.parametrize(("modality", "recorded"), [("US", "US"), ({"0": "MR"}, "MR"), (["CT"], "")])
+def test_the_dataset_modality_may_be_a_string_or_a_decathlon_mapping(
+    tiny_phantom, tmp_path, modality, recorded
+):
+    """A user's ``"modality": "US"`` (not the Decathlon's ``{"0": "US"}``) once crashed the run at its
+    first validation, after the training steps; every form now reaches ``model.json``."""
+    raw = json.loads(tiny_phantom.read_text())
+    raw["modality"] = modality
+    data = tiny_phantom.parent / f"modality-{len(str(modality))}.json"
+    data.write_text(json.dumps(raw))
+    assert load_dataset(data).modality == recorded
+    folder = Trainer(_config(data, tmp_path / "m", steps=3), Reporter()).run()
+    assert load_model(folder).meta["modality"] == recorded

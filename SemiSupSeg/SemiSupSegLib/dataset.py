@@ -75,6 +75,15 @@ class Dataset:
         """Number of classes including background: largest label value + 1."""
         return max(self.labels) + 1 if self.labels else 0
 
+    @property
+    def modality(self) -> str:
+        """The imaging modality: the Decathlon's ``{"0": "US"}`` (channel 0's) or a plain ``"US"``; "" if
+        absent or of another form (it only describes the data: nothing depends on it)."""
+        value = self.raw.get("modality")
+        if isinstance(value, dict):
+            value = value.get("0", "")
+        return value if isinstance(value, str) else ""
+
     def cases(self) -> list[Case]:
         """All cases, training then unlabeled then test."""
         return [*self.training, *self.unlabeled, *self.test]

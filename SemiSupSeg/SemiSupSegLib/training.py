@@ -378,7 +378,7 @@ class Trainer:
     def _model_meta(self, method: Method, preprocessing: Preprocessing, extra: dict) -> dict:
         dataset = getattr(self, "dataset", None)
         labels = dataset.labels if dataset is not None else {0: "background", 1: "foreground"}
-        modality = (dataset.raw.get("modality") or {}).get("0", "") if dataset is not None else ""
+        modality = dataset.modality if dataset is not None else ""
         return {
             "name": self.config.name or self.out.name,
             "description": self.config.description,
