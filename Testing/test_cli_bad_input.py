@@ -344,7 +344,7 @@ def started_runs(monkeypatch) -> list:
 @pytest.mark.parametrize("steps, expected", [(["--steps", "20"], 20), (["--steps", "6"], 6), ([], 10)])
 def test_resume_honours_steps(steps, expected, interrupted, started_runs, capsys):
     assert main(["train", "--out", str(interrupted), "--resume", "--batch", "2", *steps]) == 0
-    (config, resume), = started_runs
+    ((config, resume),) = started_runs
     assert resume and config.steps == expected and config.batch == 2 and config.out == str(interrupted)
 
 
@@ -366,6 +366,27 @@ def test_resume_refuses_flags_that_differ_from_the_stored_run(argv, named, inter
     line = one_error_line(*run(["train", "--out", interrupted, "--resume", *argv], capsys))
     assert named in line, line
     assert started_runs == [] and checkpoint_path(interrupted).read_bytes() == before
+
+
+def test_a_new_run_into_an_interrupted_runs_folder_is_refused_and_its_checkpoint_kept(
+    interrupted, tiny_phantom, started_runs, capsys
+):
+    """Without --resume, a new run used to start over silently and overwrite the interrupted run's
+    checkpoint at its first checkpoint step (hours of training lost to a repeated command)."""
+    before = checkpoint_path(interrupted).read_bytes()
+    line = one_error_line(
+        *run(["train", "--data", tiny_phantom, "--out", interrupted, "--steps", "3"], capsys)
+    )
+    assert "interrupted run (step 6 of 10)" in line and "--resume" in line, line
+    assert started_runs == [] and checkpoint_path(interrupted).read_bytes() == before
+
+
+def test_a_new_locator_run_into_an_interrupted_runs_folder_is_refused(tmp_path, tiny_phantom, capsys):
+    out = tmp_path / "loc"
+    config = LocatorTrainConfig(data=[str(tiny_phantom)], out=str(out), steps=50)
+    write_checkpoint(checkpoint_path(out), {"step": 3, "config": config.to_json()}, Reporter())
+    line = one_error_line(*run(["train-locator", "--data", tiny_phantom, "--out", out], capsys))
+    assert "interrupted run (step 3 of 50)" in line and "--resume" in line, line
 
 
 def test_resume_of_a_locator_refuses_a_different_crop(tmp_path, capsys):

@@ -10,7 +10,7 @@ import time
 
 from ..errors import InputError
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _PROBABILITY, _default, _device, _number, _scales
-from .train import _given, _resume_folder, _resumed_config, _run_trainer, _unless
+from .train import _given, _resume_folder, _resumed_config, _run_trainer, _unless, refuse_interrupted_run
 
 MAX_REPLAY = 10**8
 """Largest replay memory ``train-locator --memory`` takes: 36 bytes a transition, 3.6 GB (2e9, 72 GB, ran
@@ -70,6 +70,7 @@ def cmd_train_locator(args: argparse.Namespace) -> int:
     else:
         name = args.name or f"locator-{time.strftime('%Y%m%d-%H%M%S')}"
         config = LocatorTrainConfig(out=args.out or str(locators_dir() / name), **fields)
+    refuse_interrupted_run(args, LocatorTrainer, config.out)
     return _run_trainer(args, LocatorTrainer, config, "locator")
 
 

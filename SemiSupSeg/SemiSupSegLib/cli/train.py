@@ -127,6 +127,29 @@ def _new_train_config(args: argparse.Namespace, fields: dict[str, object]):
     return TrainConfig(out=out, **fields)
 
 
+def refuse_interrupted_run(args: argparse.Namespace, trainer_cls, out: str) -> None:
+    """Refuse a new run into a folder that holds an interrupted run's checkpoint.
+
+    Without this, a repeated command without ``--resume`` started over and overwrote the checkpoint
+    (hours of training) at its first checkpoint step. Processes started by ``--nproc`` skip the check:
+    their launcher made it, and rank 0 may already have written the new run's first checkpoint.
+    """
+    from ..checkpoints import checkpoint_path, read_checkpoint
+    from ..distributed import LAUNCHED
+
+    path = checkpoint_path(out)
+    if args.resume or os.environ.get(LAUNCHED) or not path.exists():
+        return
+    try:
+        where = f" (step {int(read_checkpoint(path)['step'])} of {trainer_cls.stored_config(out).steps})"
+    except Exception:  # an unreadable checkpoint is still a run not to overwrite; the step is a courtesy
+        where = ""
+    raise InputError(
+        f"{out} holds an interrupted run{where}; continue it with --resume, or give another --out "
+        f"(delete {path.parent} to start over)"
+    )
+
+
 def _run_trainer(args: argparse.Namespace, trainer_cls, config, what: str) -> int:
     """Shared by ``train`` and ``train-locator``: run a checked configuration, new or resumed."""
     from ..distributed import Distributed
@@ -147,6 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "method_options" in fields:
         fields["method_options"] = method.parse_options(fields["method_options"])
     config = _resumed_config(args, stored, fields) if stored else _new_train_config(args, fields)
+    refuse_interrupted_run(args, Trainer, config.out)
     if _launches(args, config.device):
         from ..distributed import launch
 
