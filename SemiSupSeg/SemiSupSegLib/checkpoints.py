@@ -26,13 +26,9 @@ import torch
 from .atomic import atomic_torch_save
 from .errors import InputError, ModelError
 from .progress import Reporter
+from .run_data import checkpoint_path as checkpoint_path  # its home: torch-free, read by the panels too
 
-CHECKPOINT = "checkpoint.pt"
 ConfigT = TypeVar("ConfigT")
-
-
-def checkpoint_path(out: str | Path) -> Path:
-    return Path(out) / ".training" / CHECKPOINT
 
 
 def write_checkpoint(path: Path, state: dict, reporter: Reporter) -> None:

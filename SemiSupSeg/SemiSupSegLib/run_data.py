@@ -303,6 +303,7 @@ def new_run_folder(name: str, root: str | os.PathLike | None = None) -> Path:
 
 
 def checkpoint_path(out: str | os.PathLike) -> Path:
+    """Where a run in ``out`` keeps its checkpoint (one home, torch-free; the trainers write it)."""
     return Path(out) / ".training" / "checkpoint.pt"
 
 
