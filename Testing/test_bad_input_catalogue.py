@@ -328,6 +328,8 @@ KINDS = [
          CLI, r"--batch 100000000 of 16x16x16 patches is 4\.1e\+11 voxels per step, above 2\.68e\+08"),
     Kind("train --out onto an existing file", lambda r: train(r, pool(r))[:4] + [r / "dataset.json", "--steps", "1"],
          CLI, r"cannot use '.*dataset\.json/.*': Not a directory"),
+    Kind("phantom of no cases at all", lambda r: ["phantom", r / "ph", "--cases", "0"],
+         CLI, r"no cases to write: give --cases, --unlabeled or --test"),
     Kind("zero steps", lambda r: train(r, pool(r), "--steps", "0"),
          CLI, r"argument --steps: .*'0'"),
     Kind("locator recognition crop not a multiple of 8", lambda r: ["train-locator", "--data", pool(r), "--out", r / "loc", "--recognition-patch", "12"],

@@ -1077,6 +1077,8 @@ def write_phantom_dataset(
         "unlabeled": _check_count("unlabeled", unlabeled),
         "test": _check_count("test", test),
     }
+    if not any(counts.values()):
+        raise InputError("no cases to write: give --cases, --unlabeled or --test a number above 0")
     _check_seed(seed)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 64:
         raise InputError(f"workers must be an integer from 1 to 64, got {workers!r}.")
