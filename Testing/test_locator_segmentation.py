@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from stub_networks import ThresholdNet, halfway_level, stub_model
+from stub_networks import ConstantNet, ThresholdNet, halfway_level, stub_model
 
 from SemiSupSegLib import inference
 from SemiSupSegLib.cli import main
@@ -20,6 +20,7 @@ from SemiSupSegLib.errors import ModelError
 from SemiSupSegLib.locator import load_locator, locate
 from SemiSupSegLib.locator.by_segmentation import (
     DEFAULT_MIN_VOLUME_MM3,
+    LocatorModel,
     SegmentationLocator,
     heaviest_component,
     save_segmentation_locator,
@@ -58,9 +59,17 @@ def _tube_volume(with_speck: bool = True, length_mm: float = 24.0) -> sitk.Image
     return _rotated(array)
 
 
+def _member(
+    image: sitk.Image, min_volume: float = 100.0, name: str = "tube-finder", net=None
+) -> LocatorModel:
+    """One locator model: by default a stub that segments exactly the bright voxels of ``image``."""
+    model = stub_model({"t": net or ThresholdNet(halfway_level(image, 0.0, 100.0, TARGET))}, 16, TARGET)
+    model.meta["name"] = name
+    return LocatorModel(model, min_volume)
+
+
 def _locator(image: sitk.Image, min_volume: float = 100.0) -> SegmentationLocator:
-    model = stub_model({"t": ThresholdNet(halfway_level(image, 0.0, 100.0, TARGET))}, 16, TARGET)
-    return SegmentationLocator(path=Path("stub"), meta={"min_volume_mm3": min_volume}, model=model)
+    return SegmentationLocator(path=Path("stub"), meta={}, models=[_member(image, min_volume)])
 
 
 def test_heaviest_component_is_the_one_with_most_probability_not_most_voxels():
@@ -105,7 +114,7 @@ def test_it_finds_the_tube_on_a_rotated_anisotropic_volume():
     truth = np.asarray(image.TransformContinuousIndexToPhysicalPoint(TUBE_INDEX_XYZ))
     assert np.linalg.norm(np.asarray(found.point_lps) - truth) < 1.0  # mm; the model's voxels are 1 mm
     assert found.index_xyz == pytest.approx(TUBE_INDEX_XYZ, abs=1.5)
-    assert found.low_confidence is False and found.confidence > 0.5
+    assert found.low_confidence is False and found.confidence > 0.5 and found.found_by == "tube-finder"
     assert math.isnan(found.q_value)
     assert np.linalg.norm(np.asarray(volume_centre(image)) - truth) > 10.0  # the centre would be wrong
 
@@ -113,7 +122,7 @@ def test_it_finds_the_tube_on_a_rotated_anisotropic_volume():
 def test_a_component_below_the_minimum_volume_gives_the_volume_centre_with_low_confidence():
     image = _tube_volume(with_speck=False, length_mm=3.0)  # about 60 mm³
     found = locate(_locator(image, min_volume=250.0), image)
-    assert found.low_confidence is True and 0.0 < found.confidence < 0.5
+    assert found.low_confidence is True and 0.0 < found.confidence < 0.5 and found.found_by is None
     assert found.point_lps == pytest.approx(volume_centre(image))
     empty = _rotated(np.zeros(SHAPE_ZYX) + np.random.default_rng(0).normal(0, 1, SHAPE_ZYX))
     nothing = locate(_locator(empty, min_volume=250.0), empty)
@@ -144,7 +153,8 @@ def test_a_locator_folder_names_its_model_by_relative_path_and_loads_through_loa
     (folder / "locator.json").write_text(json.dumps(meta))
     locator = load_locator(folder)
     assert isinstance(locator, SegmentationLocator)
-    assert locator.model.path.resolve() == saved_model.resolve() and locator.min_volume_mm3 == 80.0
+    [member] = locator.models
+    assert member.model.path.resolve() == saved_model.resolve() and member.min_volume_mm3 == 80.0
 
 
 @pytest.mark.parametrize(
@@ -155,6 +165,9 @@ def test_a_locator_folder_names_its_model_by_relative_path_and_loads_through_loa
         ({"min_volume_mm3": -1}, "min_volume_mm3"),
         ({"kind": "something-else"}, "does not describe a locator"),
         ({"model": None}, "needs a 'model'"),
+        ({"format": 2, "models": []}, "non-empty list"),
+        ({"format": 2, "models": [{"model": "no-such-model", "min_volume_mm3": 20}]}, "no-such-model"),
+        ({"format": 2, "models": [{"model": "..", "min_volume_mm3": "x"}]}, "min_volume_mm3"),
     ],
 )
 def test_a_bad_locator_json_is_refused_by_name(saved_model, tmp_path, change, message):
@@ -176,6 +189,7 @@ def test_cli_makes_a_locator_and_locate_prints_strict_json(saved_model, tmp_path
     record = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"JSON has {name}"))
     assert record["q_value"] is None and 0.0 <= record["confidence"] < 1.0
     assert isinstance(record["low_confidence"], bool) and len(record["point_lps"]) == 3
+    assert "found_by" in record
 
 
 def test_cli_refuses_a_missing_model_and_a_negative_volume_with_status_2(tmp_path, capsys):
@@ -184,3 +198,53 @@ def test_cli_refuses_a_missing_model_and_a_negative_volume_with_status_2(tmp_pat
         main(["locator-from-model", "--model", "x", "--min-volume", "-3", "--out", str(tmp_path / "l")]) == 2
     )
     assert not (tmp_path / "l" / "locator.json").exists()
+
+
+# ------------------------------------------------------------------ several instruments, one locator
+
+
+def test_several_models_the_most_confident_find_wins_whatever_their_order():
+    """A model that finds nothing (probability 0.1 everywhere) beside one that finds the tube: the tube's
+    point, named by its model, in both orders; a model that finds the tube but cannot trust it (its
+    minimum volume far above the tube's) loses to one that can."""
+    image = _tube_volume()
+    blind = _member(image, name="blind", net=ConstantNet(0.1))
+    finder = _member(image, name="tube-finder")
+    truth = np.asarray(image.TransformContinuousIndexToPhysicalPoint(TUBE_INDEX_XYZ))
+    for models in ([blind, finder], [finder, blind]):
+        found = locate(SegmentationLocator(Path("stub"), {}, models), image)
+        assert found.found_by == "tube-finder" and np.linalg.norm(np.asarray(found.point_lps) - truth) < 1.0
+    doubtful = _member(image, min_volume=1e6, name="doubtful")
+    found = locate(SegmentationLocator(Path("stub"), {}, [doubtful, finder]), image)
+    assert found.found_by == "tube-finder" and found.confidence > 0.5
+    alone = locate(SegmentationLocator(Path("stub"), {}, [doubtful, blind]), image)
+    assert alone.low_confidence is True and alone.found_by is None
+    assert alone.point_lps == pytest.approx(volume_centre(image))
+
+
+def test_each_model_has_its_own_minimum_volume():
+    """A thin instrument (a short tube of about 60 mm³) is trusted by a model whose minimum volume fits it
+    (a guide-wire model) and not at the catheter's 250 mm³."""
+    image = _tube_volume(with_speck=False, length_mm=3.0)
+    thin = locate(SegmentationLocator(Path("stub"), {}, [_member(image, 250.0, "catheter")]), image)
+    assert thin.low_confidence is True
+    both = [_member(image, 250.0, "catheter"), _member(image, 20.0, "guidewire")]
+    found = locate(SegmentationLocator(Path("stub"), {}, both), image)
+    assert found.found_by == "guidewire" and found.low_confidence is False
+
+
+def test_a_two_model_locator_is_written_as_format_2_and_loads_both_with_their_volumes(
+    saved_model, tmp_path, capsys
+):
+    out = tmp_path / "two"
+    argv = ["locator-from-model", "--model", str(saved_model), "--model", str(saved_model), "--out", str(out)]
+    assert main([*argv, "--min-volume", "250", "--min-volume", "20", "--min-volume", "5"]) == 2
+    assert "once per --model (2), not 3 times" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*argv, "--min-volume", "250", "--min-volume", "20"]) == 0
+    meta = json.loads((out / "locator.json").read_text())
+    assert meta["format"] == 2 and "model" not in meta
+    assert [e["min_volume_mm3"] for e in meta["models"]] == [250.0, 20.0]
+    locator = load_locator(out)
+    assert [m.min_volume_mm3 for m in locator.models] == [250.0, 20.0]
+    assert all(m.model.path.resolve() == saved_model.resolve() for m in locator.models)

@@ -91,6 +91,7 @@ def cmd_locate(args: argparse.Namespace) -> int:
             "q_value": found.q_value if math.isfinite(found.q_value) else None,  # JSON has no NaN
             "confidence": found.confidence,
             "low_confidence": found.low_confidence,
+            "found_by": found.found_by,
             "seconds": found.seconds,
         }
         print(json.dumps(record))
@@ -104,18 +105,26 @@ def cmd_locate(args: argparse.Namespace) -> int:
 
 
 def cmd_locator_from_model(args: argparse.Namespace) -> int:
-    from ..locator.by_segmentation import save_segmentation_locator
+    from ..locator.by_segmentation import DEFAULT_MIN_VOLUME_MM3, save_segmentation_locator
     from ..locator.store import locators_dir
 
-    name = args.name or f"locator-{args.model}".replace("/", "-").strip("-.")
+    volumes = args.min_volume or [DEFAULT_MIN_VOLUME_MM3]
+    if len(volumes) not in (1, len(args.model)):
+        raise InputError(
+            f"give --min-volume once, or once per --model ({len(args.model)}), not {len(volumes)} times"
+        )
+    volumes = volumes * len(args.model) if len(volumes) == 1 else volumes
+    models = ", ".join(args.model)
+    name = args.name or f"locator-{'+'.join(args.model)}".replace("/", "-").strip("-.")
     folder = save_segmentation_locator(
         args.out or locators_dir() / name,
         args.model,
         name=args.name,
-        description=args.description or f"segmentation locator on model {args.model}",
-        min_volume_mm3=args.min_volume,
+        description=args.description or f"segmentation locator on model {models}",
+        min_volume_mm3=volumes,
     )
-    print(f"wrote segmentation locator {folder} (model {args.model}, min volume {args.min_volume:g} mm³)")
+    shown = ", ".join(f"{v:g}" for v in volumes)
+    print(f"wrote segmentation locator {folder} (model {models}, min volume {shown} mm³)")
     return 0
 
 
@@ -302,18 +311,21 @@ def _add_locator_from_model(sub) -> None:
         description="Write a locator folder (locator.json only, nothing is trained) that finds the "
         "instrument by running the segmentation model MODEL once over the whole volume and taking the "
         "centroid of its most probable component; below --min-volume the answer is the volume's centre "
-        "with low confidence.",
+        "with low confidence. Several --model (one per instrument, e.g. a catheter and a guide-wire model): "
+        "each runs over the volume and the most confident find wins.",
     )
-    p.add_argument("--model", required=True, help="segmentation model name or folder")
+    p.add_argument(
+        "--model", required=True, action="append", help="segmentation model name or folder (repeatable)"
+    )
     p.add_argument("--out", help="locator folder to write (default: the locators folder / NAME)")
     p.add_argument("--name", help="locator name (default: locator-MODEL)")
     p.add_argument("--description")
     p.add_argument(
         "--min-volume",
         type=_number(float, 0.0, 1e9),
-        default=DEFAULT_MIN_VOLUME_MM3,
-        help="mm³ of the found component below which the confidence is low "
-        f"(default {DEFAULT_MIN_VOLUME_MM3:g})",
+        action="append",
+        help="mm³ of the found component below which the confidence is low: once for every model, or "
+        f"once per --model in their order (default {DEFAULT_MIN_VOLUME_MM3:g})",
     )
     p.set_defaults(func=cmd_locator_from_model)
 

@@ -23,6 +23,13 @@ Below it the located component is not trusted: the answer is the volume's centre
 lay a median 40 grid voxels from the guide-wires, the grid centre 17-21) and ``low_confidence`` tells the
 clinician to place the point by hand. A locator is a folder with a ``locator.json`` of kind
 ``segmentation-locator`` naming its model; it needs no training (:func:`save_segmentation_locator`).
+
+Several instruments, one locator: a locator may name several models, each with its own ``V_min``
+(a guide-wire of 0.9 mm holds a few tens of mm³ where a catheter holds hundreds). Each model runs over
+the volume and the most confident find wins; the answer names the model that found it (``found_by``).
+A one-model locator is written in format 1 (``"model"``), so earlier versions still read it; a
+several-model one in format 2 (``"models": [{"model", "min_volume_mm3"}, ...]``), which they refuse
+by its format number.
 """
 
 from __future__ import annotations
@@ -42,19 +49,31 @@ from ..errors import InputError, ModelError, checked_number
 from ..model_store import LoadedModel, load_model, software_versions
 
 SEGMENTATION_KIND = "segmentation-locator"
-SEGMENTATION_FORMAT = 1
+SEGMENTATION_FORMAT = 2  # 1: one "model"; 2: a list of "models"
 DEFAULT_MIN_VOLUME_MM3 = 250.0
 REPORT_GRID = 96  # the grid on which LocateResult.grid_index_zyx is reported, as for the DQN locators
 PROBABILITY_THRESHOLD = 0.5
 
 
 @dataclass
+class LocatorModel:
+    """One model of a segmentation locator and the component volume it must find to be trusted."""
+
+    model: LoadedModel
+    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
+
+    @property
+    def name(self) -> str:
+        return str(self.model.meta.get("name") or self.model.path.name)
+
+
+@dataclass
 class SegmentationLocator:
-    """A segmentation locator ready for use: its description and its loaded segmentation model."""
+    """A segmentation locator ready for use: its description and its loaded segmentation model(s)."""
 
     path: Path
     meta: dict
-    model: LoadedModel
+    models: list[LocatorModel]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -64,10 +83,6 @@ class SegmentationLocator:
     @property
     def grid(self) -> int:
         return REPORT_GRID
-
-    @property
-    def min_volume_mm3(self) -> float:
-        return float(self.meta.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3))
 
     @property
     def confidence_threshold(self) -> float:
@@ -84,6 +99,7 @@ class SegmentationFind:
     confidence: float
     low_confidence: bool
     volume_mm3: float
+    found_by: str | None = None  # the model whose component this is (None: nothing trusted)
 
 
 def heaviest_component(
@@ -122,41 +138,72 @@ def volume_centre(image: sitk.Image) -> tuple[float, float, float]:
 
 
 def find_instrument(locator: SegmentationLocator, image: sitk.Image) -> SegmentationFind:
-    """Run the locator's model over ``image`` and locate the instrument (module docstring).
+    """Run the locator's model(s) over ``image`` and locate the instrument (module docstring).
 
     Args:
         locator: a loaded segmentation locator.
         image: the volume (bad images raise :class:`InputError`, as for :func:`segment`).
 
     Returns:
-        The point, its confidence, whether it is below the threshold (then the point is the volume's
-        centre), and the component's volume.
+        The most confident model's point, its confidence, whether it is below the threshold (then the
+        point is the volume's centre and ``found_by`` is None), and the component's volume.
     """
     from ..imageio import check_contrast
-    from ..inference import volume_probability
 
     check_contrast(image, "find")
-    probability, grid = volume_probability(locator.model, image)
+    finds = [_find_with(member, image, locator.confidence_threshold) for member in locator.models]
+    return max(finds, key=lambda f: f.confidence)  # a low one already answers the volume's centre
+
+
+def _find_with(member: LocatorModel, image: sitk.Image, threshold: float) -> SegmentationFind:
+    """One model's find: its heaviest component's weighted centroid and the confidence of its volume."""
+    from ..inference import volume_probability
+
+    probability, grid = volume_probability(member.model, image)
     found = heaviest_component(probability, float(np.prod(grid.GetSpacing())))
     volume = 0.0 if found is None else found[1]
-    confidence = volume_confidence(volume, locator.min_volume_mm3)
-    low = confidence < locator.confidence_threshold
-    if found is None or low:
-        point = volume_centre(image)
-    else:
-        point = grid.TransformContinuousIndexToPhysicalPoint(list(found[0][::-1]))
-    return SegmentationFind(tuple(float(v) for v in point), confidence, low, volume)  # type: ignore[arg-type]
+    confidence = volume_confidence(volume, member.min_volume_mm3)
+    if found is None or confidence < threshold:
+        return SegmentationFind(volume_centre(image), confidence, True, volume)
+    point = grid.TransformContinuousIndexToPhysicalPoint(list(found[0][::-1]))
+    return SegmentationFind(tuple(float(v) for v in point), confidence, False, volume, member.name)  # type: ignore[arg-type]
 
 
-def _model_reference(folder: Path, meta: dict) -> str:
-    """The model a locator names: a model name, or a path (relative ones from the locator folder)."""
-    model = meta.get("model")
+def _model_reference(folder: Path, model: object) -> str:
+    """A model a locator names: a model name, or a path (relative ones from the locator folder)."""
     if not isinstance(model, str) or not model:
         raise ModelError(f"{folder / 'locator.json'}: a segmentation locator needs a 'model' (name or path)")
     if os.sep in model or "/" in model:
         path = Path(model).expanduser()
         return str(path if path.is_absolute() else (folder / path).resolve())
     return model
+
+
+def _named_models(folder: Path, meta: dict) -> list[tuple[str, float]]:
+    """The (model reference, minimum volume) pairs of a locator.json: format 1's one, format 2's list."""
+    where = folder / "locator.json"
+    if "models" not in meta:
+        entries = [
+            {"model": meta.get("model"), "min_volume_mm3": meta.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3)}
+        ]
+    elif (
+        isinstance(meta["models"], list)
+        and meta["models"]
+        and all(isinstance(e, dict) for e in meta["models"])
+    ):
+        entries = meta["models"]
+    else:
+        raise ModelError(f'{where}: \'models\' must be a non-empty list of {{"model", "min_volume_mm3"}}')
+    named = []
+    for entry in entries:
+        try:
+            volume = checked_number(
+                "min_volume_mm3", entry.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3), float, 0.0, 1e9
+            )
+        except InputError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+        named.append((_model_reference(folder, entry.get("model")), float(volume)))
+    return named
 
 
 def check_segmentation_meta(path: Path, meta: dict) -> None:
@@ -167,58 +214,64 @@ def check_segmentation_meta(path: Path, meta: dict) -> None:
             f"{path} has segmentation-locator format {version!r}; this SemiSupSeg reads up to "
             f"{SEGMENTATION_FORMAT}: update SemiSupSeg"
         )
-    try:
-        checked_number("min_volume_mm3", meta.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3), float, 0.0, 1e9)
-    except InputError as exc:
-        raise ModelError(f"{path}: {exc}") from None
+    _named_models(path.parent, meta)
 
 
 def load_segmentation_locator(folder: Path, meta: dict, device: str | torch.device) -> SegmentationLocator:
-    """Load the model a segmentation locator names (``weights_only=True``, as every model)."""
+    """Load the model(s) a segmentation locator names (``weights_only=True``, as every model)."""
     check_segmentation_meta(folder / "locator.json", meta)
-    reference = _model_reference(folder, meta)
-    try:
-        model = load_model(reference, device)
-    except ModelError as exc:
-        raise ModelError(f"segmentation locator {folder}: {exc}") from None
-    return SegmentationLocator(path=folder, meta=meta, model=model, device=torch.device(device))
+    members = []
+    for reference, volume in _named_models(folder, meta):
+        try:
+            members.append(LocatorModel(load_model(reference, device), volume))
+        except ModelError as exc:
+            raise ModelError(f"segmentation locator {folder}: {exc}") from None
+    return SegmentationLocator(path=folder, meta=meta, models=members, device=torch.device(device))
 
 
 def save_segmentation_locator(
     folder: str | os.PathLike,
-    model: str,
+    models: str | list[str],
     *,
     name: str | None = None,
     description: str = "",
-    min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3,
+    min_volume_mm3: float | list[float] = DEFAULT_MIN_VOLUME_MM3,
 ) -> Path:
-    """Write a segmentation locator folder (``locator.json`` only; the model stays where it is).
+    """Write a segmentation locator folder (``locator.json`` only; the models stay where they are).
 
     Args:
         folder: the locator folder to write.
-        model: the segmentation model: a name (models folder or shipped) or a path.
+        models: the segmentation model, or several (one per instrument): names (models folder or
+            shipped) or paths.
         name: the locator's name (default: the folder name).
         description: one line for the panels.
-        min_volume_mm3: below this component volume the locator reports low confidence.
+        min_volume_mm3: below this component volume a model's find is not trusted; one value for
+            every model, or one per model.
 
     Returns:
         The folder.
     """
     folder = Path(folder)
-    checked_number("min_volume_mm3", min_volume_mm3, float, 0.0, 1e9)
-    load_model(model)  # refuse a model that cannot be loaded now rather than at the first locate
-    if os.sep in str(model) or "/" in str(model):
-        model = str(Path(model).expanduser().resolve())  # a path is recorded absolute
+    models = [models] if isinstance(models, str) else list(models)
+    volumes = (
+        list(min_volume_mm3) if isinstance(min_volume_mm3, (list, tuple)) else [min_volume_mm3] * len(models)
+    )
+    if not models or len(volumes) != len(models):
+        raise InputError(
+            f"give one minimum volume for all models or one per model ({len(models)}), got {len(volumes)}"
+        )
+    entries = []
+    for model, volume in zip(models, volumes, strict=True):
+        checked_number("min_volume_mm3", volume, float, 0.0, 1e9)
+        load_model(model)  # refuse a model that cannot be loaded now rather than at the first locate
+        if os.sep in str(model) or "/" in str(model):
+            model = str(Path(model).expanduser().resolve())  # a path is recorded absolute
+        entries.append({"model": str(model), "min_volume_mm3": float(volume)})
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": SEGMENTATION_FORMAT,
-        "kind": SEGMENTATION_KIND,
-        "name": name or folder.name,
-        "description": description,
-        "model": str(model),
-        "min_volume_mm3": float(min_volume_mm3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "software": software_versions(),
-    }
+    meta = {"format": 1 if len(entries) == 1 else 2, "kind": SEGMENTATION_KIND, "name": name or folder.name}
+    meta["description"] = description
+    meta.update(entries[0] if len(entries) == 1 else {"models": entries})
+    meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta["software"] = software_versions()
     atomic_write_json(folder / "locator.json", meta)
     return folder

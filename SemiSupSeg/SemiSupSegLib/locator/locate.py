@@ -37,6 +37,7 @@ class LocateResult:
     With recognition, ``confidence`` is the instrument likelihood at the point (:func:`point_confidence`)
     and ``low_confidence`` says it is below the threshold calibrated on the locator's validation cases
     (then a clinician should place the point by hand); both are None for a points-only locator.
+    ``found_by``: for a segmentation locator, the model whose find it is (None when nothing was trusted).
     """
 
     point_lps: tuple[float, float, float]
@@ -47,6 +48,7 @@ class LocateResult:
     agents: int = 1
     confidence: float | None = None
     low_confidence: bool | None = None
+    found_by: str | None = None
 
 
 @contextlib.contextmanager
@@ -174,6 +176,7 @@ def _located_by_segmentation(locator: SegmentationLocator, image: sitk.Image, t0
         agents=0,
         confidence=found.confidence,
         low_confidence=found.low_confidence,
+        found_by=found.found_by,
     )
 
 
