@@ -376,7 +376,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, Workfl
             self.ui.confidenceLabel.text = "Searching..."
             slicer.app.processEvents()
             found = self.logic.locate(p.inputVolume, p.centerPoint, p.locatorFolder, p.device)
-            text = bridge.confidence_text(found.q_value, found.confidence, found.low_confidence)
+            text = bridge.confidence_text(
+                found.q_value, found.confidence, found.low_confidence, found.found_by
+            )
             self.ui.confidenceLabel.text = text + f" ({found.seconds:.1f} s)"
             return
         self.ui.confidenceLabel.text = ""

@@ -228,6 +228,8 @@ def test_confidence_and_summary_text():
     assert "0.93" in bridge.confidence_text(3.0, 0.93, False) and "LOW" not in bridge.confidence_text(
         3.0, 0.93, False
     )
+    assert "by phantom-guidewire" in bridge.confidence_text(float("nan"), 0.8, False, "phantom-guidewire")
+    assert "(instrument recognised at the point);" in bridge.confidence_text(float("nan"), 0.8, False, None)
     assert (
         bridge.result_summary(3.21, "roi", "cpu", "bf16")
         == "Segmented in 3.2 s (around the point, cpu, bf16)"

@@ -368,13 +368,17 @@ def resolve_locator_folder(path: str | os.PathLike | None) -> Path:
     )
 
 
-def confidence_text(q_value: float, confidence: float | None = None, low: bool | None = None) -> str:
+def confidence_text(
+    q_value: float, confidence: float | None = None, low: bool | None = None, found_by: str | None = None
+) -> str:
     """How much to trust a located point, for the panel and the CLI.
 
     Args:
         q_value: the agents' final max-Q (all a points-only locator has: near 0 or below, they settled).
         confidence: a locator II's instrument likelihood at the point (None for a points-only locator).
         low: whether ``confidence`` is below the threshold calibrated on the locator's validation cases.
+        found_by: the model of a several-model segmentation locator that found the point (which
+            instrument it is), named in the line.
 
     Returns:
         One line; a low confidence tells the clinician to place the point by hand.
@@ -385,9 +389,8 @@ def confidence_text(q_value: float, confidence: float | None = None, low: bool |
                 f"LOW confidence ({confidence:.2f}): the instrument may not be at this point; "
                 "place the point by hand"
             )
-        return (
-            f"confidence {confidence:.2f} (instrument recognised at the point); check it and drag if needed"
-        )
+        by = f" by {found_by}" if found_by else ""
+        return f"confidence {confidence:.2f} (instrument recognised at the point{by}); check it and drag if needed"
     q = float(q_value)
     if not np.isfinite(q):
         return "confidence unknown (no finite Q-value); check the point"

@@ -131,7 +131,7 @@ def cmd_locator_from_model(args: argparse.Namespace) -> int:
 def _confidence_text(found) -> str:
     from ..slicer_bridge import confidence_text
 
-    return confidence_text(found.q_value, found.confidence, found.low_confidence)
+    return confidence_text(found.q_value, found.confidence, found.low_confidence, found.found_by)
 
 
 def _load_locator(name: str, device):
