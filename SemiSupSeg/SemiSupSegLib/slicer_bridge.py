@@ -390,7 +390,8 @@ def confidence_text(
                 "place the point by hand"
             )
         by = f" by {found_by}" if found_by else ""
-        return f"confidence {confidence:.2f} (instrument recognised at the point{by}); check it and drag if needed"
+        found = f"instrument recognised at the point{by}"
+        return f"confidence {confidence:.2f} ({found}); check it and drag if needed"
     q = float(q_value)
     if not np.isfinite(q):
         return "confidence unknown (no finite Q-value); check the point"
