@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/locator.py --locator phantom-locator-ii \
         --points-only phantom-locator [--segmentation phantom-locator-seg] --model phantom-catheter \
-        [--cases 10] [--window-cases 2] \
+        [--several phantom-locator] [--cases 10] [--window-cases 2] \
         [--work /tmp/locator-bench] [--out docs/benchmark_results/locator.json] [--write docs/BENCHMARKS.md]
     python benchmarks/locator.py --tabulate docs/benchmark_results/locator.json [--write docs/BENCHMARKS.md]
 
@@ -22,7 +22,12 @@ Rows, side by side on the same cases:
 - **locator II**: the new locator as shipped (search, then the middle of the recognised instrument);
 - **segmentation locator** (``--segmentation``): the segmentation model run once over the whole
   volume, the probability-weighted centroid of its heaviest component, the volume's centre when that
-  component is below the locator's ``min_volume_mm3`` (``SemiSupSegLib/locator/by_segmentation.py``).
+  component is below the locator's ``min_volume_mm3`` (``SemiSupSegLib/locator/by_segmentation.py``);
+- **segmentation locator, several models** (``--several``): one such locator naming several models
+  (one per instrument), the most confident find winning.
+
+A row whose locator is given for the first time is measured on the cached cases too (the other rows
+are kept), so a new row can join a table measured earlier, on the same cases.
 
 Columns: median and worst error in voxels of the locator's 96³ grid and in mm; % within 10 grid
 voxels; ROI coverage (% of the instrument's voxels inside the 2×2×2-patch region the segmentation
@@ -83,6 +88,7 @@ POINTS_ONLY = "points-only DQN"
 SEARCH_ONLY = "locator II, search only"
 LOCATOR = "locator II"
 SEGMENTATION = "segmentation locator"
+SEVERAL = "segmentation locator, several models"
 TRUE = "true centre"
 SCRIPT = "benchmarks/locator.py"
 
@@ -171,20 +177,28 @@ def _case_rows(locators: dict, model, case, window: bool, dice: bool) -> dict:
     image = read_image(case.image)
     label = read_image(case.label, what="label")
     center = tuple(case.center)
-    rows = {}
-    rows[GRID_CENTRE] = _row(image, label, center, grid_centre_point(image), 0.0, model, False)
-    for name, locator in locators.items():
-        found = locate(locator, image)
-        extra = {} if found.confidence is None else {"confidence": found.confidence}
-        rows[name] = _row(image, label, center, found.point_lps, found.seconds, model, dice, **extra)
-        if locator.recognizer is not None:
-            plain = locate(locator, image, refine=False)
-            rows[SEARCH_ONLY] = _row(image, label, center, plain.point_lps, plain.seconds, model, False)
+    rows = {GRID_CENTRE: _row(image, label, center, grid_centre_point(image), 0.0, model, False)}
+    rows.update(_locator_rows(locators, model, image, label, center, dice))
     if model is not None:
         rows[TRUE] = _true_centre_row(model, image, label, center, dice)
         if dice and window:
             point, seconds = window_centroid(model, image)
             rows[WINDOW] = _row(image, label, center, point, seconds, model, False)
+    return rows
+
+
+def _locator_rows(locators: dict, model, image, label, center, dice: bool) -> dict:
+    """The rows of ``locators`` on one case."""
+    rows = {}
+    for name, locator in locators.items():
+        found = locate(locator, image)
+        extra = {} if found.confidence is None else {"confidence": found.confidence}
+        if found.found_by is not None:
+            extra["found_by"] = found.found_by
+        rows[name] = _row(image, label, center, found.point_lps, found.seconds, model, dice, **extra)
+        if locator.recognizer is not None:
+            plain = locate(locator, image, refine=False)
+            rows[SEARCH_ONLY] = _row(image, label, center, plain.point_lps, plain.seconds, model, False)
     return rows
 
 
@@ -221,6 +235,8 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
         locators[POINTS_ONLY] = load_locator(args.points_only)
     if args.segmentation:
         locators[SEGMENTATION] = load_locator(args.segmentation)
+    if args.several:
+        locators[SEVERAL] = load_locator(args.several)
     model = None
     if args.model:
         from SemiSupSegLib.model_store import load_model
@@ -230,17 +246,22 @@ def measure(args: argparse.Namespace, results: dict, json_path: Path) -> dict:
     results["training_minutes"] = {
         name: round(_train_seconds(loc.meta.get("timings", {})) / 60, 1)
         for name, loc in locators.items()
-        if name != SEGMENTATION  # it trains nothing: it uses the segmentation model
+        if name not in (SEGMENTATION, SEVERAL)  # they train nothing: they use segmentation models
     }
     for name in SETS:
         done = results["sets"].setdefault(name, {"cases": {}})["cases"]
         dice = SETS[name][0] in args.dice_kinds
         for i, case in enumerate(load_dataset(_dataset(Path(args.work), name, args.cases)).test):
             if case.name in done:
-                continue
-            done[case.name] = _case_rows(
-                locators, model, case, window=dice and i < args.window_cases, dice=dice
-            )
+                new = {row: loc for row, loc in locators.items() if row not in done[case.name]}
+                if not new:
+                    continue
+                image, label = read_image(case.image), read_image(case.label, what="label")
+                done[case.name].update(_locator_rows(new, model, image, label, tuple(case.center), dice))
+            else:
+                done[case.name] = _case_rows(
+                    locators, model, case, window=dice and i < args.window_cases, dice=dice
+                )
             found = ", ".join(f"{row}: {done[case.name][row]['vox']:.1f} vox" for row in locators)
             print(f"{name} {case.name}: {found}", flush=True)
             write_json(json_path, results)
@@ -285,7 +306,7 @@ def _cells(cases: dict, row: str) -> list[str] | None:
     ]
 
 
-ROWS = (GRID_CENTRE, WINDOW, POINTS_ONLY, SEARCH_ONLY, LOCATOR, SEGMENTATION)
+ROWS = (GRID_CENTRE, WINDOW, POINTS_ONLY, SEARCH_ONLY, LOCATOR, SEGMENTATION, SEVERAL)
 
 
 def _table(results: dict) -> list[str]:
@@ -310,16 +331,18 @@ def _table(results: dict) -> list[str]:
 
 def _confidence_lines(results: dict) -> list[str]:
     """Does each row's confidence separate hits (≤ 10 grid voxels) from misses? Pooled over every set."""
-    return [line for row in (LOCATOR, SEGMENTATION) for line in _row_confidence_lines(results, row)]
+    return [line for row in (LOCATOR, SEGMENTATION, SEVERAL) for line in _row_confidence_lines(results, row)]
 
 
 def _row_confidence_lines(results: dict, row: str) -> list[str]:
-    conf, hit = [], []
+    conf, hit, found_by = [], [], {}
     for result in results["sets"].values():
         for case in result["cases"].values():
             if "confidence" in case.get(row, {}):
                 conf.append(case[row]["confidence"])
                 hit.append(case[row]["vox"] <= 10)
+                by = case[row].get("found_by", "nothing trusted")
+                found_by[by] = found_by.get(by, 0) + 1
     conf, hit = np.array(conf), np.array(hit, bool)
     if not len(conf):
         return []
@@ -330,6 +353,8 @@ def _row_confidence_lines(results: dict, row: str) -> list[str]:
         text += (
             f"; {int((~hit).sum())} misses, median {np.median(conf[~hit]):.2f} (max {conf[~hit].max():.2f})"
         )
+    if row == SEVERAL:
+        text += "; the point found by " + ", ".join(f"{k}: {v}" for k, v in sorted(found_by.items()))
     return [text + "."]
 
 
@@ -353,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--locator", help="the locator II folder or name (required unless --tabulate)")
     parser.add_argument("--points-only", help="a points-only locator measured beside it")
     parser.add_argument("--segmentation", help="a segmentation locator measured beside them")
+    parser.add_argument("--several", help="a segmentation locator of several models (one per instrument)")
     parser.add_argument("--model", help="segmentation model for ROI coverage, Dice and the centroid row")
     parser.add_argument("--cases", type=int, default=10, help="test cases per set (default 10)")
     parser.add_argument("--window-cases", type=int, default=2, help="cases per set for the centroid row")
@@ -386,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                     LOCATOR: str(args.locator),
                     POINTS_ONLY: str(args.points_only),
                     SEGMENTATION: str(args.segmentation),
+                    **({SEVERAL: str(args.several)} if args.several else {}),
                 },
                 model=args.model,
             )
