@@ -22,6 +22,7 @@ from SemiSupSegLib.locator.by_segmentation import (
     DEFAULT_MIN_VOLUME_MM3,
     LocatorModel,
     SegmentationLocator,
+    all_components,
     heaviest_component,
     save_segmentation_locator,
     volume_centre,
@@ -248,3 +249,45 @@ def test_a_two_model_locator_is_written_as_format_2_and_loads_both_with_their_vo
     locator = load_locator(out)
     assert [m.min_volume_mm3 for m in locator.models] == [250.0, 20.0]
     assert all(m.model.path.resolve() == saved_model.resolve() for m in locator.models)
+
+
+def test_all_components_pick_answers_the_middle_of_a_fragmented_thin_instrument():
+    """A thin instrument segmented in fragments (a guide-wire): the heaviest fragment's centroid lies
+    towards one end, the centroid of every confident voxel in the middle; the volume is the total."""
+    probability = np.zeros((9, 10, 61))
+    probability[4, 5, 2:22] = 0.9  # the heaviest fragment (20 voxels), at one end
+    probability[4, 5, 25:40] = 0.9
+    probability[4, 5, 43:59] = 0.9
+    probability[4, 5, 60] = 0.3  # below the threshold: not part of the instrument
+    heaviest, _ = heaviest_component(probability, 0.5)
+    (z, y, x), volume = all_components(probability, 0.5)
+    assert heaviest[2] == pytest.approx(11.5) and (z, y) == pytest.approx((4.0, 5.0))
+    assert x == pytest.approx((sum(range(2, 22)) + sum(range(25, 40)) + sum(range(43, 59))) / 51)
+    assert volume == pytest.approx(51 * 0.5)
+    assert all_components(np.zeros((3, 4, 5)), 1.0) is None
+
+
+def test_a_locator_model_with_the_all_pick_is_saved_loaded_and_used(saved_model, tmp_path, capsys):
+    out = tmp_path / "picks"
+    argv = ["locator-from-model", "--model", str(saved_model), "--model", str(saved_model), "--out", str(out)]
+    assert main([*argv, "--pick", "heaviest", "--pick", "everything"]) == 2
+    assert "--pick" in capsys.readouterr().err and not out.exists()
+    assert (
+        main([*argv, "--min-volume", "250", "--min-volume", "25", "--pick", "heaviest", "--pick", "all"]) == 0
+    )
+    meta = json.loads((out / "locator.json").read_text())
+    assert [e["pick"] for e in meta["models"]] == ["heaviest", "all"]
+    assert [m.pick for m in load_locator(out).models] == ["heaviest", "all"]
+    z, y, x = np.indices(SHAPE_ZYX, dtype=float)  # the tube in two pieces: 6 mm and 14 mm long
+    cx, cy, cz = TUBE_INDEX_XYZ
+    along = (x - cx) * SPACING[0]
+    radial = np.hypot((y - cy) * SPACING[1], (z - cz) * SPACING[2])
+    pieces = (radial < 2.5) & (np.abs(along) < 12.0) & ~((along > -6.0) & (along < -2.0))
+    image = _rotated(np.where(pieces, 100.0, 0.0))
+    truth = np.asarray(image.TransformContinuousIndexToPhysicalPoint(TUBE_INDEX_XYZ))
+    member = _member(image)
+    heaviest = locate(SegmentationLocator(Path("stub"), {}, [member]), image)
+    member.pick = "all"
+    every = locate(SegmentationLocator(Path("stub"), {}, [member]), image)
+    assert np.linalg.norm(np.asarray(heaviest.point_lps) - truth) > 3.0  # the long piece's middle
+    assert np.linalg.norm(np.asarray(every.point_lps) - truth) < 1.5

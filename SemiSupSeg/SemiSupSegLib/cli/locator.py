@@ -114,6 +114,10 @@ def cmd_locator_from_model(args: argparse.Namespace) -> int:
             f"give --min-volume once, or once per --model ({len(args.model)}), not {len(volumes)} times"
         )
     volumes = volumes * len(args.model) if len(volumes) == 1 else volumes
+    picks = args.pick or ["heaviest"]
+    if len(picks) not in (1, len(args.model)):
+        raise InputError(f"give --pick once, or once per --model ({len(args.model)}), not {len(picks)} times")
+    picks = picks * len(args.model) if len(picks) == 1 else picks
     models = ", ".join(args.model)
     name = args.name or f"locator-{'+'.join(args.model)}".replace("/", "-").strip("-.")
     folder = save_segmentation_locator(
@@ -122,6 +126,7 @@ def cmd_locator_from_model(args: argparse.Namespace) -> int:
         name=args.name,
         description=args.description or f"segmentation locator on model {models}",
         min_volume_mm3=volumes,
+        pick=picks,
     )
     shown = ", ".join(f"{v:g}" for v in volumes)
     print(f"wrote segmentation locator {folder} (model {models}, min volume {shown} mm³)")
@@ -326,6 +331,13 @@ def _add_locator_from_model(sub) -> None:
         action="append",
         help="mm³ of the found component below which the confidence is low: once for every model, or "
         f"once per --model in their order (default {DEFAULT_MIN_VOLUME_MM3:g})",
+    )
+    p.add_argument(
+        "--pick",
+        choices=("heaviest", "all"),
+        action="append",
+        help="heaviest: the centroid of the most probable component (default); all: of every voxel above "
+        "0.5 (a thin instrument found in fragments, as a guide-wire); once, or once per --model",
     )
     p.set_defaults(func=cmd_locator_from_model)
 

@@ -25,7 +25,13 @@ clinician to place the point by hand. A locator is a folder with a ``locator.jso
 ``segmentation-locator`` naming its model; it needs no training (:func:`save_segmentation_locator`).
 
 Several instruments, one locator: a locator may name several models, each with its own ``V_min``
-(a guide-wire of 0.9 mm holds a few tens of mm³ where a catheter holds hundreds). Each model runs over
+(a guide-wire of 0.9 mm holds a few tens of mm³ where a catheter holds hundreds) and its own
+``pick``: ``heaviest`` (above) or ``all``, the probability-weighted centroid of every voxel above 0.5
+and their total volume. **[decision]** (2026-12-02) ``all`` for the shipped guide-wire model: it
+segments a guide-wire in fragments (a median of 13 components per volume), and on the first 6
+guide-wires of each set of ``benchmarks/locator.py`` the heaviest fragment's centroid lay a median
+16-30 grid voxels from the centre, every confident voxel's 8-19; the probe is in docs/BENCHMARKS.md
+("A guide-wire model"). Each model runs over
 the volume and the most confident find wins; the answer names the model that found it (``found_by``).
 A one-model locator is written in format 1 (``"model"``), so earlier versions still read it; a
 several-model one in format 2 (``"models": [{"model", "min_volume_mm3"}, ...]``), which they refuse
@@ -61,6 +67,7 @@ class LocatorModel:
 
     model: LoadedModel
     min_volume_mm3: float = DEFAULT_MIN_VOLUME_MM3
+    pick: str = "heaviest"  # or "all" (module docstring)
 
     @property
     def name(self) -> str:
@@ -126,6 +133,30 @@ def heaviest_component(
     return tuple(float(c) for c in centroid), float(inside.sum()) * float(voxel_mm3)  # type: ignore[return-value]
 
 
+def all_components(
+    probability_zyx: np.ndarray, voxel_mm3: float, threshold: float = PROBABILITY_THRESHOLD
+) -> tuple[tuple[float, float, float], float] | None:
+    """Every voxel of ``probability > threshold`` taken as the instrument (a thin one found in fragments).
+
+    Args:
+        probability_zyx: ``[Z, Y, X]`` foreground probability.
+        voxel_mm3: the volume of one voxel.
+        threshold: the probability above which a voxel is instrument.
+
+    Returns:
+        Their probability-weighted centroid (continuous index z, y, x) and total volume (mm³), or None
+        when no voxel is above ``threshold``.
+    """
+    inside = probability_zyx > threshold
+    if not inside.any():
+        return None
+    centroid = ndimage.center_of_mass(np.where(inside, probability_zyx, 0.0))
+    return tuple(float(c) for c in centroid), float(inside.sum()) * float(voxel_mm3)  # type: ignore[return-value]
+
+
+PICKS = {"heaviest": heaviest_component, "all": all_components}
+
+
 def volume_confidence(volume_mm3: float, min_volume_mm3: float) -> float:
     """``v / (v + V_min)``: 0 for nothing found, 0.5 at the locator's ``min_volume_mm3``, towards 1 above."""
     return float(volume_mm3) / (float(volume_mm3) + float(min_volume_mm3))
@@ -160,7 +191,7 @@ def _find_with(member: LocatorModel, image: sitk.Image, threshold: float) -> Seg
     from ..inference import volume_probability
 
     probability, grid = volume_probability(member.model, image)
-    found = heaviest_component(probability, float(np.prod(grid.GetSpacing())))
+    found = PICKS[member.pick](probability, float(np.prod(grid.GetSpacing())))
     volume = 0.0 if found is None else found[1]
     confidence = volume_confidence(volume, member.min_volume_mm3)
     if found is None or confidence < threshold:
@@ -179,8 +210,8 @@ def _model_reference(folder: Path, model: object) -> str:
     return model
 
 
-def _named_models(folder: Path, meta: dict) -> list[tuple[str, float]]:
-    """The (model reference, minimum volume) pairs of a locator.json: format 1's one, format 2's list."""
+def _named_models(folder: Path, meta: dict) -> list[tuple[str, float, str]]:
+    """The (model reference, minimum volume, pick) of a locator.json: format 1's one, format 2's list."""
     where = folder / "locator.json"
     if "models" not in meta:
         entries = [
@@ -202,7 +233,10 @@ def _named_models(folder: Path, meta: dict) -> list[tuple[str, float]]:
             )
         except InputError as exc:
             raise ModelError(f"{where}: {exc}") from None
-        named.append((_model_reference(folder, entry.get("model")), float(volume)))
+        pick = entry.get("pick", "heaviest")
+        if pick not in PICKS:
+            raise ModelError(f"{where}: pick {pick!r} is none of {', '.join(PICKS)}")
+        named.append((_model_reference(folder, entry.get("model")), float(volume), pick))
     return named
 
 
@@ -221,9 +255,9 @@ def load_segmentation_locator(folder: Path, meta: dict, device: str | torch.devi
     """Load the model(s) a segmentation locator names (``weights_only=True``, as every model)."""
     check_segmentation_meta(folder / "locator.json", meta)
     members = []
-    for reference, volume in _named_models(folder, meta):
+    for reference, volume, pick in _named_models(folder, meta):
         try:
-            members.append(LocatorModel(load_model(reference, device), volume))
+            members.append(LocatorModel(load_model(reference, device), volume, pick))
         except ModelError as exc:
             raise ModelError(f"segmentation locator {folder}: {exc}") from None
     return SegmentationLocator(path=folder, meta=meta, models=members, device=torch.device(device))
@@ -236,6 +270,7 @@ def save_segmentation_locator(
     name: str | None = None,
     description: str = "",
     min_volume_mm3: float | list[float] = DEFAULT_MIN_VOLUME_MM3,
+    pick: str | list[str] = "heaviest",
 ) -> Path:
     """Write a segmentation locator folder (``locator.json`` only; the models stay where they are).
 
@@ -247,6 +282,7 @@ def save_segmentation_locator(
         description: one line for the panels.
         min_volume_mm3: below this component volume a model's find is not trusted; one value for
             every model, or one per model.
+        pick: ``heaviest`` or ``all`` (module docstring); one for every model, or one per model.
 
     Returns:
         The folder.
@@ -256,17 +292,21 @@ def save_segmentation_locator(
     volumes = (
         list(min_volume_mm3) if isinstance(min_volume_mm3, (list, tuple)) else [min_volume_mm3] * len(models)
     )
-    if not models or len(volumes) != len(models):
+    picks = list(pick) if isinstance(pick, (list, tuple)) else [pick] * len(models)
+    if not models or len(volumes) != len(models) or len(picks) != len(models):
         raise InputError(
-            f"give one minimum volume for all models or one per model ({len(models)}), got {len(volumes)}"
+            f"give one minimum volume and pick for all models or one per model ({len(models)}), "
+            f"got {len(volumes)} and {len(picks)}"
         )
     entries = []
-    for model, volume in zip(models, volumes, strict=True):
+    for model, volume, how in zip(models, volumes, picks, strict=True):
         checked_number("min_volume_mm3", volume, float, 0.0, 1e9)
+        if how not in PICKS:
+            raise InputError(f"pick {how!r} is none of {', '.join(PICKS)}")
         load_model(model)  # refuse a model that cannot be loaded now rather than at the first locate
         if os.sep in str(model) or "/" in str(model):
             model = str(Path(model).expanduser().resolve())  # a path is recorded absolute
-        entries.append({"model": str(model), "min_volume_mm3": float(volume)})
+        entries.append({"model": str(model), "min_volume_mm3": float(volume), "pick": how})
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": 1 if len(entries) == 1 else 2, "kind": SEGMENTATION_KIND, "name": name or folder.name}
     meta["description"] = description
