@@ -28,10 +28,11 @@ Several instruments, one locator: a locator may name several models, each with i
 (a guide-wire of 0.9 mm holds a few tens of mm³ where a catheter holds hundreds) and its own
 ``pick``: ``heaviest`` (above) or ``all``, the probability-weighted centroid of every voxel above 0.5
 and their total volume. **[decision]** (2026-12-02) ``all`` for the shipped guide-wire model: it
-segments a guide-wire in fragments (a median of 13 components per volume), and on the first 6
-guide-wires of each set of ``benchmarks/locator.py`` the heaviest fragment's centroid lay a median
-16-30 grid voxels from the centre, every confident voxel's 8-19; the probe is in docs/BENCHMARKS.md
-("A guide-wire model"). Each model runs over
+segments a guide-wire in fragments, and on the first 6 guide-wires of each set of
+``benchmarks/locator.py`` the heaviest fragment's centroid lay a median 16-31 grid voxels from the
+centre, every confident voxel's 8-22; its minimum volume is 25 mm³ (its confident voxels held 0.2-20
+mm³ on catheters, 33-68 on default-profile guide-wires). ``benchmarks/locator_pick.py``,
+``docs/benchmark_results/locator_pick.json``. Each model runs over
 the volume and the most confident find wins; the answer names the model that found it (``found_by``).
 A one-model locator is written in format 1 (``"model"``), so earlier versions still read it; a
 several-model one in format 2 (``"models": [{"model", "min_volume_mm3"}, ...]``), which they refuse
