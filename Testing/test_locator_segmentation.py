@@ -204,10 +204,10 @@ def test_cli_refuses_a_missing_model_and_a_negative_volume_with_status_2(tmp_pat
 # ------------------------------------------------------------------ several instruments, one locator
 
 
-def test_several_models_the_most_confident_find_wins_whatever_their_order():
+def test_several_models_a_trusted_find_answers_whatever_the_order():
     """A model that finds nothing (probability 0.1 everywhere) beside one that finds the tube: the tube's
     point, named by its model, in both orders; a model that finds the tube but cannot trust it (its
-    minimum volume far above the tube's) loses to one that can."""
+    minimum volume far above the tube's) gives way to one that can; none trusted: the volume centre."""
     image = _tube_volume()
     blind = _member(image, name="blind", net=ConstantNet(0.1))
     finder = _member(image, name="tube-finder")
@@ -291,3 +291,29 @@ def test_a_locator_model_with_the_all_pick_is_saved_loaded_and_used(saved_model,
     every = locate(SegmentationLocator(Path("stub"), {}, [member]), image)
     assert np.linalg.norm(np.asarray(heaviest.point_lps) - truth) > 3.0  # the long piece's middle
     assert np.linalg.norm(np.asarray(every.point_lps) - truth) < 1.5
+
+
+class _Counting(torch.nn.Module):
+    """A stub network that counts its forward passes."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_the_first_trusted_model_answers_and_the_later_ones_do_not_run():
+    """Running every model costs their sum; the models run in order and stop at the first trusted find,
+    even when a later one would be more confident."""
+    image = _tube_volume()
+    level = halfway_level(image, 0.0, 100.0, TARGET)
+    first, second = _Counting(ThresholdNet(level)), _Counting(ThresholdNet(level))
+    trusted = _member(image, min_volume=100.0, name="first", net=first)
+    surer = _member(image, min_volume=1.0, name="second", net=second)
+    found = locate(SegmentationLocator(Path("stub"), {}, [trusted, surer]), image)
+    assert found.found_by == "first" and first.calls > 0 and second.calls == 0
+    reversed_order = locate(SegmentationLocator(Path("stub"), {}, [surer, trusted]), image)
+    assert reversed_order.found_by == "second" and reversed_order.confidence > found.confidence

@@ -24,7 +24,7 @@ Rows, side by side on the same cases:
   volume, the probability-weighted centroid of its heaviest component, the volume's centre when that
   component is below the locator's ``min_volume_mm3`` (``SemiSupSegLib/locator/by_segmentation.py``);
 - **segmentation locator, several models** (``--several``): one such locator naming several models
-  (one per instrument), the most confident find winning.
+  (one per instrument), run in order until one's find is trusted.
 
 A row whose locator is given for the first time is measured on the cached cases too (the other rows
 are kept), so a new row can join a table measured earlier, on the same cases.

@@ -317,7 +317,7 @@ def _add_locator_from_model(sub) -> None:
         "instrument by running the segmentation model MODEL once over the whole volume and taking the "
         "centroid of its most probable component; below --min-volume the answer is the volume's centre "
         "with low confidence. Several --model (one per instrument, e.g. a catheter and a guide-wire model): "
-        "each runs over the volume and the most confident find wins.",
+        "they run in order and the first trusted find answers.",
     )
     p.add_argument(
         "--model", required=True, action="append", help="segmentation model name or folder (repeatable)"

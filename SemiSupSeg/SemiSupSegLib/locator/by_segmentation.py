@@ -32,8 +32,15 @@ segments a guide-wire in fragments, and on the first 6 guide-wires of each set o
 ``benchmarks/locator.py`` the heaviest fragment's centroid lay a median 16-31 grid voxels from the
 centre, every confident voxel's 8-22; its minimum volume is 25 mm³ (its confident voxels held 0.2-20
 mm³ on catheters, 33-68 on default-profile guide-wires). ``benchmarks/locator_pick.py``,
-``docs/benchmark_results/locator_pick.json``. Each model runs over
-the volume and the most confident find wins; the answer names the model that found it (``found_by``).
+``docs/benchmark_results/locator_pick.json``.
+
+The models run in the listed order and the first trusted find answers (named in ``found_by``);
+when none is trusted the answer is the volume's centre with low confidence. **[decision]**
+(2026-12-02) first-trusted rather than most-confident: running every model costs their sum
+(``semisupseg demo``, four 160³ catheters, one run each on the same idle machine: 86 s wall with both
+shipped models run on every volume, 28 s first-trusted, 23 s with the catheter model alone), and on
+the 60 cases of ``benchmarks/locator.py`` the catheter model was never trusted on a guide-wire volume,
+so the two rules answer the same points there.
 A one-model locator is written in format 1 (``"model"``), so earlier versions still read it; a
 several-model one in format 2 (``"models": [{"model", "min_volume_mm3"}, ...]``), which they refuse
 by its format number.
@@ -177,14 +184,19 @@ def find_instrument(locator: SegmentationLocator, image: sitk.Image) -> Segmenta
         image: the volume (bad images raise :class:`InputError`, as for :func:`segment`).
 
     Returns:
-        The most confident model's point, its confidence, whether it is below the threshold (then the
-        point is the volume's centre and ``found_by`` is None), and the component's volume.
+        The first trusted find in the locator's model order (its point, confidence, volume and model),
+        or, when no model is confident, the volume's centre with the highest confidence and
+        ``low_confidence`` set.
     """
     from ..imageio import check_contrast
 
     check_contrast(image, "find")
-    finds = [_find_with(member, image, locator.confidence_threshold) for member in locator.models]
-    return max(finds, key=lambda f: f.confidence)  # a low one already answers the volume's centre
+    finds = []
+    for member in locator.models:  # in the listed order; the first trusted find answers
+        finds.append(_find_with(member, image, locator.confidence_threshold))
+        if not finds[-1].low_confidence:
+            return finds[-1]
+    return max(finds, key=lambda f: f.confidence)  # none trusted: each already answers the volume's centre
 
 
 def _find_with(member: LocatorModel, image: sitk.Image, threshold: float) -> SegmentationFind:
