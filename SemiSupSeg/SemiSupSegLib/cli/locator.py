@@ -108,16 +108,8 @@ def cmd_locator_from_model(args: argparse.Namespace) -> int:
     from ..locator.by_segmentation import DEFAULT_MIN_VOLUME_MM3, save_segmentation_locator
     from ..locator.store import locators_dir
 
-    volumes = args.min_volume or [DEFAULT_MIN_VOLUME_MM3]
-    if len(volumes) not in (1, len(args.model)):
-        raise InputError(
-            f"give --min-volume once, or once per --model ({len(args.model)}), not {len(volumes)} times"
-        )
-    volumes = volumes * len(args.model) if len(volumes) == 1 else volumes
-    picks = args.pick or ["heaviest"]
-    if len(picks) not in (1, len(args.model)):
-        raise InputError(f"give --pick once, or once per --model ({len(args.model)}), not {len(picks)} times")
-    picks = picks * len(args.model) if len(picks) == 1 else picks
+    volumes = _per_model(args.min_volume or [DEFAULT_MIN_VOLUME_MM3], "--min-volume", len(args.model))
+    picks = _per_model(args.pick or ["heaviest"], "--pick", len(args.model))
     models = ", ".join(args.model)
     name = args.name or f"locator-{'+'.join(args.model)}".replace("/", "-").strip("-.")
     folder = save_segmentation_locator(
@@ -131,6 +123,13 @@ def cmd_locator_from_model(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{v:g}" for v in volumes)
     print(f"wrote segmentation locator {folder} (model {models}, min volume {shown} mm³)")
     return 0
+
+
+def _per_model(values: list, flag: str, models: int) -> list:
+    """A flag given once (for every --model) or once per --model, as one value per model."""
+    if len(values) not in (1, models):
+        raise InputError(f"give {flag} once, or once per --model ({models}), not {len(values)} times")
+    return values * models if len(values) == 1 else values
 
 
 def _confidence_text(found) -> str:
