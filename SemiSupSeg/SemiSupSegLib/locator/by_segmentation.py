@@ -136,9 +136,7 @@ def heaviest_component(
         return None
     labels = np.arange(1, count + 1)
     heaviest = int(labels[np.argmax(ndimage.sum(probability_zyx, components, labels))])
-    inside = components == heaviest
-    centroid = ndimage.center_of_mass(np.where(inside, probability_zyx, 0.0))
-    return tuple(float(c) for c in centroid), float(inside.sum()) * float(voxel_mm3)  # type: ignore[return-value]
+    return _weighted_centroid_and_volume(probability_zyx, components == heaviest, voxel_mm3)
 
 
 def all_components(
@@ -158,6 +156,13 @@ def all_components(
     inside = probability_zyx > threshold
     if not inside.any():
         return None
+    return _weighted_centroid_and_volume(probability_zyx, inside, voxel_mm3)
+
+
+def _weighted_centroid_and_volume(
+    probability_zyx: np.ndarray, inside: np.ndarray, voxel_mm3: float
+) -> tuple[tuple[float, float, float], float]:
+    """The probability-weighted centroid (continuous index z, y, x) of ``inside`` and its volume (mm³)."""
     centroid = ndimage.center_of_mass(np.where(inside, probability_zyx, 0.0))
     return tuple(float(c) for c in centroid), float(inside.sum()) * float(voxel_mm3)  # type: ignore[return-value]
 
