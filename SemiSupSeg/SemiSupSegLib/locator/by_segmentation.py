@@ -205,7 +205,7 @@ def find_instrument(locator: SegmentationLocator, image: sitk.Image) -> Segmenta
 
 
 def _find_with(member: LocatorModel, image: sitk.Image, threshold: float) -> SegmentationFind:
-    """One model's find: its heaviest component's weighted centroid and the confidence of its volume."""
+    """One model's find: the weighted centroid of what its pick takes, and the confidence of its volume."""
     from ..inference import volume_probability
 
     probability, grid = volume_probability(member.model, image)
@@ -228,6 +228,14 @@ def _model_reference(folder: Path, model: object) -> str:
     return model
 
 
+def _checked_entry(volume: object, pick: object) -> tuple[float, str]:
+    """A model entry's minimum volume and pick, checked (:class:`InputError` naming the bad one)."""
+    checked = checked_number("min_volume_mm3", volume, float, 0.0, 1e9)
+    if pick not in PICKS:
+        raise InputError(f"pick {pick!r} is none of {', '.join(PICKS)}")
+    return float(checked), str(pick)
+
+
 def _named_models(folder: Path, meta: dict) -> list[tuple[str, float, str]]:
     """The (model reference, minimum volume, pick) of a locator.json: format 1's one, format 2's list."""
     where = folder / "locator.json"
@@ -246,15 +254,12 @@ def _named_models(folder: Path, meta: dict) -> list[tuple[str, float, str]]:
     named = []
     for entry in entries:
         try:
-            volume = checked_number(
-                "min_volume_mm3", entry.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3), float, 0.0, 1e9
+            volume, pick = _checked_entry(
+                entry.get("min_volume_mm3", DEFAULT_MIN_VOLUME_MM3), entry.get("pick", "heaviest")
             )
         except InputError as exc:
             raise ModelError(f"{where}: {exc}") from None
-        pick = entry.get("pick", "heaviest")
-        if pick not in PICKS:
-            raise ModelError(f"{where}: pick {pick!r} is none of {', '.join(PICKS)}")
-        named.append((_model_reference(folder, entry.get("model")), float(volume), pick))
+        named.append((_model_reference(folder, entry.get("model")), volume, pick))
     return named
 
 
@@ -317,14 +322,12 @@ def save_segmentation_locator(
             f"got {len(volumes)} and {len(picks)}"
         )
     entries = []
-    for model, volume, how in zip(models, volumes, picks, strict=True):
-        checked_number("min_volume_mm3", volume, float, 0.0, 1e9)
-        if how not in PICKS:
-            raise InputError(f"pick {how!r} is none of {', '.join(PICKS)}")
+    for model, given_volume, given_pick in zip(models, volumes, picks, strict=True):
+        volume, how = _checked_entry(given_volume, given_pick)
         load_model(model)  # refuse a model that cannot be loaded now rather than at the first locate
         if os.sep in str(model) or "/" in str(model):
             model = str(Path(model).expanduser().resolve())  # a path is recorded absolute
-        entries.append({"model": str(model), "min_volume_mm3": float(volume), "pick": how})
+        entries.append({"model": str(model), "min_volume_mm3": volume, "pick": how})
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": 1 if len(entries) == 1 else 2, "kind": SEGMENTATION_KIND, "name": name or folder.name}
     meta["description"] = description
