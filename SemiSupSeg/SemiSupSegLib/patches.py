@@ -16,16 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 import torch
-from monai.transforms import (
-    Compose,
-    RandAdjustContrastd,
-    RandFlipd,
-    Randomizable,
-    RandRotated,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-)
+from monai.transforms import Randomizable
 
+from .augmentation import DEFAULT_AUGMENTATION, augmentation_level, build_augmentation
 from .checkpoints import numpy_state_from_json, numpy_state_to_json
 from .preprocessing import Preprocessing
 
@@ -83,33 +76,6 @@ def center_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return array[(...,) + tuple(slice(a, a + t) for a, t in zip(lo, size, strict=True))]
 
 
-def build_augmentation(seed: int, rotation_degrees: float = 15.0) -> Compose:
-    """Rotation, mirroring and intensity re-scaling (seed 000, Sec. IV-B), as MONAI transforms."""
-    angle = np.deg2rad(rotation_degrees)
-    keys = ["image", "label"]
-    transform = Compose(
-        [
-            RandRotated(
-                keys,
-                range_x=angle,
-                range_y=angle,
-                range_z=angle,
-                prob=0.5,
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-            ),
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys, prob=0.5, spatial_axis=2),
-            RandScaleIntensityd("image", factors=0.15, prob=0.5),
-            RandShiftIntensityd("image", offsets=0.15, prob=0.5),
-            RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.3),
-        ]
-    )
-    transform.set_random_state(seed=seed)
-    return transform
-
-
 class PatchSampler:
     """Draws labelled and unlabelled patches from prepared cases, reproducibly from one seed."""
 
@@ -121,7 +87,7 @@ class PatchSampler:
         seed: int,
         translation: int = 32,
         random_fraction: float = 0.1,
-        augment: bool = True,
+        augment: str | bool = DEFAULT_AUGMENTATION,
     ) -> None:
         if not labeled:
             raise ValueError("no labelled cases to train on")
@@ -130,9 +96,10 @@ class PatchSampler:
         self.translation = translation
         self.random_fraction = random_fraction
         self.rng = np.random.default_rng(seed)
-        self.augment = build_augmentation(seed) if augment else None
+        self.level = augmentation_level(augment)
+        self.augment = build_augmentation(seed, self.level) if self.level != "none" else None
         # Augment a larger crop, then cut the patch from its middle, so rotation adds no border.
-        self.margin = 8 if augment else 0
+        self.margin = 8 if self.augment is not None else 0
 
     def reseed(self, seed: int) -> None:
         """Restart the random streams from ``seed``; only for resuming a checkpoint without random states."""

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from . import checkpoints
+from .augmentation import DEFAULT_AUGMENTATION, augmentation_level
 from .checkpoints import checkpoint_path, read_checkpoint, stop_on_signals, write_checkpoint
 from .dataset import Case, load_dataset
 from .distributed import Distributed, rank_seed
@@ -61,7 +62,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     target_spacing: tuple[float, float, float] | None = None
     translation: int = 32
-    augment: bool = True
+    augment: str = DEFAULT_AUGMENTATION  # augmentation.AUGMENTATIONS; a bool in configs stored before
     loader_workers: int = 0  # processes cutting patches (patches.batch_stream); 0: this process
     device: str = "auto"
     precision: str = "fp32"
@@ -69,6 +70,9 @@ class TrainConfig:
     name: str | None = None
     description: str = ""
     method_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.augment = augmentation_level(self.augment)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

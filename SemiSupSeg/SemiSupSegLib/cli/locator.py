@@ -10,7 +10,15 @@ import time
 
 from ..errors import InputError
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _PROBABILITY, _default, _device, _number, _scales
-from .train import _given, _resume_folder, _resumed_config, _run_trainer, _unless, refuse_interrupted_run
+from .train import (
+    _FLAGS,
+    _given,
+    _resume_folder,
+    _resumed_config,
+    _run_trainer,
+    _unless,
+    refuse_interrupted_run,
+)
 
 MAX_REPLAY = 10**8
 """Largest replay memory ``train-locator --memory`` takes: 36 bytes a transition, 3.6 GB (2e9, 72 GB, ran
@@ -64,7 +72,12 @@ def cmd_train_locator(args: argparse.Namespace) -> int:
 
     fields = _locator_fields(args)
     if args.resume:
-        config = _resumed_config(args, LocatorTrainer.stored_config(_resume_folder(args)), fields)
+        config = _resumed_config(
+            args,
+            LocatorTrainer.stored_config(_resume_folder(args)),
+            fields,
+            {**_FLAGS, "augment": "--no-augment"},
+        )
     elif "data" not in fields:
         raise InputError("train-locator needs --data dataset.json (cases with a 'center')")
     else:

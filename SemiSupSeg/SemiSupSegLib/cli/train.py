@@ -9,13 +9,13 @@ import os
 import time
 from pathlib import Path
 
+from ..augmentation import AUGMENTATIONS
 from ..errors import InputError
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _default, _device, _method_option, _number, _shown, _triple
 
 # Config fields whose flag is not ``--`` + the field's name.
 _FLAGS = {
     "patch_size": "--patch",
-    "augment": "--no-augment",
     "method_options": "--option",
     "double": "--no-double",
     "dueling": "--no-dueling",
@@ -55,7 +55,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, object]:
             "checkpoint_every": args.checkpoint_every,
             "target_spacing": args.target_spacing,
             "translation": args.translation,
-            "augment": _unless(args.no_augment),
+            "augment": args.augment,
             "loader_workers": getattr(args, "loader_workers", None),
             "device": args.device,
             "precision": args.precision,
@@ -81,17 +81,19 @@ def _resume_folder(args: argparse.Namespace) -> str:
     return args.out
 
 
-def _resumed_config(args: argparse.Namespace, stored, fields: dict[str, object]):
+def _resumed_config(
+    args: argparse.Namespace, stored, fields: dict[str, object], flags: dict[str, str] = _FLAGS
+):
     """The stored configuration of the run in ``--out`` with ``--steps`` and ``--loader-workers`` applied.
 
     ``--steps`` extends or shortens the run (not below the step the checkpoint reached);
     ``--loader-workers`` may change (only where the patches are cut); any other flag given with a value
-    other than the stored one is refused, naming it.
+    other than the stored one is refused, naming it (``flags``: the flags of fields not named ``--field``).
     """
     from ..checkpoints import checkpoint_path, read_checkpoint
 
     differing = [
-        f"{_FLAGS.get(k, '--' + k.replace('_', '-'))} {_shown(v)} (stored: {_shown(getattr(stored, k))})"
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {_shown(v)} (stored: {_shown(getattr(stored, k))})"
         for k, v in fields.items()
         if k not in _MAY_CHANGE_ON_RESUME and not _same(k, v, getattr(stored, k))
     ]
@@ -252,7 +254,17 @@ def _add_train(sub) -> None:
         type=_AMOUNT,
         help=f"random shift of patches around the centre, voxels ({_default(C, 'translation')})",
     )
-    p.add_argument("--no-augment", action="store_true", default=None)
+    augment = p.add_mutually_exclusive_group()
+    augment.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        help="standard: seed 000's rotation, mirroring and intensity scaling; scanner: also zoom, blur, "
+        "noise, bias field, gamma and histogram shifts, for other scanners (docs/ARCHITECTURE.md); "
+        f"none ({_default(C, 'augment')})",
+    )
+    augment.add_argument(
+        "--no-augment", dest="augment", action="store_const", const="none", help="the same as --augment none"
+    )
     p.add_argument(
         "--loader-workers",
         type=_AMOUNT,
