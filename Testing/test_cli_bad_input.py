@@ -413,3 +413,10 @@ def test_readme_quick_start_centre_is_the_phantom_case_centre():
     true = generate_phantom(160, "catheter", case_seed(int(phantom[1]), int(case[1]), "test")).center
     given = [float(v) for v in center[1].split(",")]
     np.testing.assert_allclose(given, true, atol=0.05 + 1e-9)  # written to 0.1 mm
+
+
+def test_an_unknown_normalisation_is_refused_in_one_line(tiny_phantom, tmp_path, capsys):
+    line = one_error_line(
+        *run(["train", "--data", tiny_phantom, "--out", tmp_path / "m", "--normalization", "minmax"], capsys)
+    )
+    assert "--normalization" in line and "minmax" in line, line

@@ -133,3 +133,31 @@ def test_loader_workers_survive_the_stop_signal_that_reaches_the_whole_process_g
     time.sleep(0.5)
     images, labels, _ = next(stream)
     assert images.shape == (1, 1, 8, 8, 8) and all(w.is_alive() for w in stream._workers)
+
+
+def _fan_volume(rng: np.random.Generator, pad: int) -> np.ndarray:
+    """Speckle-like tissue (non-cubic) inside a zero border of ``pad`` voxels: the field of view of a
+    scan-converted ultrasound volume, whose share of the volume differs between scanners."""
+    tissue = rng.gamma(2.0, 30.0, size=(10, 12, 14)).astype(np.float32) + 1.0
+    return np.pad(tissue, pad)
+
+
+def test_field_of_view_normalisation_does_not_depend_on_the_empty_border():
+    """With statistics over the field of view, the same tissue gets the same values whatever the share
+    of empty voxels around it (another sector angle); the whole-volume statistics shift it."""
+    rng = np.random.default_rng(0)
+    tight, wide = _fan_volume(rng, 0), None
+    wide = np.pad(tight, 6)
+    inner = (slice(6, -6),) * 3
+    fov = Preprocessing(normalization="fov-percentile-zscore")
+    np.testing.assert_allclose(fov.normalize(wide)[inner], fov.normalize(tight), atol=1e-5)
+    whole = Preprocessing()
+    assert np.abs(whole.normalize(wide)[inner] - whole.normalize(tight)).mean() > 0.3
+    tissue = fov.normalize(wide)[inner]
+    assert abs(tissue.mean()) < 0.05 and abs(tissue.std() - 1) < 0.05
+    assert np.all(np.isfinite(fov.normalize(np.zeros((4, 5, 6)))))  # nothing in view: no division by 0
+
+
+def test_the_field_of_view_normalisation_round_trips_through_model_json():
+    pre = Preprocessing(target_spacing=(0.5, 0.6, 0.7), normalization="fov-percentile-zscore")
+    assert Preprocessing.from_dict(pre.to_dict()) == pre

@@ -260,3 +260,26 @@ def test_the_dataset_modality_may_be_a_string_or_a_decathlon_mapping(
     assert load_dataset(data).modality == recorded
     folder = Trainer(_config(data, tmp_path / "m", steps=3), Reporter()).run()
     assert load_model(folder).meta["modality"] == recorded
+
+
+def test_fine_tuning_may_change_the_normalisation_and_records_it(tiny_phantom, tmp_path):
+    """``--normalization`` with ``--init``: the parent's spacing is kept, the new normalisation is used
+    and recorded (without it, the parent's is kept: the test above)."""
+    parent = Trainer(_config(tiny_phantom, tmp_path / "parent", steps=1, val_cases=0)).run()
+    child = Trainer(
+        _config(
+            tiny_phantom,
+            tmp_path / "child",
+            steps=1,
+            val_cases=0,
+            init=str(parent),
+            normalization="fov-percentile-zscore",
+        )
+    ).run()
+    before, after = (load_model(m).meta["preprocessing"] for m in (parent, child))
+    assert before["normalization"] == "percentile-zscore"
+    assert after == {**before, "normalization": "fov-percentile-zscore"}
+    fresh = Trainer(
+        _config(tiny_phantom, tmp_path / "fresh", steps=1, val_cases=0, normalization="fov-percentile-zscore")
+    ).run()
+    assert load_model(fresh).meta["preprocessing"]["normalization"] == "fov-percentile-zscore"

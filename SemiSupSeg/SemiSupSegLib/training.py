@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ from .methods import Batch, Method, OptimizerSpec, get_method
 from .model_store import LoadedModel, load_model, read_model_json, resolve_model, save_model
 from .networks import ARCHITECTURES, NetworkConfig, size_divisor
 from .patches import PatchSampler, PreparedCase, batch_stream, prepare_case
-from .preprocessing import Preprocessing, median_spacing
+from .preprocessing import NORMALIZATIONS, Preprocessing, median_spacing
 from .progress import Reporter
 from .runlock import RunLock
 
@@ -61,6 +61,7 @@ class TrainConfig:
     val_every: int = 200
     checkpoint_every: int = 100
     target_spacing: tuple[float, float, float] | None = None
+    normalization: str | None = None  # preprocessing.NORMALIZATIONS; None: the --init model's, else the first
     translation: int = 32
     augment: str = DEFAULT_AUGMENTATION  # augmentation.AUGMENTATIONS; a bool in configs stored before
     loader_workers: int = 0  # processes cutting patches (patches.batch_stream); 0: this process
@@ -171,10 +172,17 @@ class Trainer:
         return load_model(self.config.init) if self.config.init else None
 
     def _preprocessing(self, train_images: list[sitk.Image], init: LoadedModel | None) -> Preprocessing:
+        """The parent's preprocessing when fine-tuning (a fine-tuned model must see data as its parent did),
+        unless ``normalization`` asks for another intensity normalisation: the weights then adapt to it."""
+        normalization = self.config.normalization
         if init is not None:
-            return init.preprocessing  # a fine-tuned model must see data exactly as its parent did
+            if normalization is None:
+                return init.preprocessing
+            return replace(init.preprocessing, normalization=normalization)
         spacing = self.config.target_spacing or median_spacing(train_images)
-        return Preprocessing(target_spacing=tuple(float(s) for s in spacing))
+        return Preprocessing(
+            target_spacing=tuple(float(s) for s in spacing), normalization=normalization or NORMALIZATIONS[0]
+        )
 
     def _network_config(self, init: LoadedModel | None) -> NetworkConfig:
         """The networks' configuration: the ``--init`` model's, else the configured backbone with one output

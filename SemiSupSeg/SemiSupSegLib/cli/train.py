@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..augmentation import AUGMENTATIONS
 from ..errors import InputError
+from ..preprocessing import NORMALIZATIONS
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _default, _device, _method_option, _number, _shown, _triple
 
 # Config fields whose flag is not ``--`` + the field's name.
@@ -54,6 +55,7 @@ def _train_fields(args: argparse.Namespace) -> dict[str, object]:
             "val_every": args.val_every,
             "checkpoint_every": args.checkpoint_every,
             "target_spacing": args.target_spacing,
+            "normalization": args.normalization,
             "translation": args.translation,
             "augment": args.augment,
             "loader_workers": getattr(args, "loader_workers", None),
@@ -248,6 +250,12 @@ def _add_train(sub) -> None:
         "--target-spacing",
         type=_triple(float, "x,y,z", positive=True),
         help="x,y,z mm (default: median spacing of the training images)",
+    )
+    p.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        help="intensity normalisation (default: the --init model's, else percentile-zscore); "
+        "fov-percentile-zscore takes the statistics inside the field of view only (docs/ARCHITECTURE.md)",
     )
     p.add_argument(
         "--translation",
