@@ -41,14 +41,20 @@ class ConstantNet(nn.Module):
 
 
 def stub_model(
-    networks: dict[str, nn.Module], patch_zyx, target_spacing, inference_networks: list[str] | None = None
+    networks: dict[str, nn.Module],
+    patch_zyx,
+    target_spacing,
+    inference_networks: list[str] | None = None,
+    normalization: str = "percentile-zscore",
 ) -> LoadedModel:
     """A loaded two-class model around ``networks`` (``patch_zyx``: an int or 3 sizes)."""
     patch = [patch_zyx] * 3 if isinstance(patch_zyx, int) else list(patch_zyx)
     meta = {
         "name": "stub",
         "patch_size": patch,
-        "preprocessing": Preprocessing(target_spacing=tuple(target_spacing)).to_dict(),
+        "preprocessing": Preprocessing(
+            target_spacing=tuple(target_spacing), normalization=normalization
+        ).to_dict(),
         "classes": {"0": "background", "1": "foreground"},
     }
     if inference_networks:
