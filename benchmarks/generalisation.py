@@ -12,7 +12,8 @@ rewritten after every case; a second invocation with the same ``--out`` measures
 (model, profile, kind, seed) rows, so a long table can span sessions. ``--tabulate JSON`` renders the
 table (mean ± std per model and profile, the mean over profiles) and, for each model against the first
 (``--reference``), the paired difference over every (profile, case) with Wilcoxon and paired-t p-values;
-``--write DOC`` replaces the ``[generalisation]`` block of DOC.
+``--figure PNG`` draws a grouped bar chart; ``--write DOC`` replaces the block of DOC named after the
+JSON's stem (``[generalisation_catheter]`` for ``generalisation_catheter.json``).
 
 Usage::
 
@@ -51,7 +52,6 @@ from region_vs_window import _case, _dice  # noqa: E402
 from ssl_domain_shift import paired_test  # noqa: E402
 
 SCRIPT = "benchmarks/generalisation.py"
-BLOCK = "generalisation"
 
 
 def _key(row: dict) -> tuple:
@@ -131,6 +131,44 @@ def table(data: dict, reference: str | None) -> list[str]:
     return markdown_table(header, body)
 
 
+def figure(data: dict, path: Path) -> None:
+    """Grouped bars: mean Dice per test profile (x) and model (bars), the standard error as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    columns = list(dict.fromkeys((r["profile"], r["kind"]) for r in rows))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(columns), 3.6))
+    for i, model in enumerate(models):
+        values = [
+            [r["dice"] for r in rows if (r["model"], r["profile"], r["kind"]) == (model, p, k)]
+            for p, k in columns
+        ]
+        means = [np.mean(v) if v else np.nan for v in values]
+        errors = [np.std(v) / np.sqrt(len(v)) if v else 0.0 for v in values]
+        ax.bar(
+            np.arange(len(columns)) + (i - (len(models) - 1) / 2) * width,
+            means,
+            width,
+            yerr=errors,
+            label=model,
+            capsize=2,
+        )
+    ax.set_xticks(np.arange(len(columns)), [f"{p}\n{k}" for p, k in columns])
+    ax.set_ylabel("Dice (region from the true centre)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=min(3, len(models)))
+    ax.set_title("Unseen cases per test profile: mean and standard error")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a model to measure")
@@ -145,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--tabulate", type=Path, help="render these raw results only")
     p.add_argument("--reference", help="the model the others are compared with (default: the first)")
-    p.add_argument("--write", type=Path, help="markdown file whose [generalisation] block is replaced")
+    p.add_argument("--write", type=Path, help="markdown file whose block [<JSON stem>] is replaced")
+    p.add_argument("--figure", type=Path, help="also draw the grouped bar chart (PNG)")
     args = p.parse_args(argv)
     try:
         if args.tabulate:
@@ -159,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         tabulate = f"python {SCRIPT} --tabulate {source} --write docs/BENCHMARKS.md"
         lines += ["", provenance([source], data["setting"].get("command"), tabulate)]
         print("\n".join(lines))
+        if args.figure:
+            figure(data, args.figure)
         if args.write:
-            write_block(args.write, SCRIPT, BLOCK, lines)
+            write_block(args.write, SCRIPT, Path(source).stem, lines)
     except (ReportError, OSError, ValueError) as error:
         raise fail(str(error)) from None
     return 0
