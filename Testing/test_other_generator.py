@@ -50,3 +50,20 @@ def test_the_dataset_is_read_by_the_product_and_reproducible_for_a_seed(tmp_path
         a = sitk.GetArrayFromImage(sitk.ReadImage(str(first.parent / name)))
         b = sitk.GetArrayFromImage(sitk.ReadImage(str(again.parent / name)))
         assert np.array_equal(a, b)
+
+
+def test_an_ablation_changes_only_the_image_and_unknown_ones_are_refused():
+    """A probe must compare the same case with one difference removed: same label and centre."""
+    generator = _generator()
+    image, label, centre = generator.render_case(seed=4, size=32)
+    for ablation in generator.ABLATIONS:
+        probe_image, probe_label, probe_centre = generator.render_case(
+            4, 32, "catheter", frozenset({ablation})
+        )
+        assert probe_centre == centre
+        assert np.array_equal(sitk.GetArrayFromImage(probe_label), sitk.GetArrayFromImage(label))
+        assert not np.array_equal(sitk.GetArrayFromImage(probe_image), sitk.GetArrayFromImage(image)), (
+            ablation
+        )
+    with pytest.raises(ValueError, match="unknown ablation"):
+        generator.render_case(4, 32, "catheter", frozenset({"shiny"}))

@@ -40,6 +40,11 @@ import numpy as np
 import SimpleITK as sitk
 
 CURVE_SAMPLES = 240
+ABLATIONS = ("solid", "bright", "no-interfaces", "no-texture")
+"""Probes of what a model relies on, each removing one difference from our phantom while drawing the
+same random numbers (so the case is otherwise identical): ``solid`` fills the catheter with its wall's
+echo (our phantom's catheter is a filled bright bar), ``bright`` triples the instrument's echo,
+``no-interfaces`` drops the bright planar interfaces, ``no-texture`` the blotchy tissue texture."""
 CHUNK = 16384  # voxels per distance block: CHUNK x CURVE_SAMPLES x 3 doubles, 94 MB
 
 
@@ -57,10 +62,11 @@ def _random_unit(rng: np.random.Generator) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _anatomy(rng: np.random.Generator, zyx_mm: np.ndarray, extent: float) -> np.ndarray:
+def _anatomy(rng: np.random.Generator, zyx_mm: np.ndarray, extent: float, ablate: frozenset) -> np.ndarray:
     """Scattering amplitude of the tissue (no instrument), [z, y, x]."""
     shape = zyx_mm.shape[1:]
-    amplitude = np.exp(0.5 * _smooth_field(rng, shape, rng.uniform(2.0, 5.0)))  # myocardium texture
+    texture = 0.0 if "no-texture" in ablate else 0.5
+    amplitude = np.exp(texture * _smooth_field(rng, shape, rng.uniform(2.0, 5.0)))  # myocardium texture
     for _ in range(rng.integers(1, 4)):  # blood pools
         centre = rng.uniform(0.1, 0.9, 3) * extent
         radii = rng.uniform(0.12, 0.3, 3) * extent
@@ -69,7 +75,8 @@ def _anatomy(rng: np.random.Generator, zyx_mm: np.ndarray, extent: float) -> np.
     for _ in range(rng.integers(1, 4)):  # specular interfaces
         normal, through = _random_unit(rng), rng.uniform(0.2, 0.8, 3) * extent
         distance = np.abs(np.tensordot(normal, zyx_mm, axes=1) - normal @ through)
-        amplitude += rng.uniform(1.5, 4.0) * (distance < rng.uniform(0.4, 0.8))
+        brightness = rng.uniform(1.5, 4.0) * ("no-interfaces" not in ablate)
+        amplitude += brightness * (distance < rng.uniform(0.4, 0.8))
     for _ in range(rng.integers(0, 4)):  # calcifications
         centre, radius = rng.uniform(0.1, 0.9, 3) * extent, rng.uniform(0.8, 2.0)
         amplitude += rng.uniform(3.0, 6.0) * (
@@ -113,17 +120,18 @@ def _visible_midpoint(curve: np.ndarray, extent: float) -> np.ndarray:
     return visible[np.searchsorted(arc, arc[-1] / 2)]
 
 
-def _instrument(rng, zyx_mm, extent, spacing, kind):
+def _instrument(rng, zyx_mm, extent, spacing, kind, ablate=frozenset()):
     """(curve, label, echo amplitude) of a hollow catheter or a solid guide-wire."""
     curve = _catheter_curve(rng, extent)
     distance, direction = _distance_to_curve(zyx_mm, curve)
     facing = 0.25 + 0.75 * np.clip(-direction[0], 0, 1)  # the surface's normal points up, to the probe
+    facing = facing * (3.0 if "bright" in ablate else 1.0)
     if kind == "guidewire":  # 0.8-1.2 mm; the label at least 0.6 voxel wide, so that it has no gaps
         tube = distance <= max(rng.uniform(0.4, 0.6), 0.6 * spacing)
         return curve, tube, tube * rng.uniform(15.0, 35.0) * facing
     radius, wall = rng.uniform(1.0, 1.7), rng.uniform(0.3, 0.5)
     tube = distance <= radius
-    shell = tube & (distance >= radius - max(wall, spacing))
+    shell = tube if "solid" in ablate else tube & (distance >= radius - max(wall, spacing))
     return curve, tube, shell * rng.uniform(10.0, 25.0) * facing
 
 
@@ -161,23 +169,29 @@ def _image_formation(rng, amplitude, spacing):
     return np.clip((decibels - white + dynamic_range) / dynamic_range * 255, 0, 255).astype(np.uint8)
 
 
-def render_case(seed: int, size: int, kind: str = "catheter") -> tuple[sitk.Image, sitk.Image, list[float]]:
+def render_case(
+    seed: int, size: int, kind: str = "catheter", ablate: frozenset[str] = frozenset()
+) -> tuple[sitk.Image, sitk.Image, list[float]]:
     """One case: (image, label, centre LPS mm).
 
     Args:
         seed: the case's random seed (the whole case depends on it alone).
         size: voxels per axis.
         kind: ``catheter`` (hollow tube) or ``guidewire`` (solid thin wire).
+        ablate: names from :data:`ABLATIONS` (probes; none for the benchmark's cases).
 
     Returns:
         The 8-bit image and the uint8 label on the same rotated grid, and the instrument centre.
     """
+    unknown = set(ablate) - set(ABLATIONS)
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {sorted(unknown)}; known: {', '.join(ABLATIONS)}")
     rng = np.random.default_rng(seed)
     spacing = float(rng.uniform(0.5, 0.8))
     extent = size * spacing
     zyx_mm = np.stack(np.meshgrid(*[np.arange(size) * spacing] * 3, indexing="ij"))
-    amplitude = _anatomy(rng, zyx_mm, extent)
-    curve, tube, wall_echo = _instrument(rng, zyx_mm, extent, spacing, kind)
+    amplitude = _anatomy(rng, zyx_mm, extent, frozenset(ablate))
+    curve, tube, wall_echo = _instrument(rng, zyx_mm, extent, spacing, kind, frozenset(ablate))
     amplitude = _shadow_and_reverb(rng, amplitude, tube, wall_echo, spacing)
     pixels = _image_formation(rng, amplitude, spacing)
     rotation = sitk.VersorTransform(tuple(_random_unit(rng)), float(rng.uniform(-np.pi, np.pi)))

@@ -153,10 +153,11 @@ OTHER_GENERATOR = "other-generator"
 
 def _case(profile: str, size: int, kind: str, seed: int):
     """A fresh case (``.image``, ``.label``, ``.center``) of a phantom profile or of the other generator."""
-    if profile == OTHER_GENERATOR:
+    if profile.split(":")[0] == OTHER_GENERATOR:  # "other-generator:solid+bright": with ablations (probes)
         from other_generator import render_case
 
-        image, label, center = render_case(seed, size, kind)
+        ablate = frozenset(profile.split(":", 1)[1].split("+")) if ":" in profile else frozenset()
+        image, label, center = render_case(seed, size, kind, ablate)
         return SimpleNamespace(image=image, label=label, center=center)
     return generate_phantom(size, kind, seed=seed, **_phantom_kwargs(profile))
 
