@@ -9,9 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from ..augmentation import AUGMENTATIONS
 from ..errors import InputError
-from ..preprocessing import NORMALIZATIONS
 from .arguments import _AMOUNT, _COUNT, _POSITIVE, _default, _device, _method_option, _number, _shown, _triple
 
 # Config fields whose flag is not ``--`` + the field's name.
@@ -203,8 +201,10 @@ value: a different one is refused and named.
 
 
 def _add_train(sub) -> None:
+    from ..augmentation import AUGMENTATIONS
     from ..methods import METHODS
     from ..networks import ARCHITECTURES
+    from ..preprocessing import NORMALIZATIONS
     from ..training import TrainConfig as C
 
     p = sub.add_parser(
