@@ -24,7 +24,7 @@ def _tube_case(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     label = np.zeros(SHAPE, np.float32)
     label[3:7, 3:7, :] = 1
-    image = 0.3 * rng.normal(size=SHAPE).astype(np.float32) + 4 * label
+    image = 0.3 * rng.normal(size=SHAPE).astype(np.float32) + 12 * label  # bright even when dimmed
     return {"image": image[None], "label": label[None]}
 
 
@@ -116,3 +116,49 @@ def test_the_cli_takes_the_level_and_no_augment_still_means_none(tiny_phantom, t
     assert [c.augment for c in runs] == ["scanner", "none", "standard"]
     assert main([*base, "--out", str(tmp_path / "d"), "--augment", "heavy"]) == 2
     assert "heavy" in capsys.readouterr().err
+
+
+def _instrument_contrast(image: np.ndarray, label: np.ndarray) -> float:
+    """How far the instrument stands above the tissue: median inside minus median outside the label."""
+    return float(np.median(image[label > 0.5]) - np.median(image[label < 0.5]))
+
+
+def test_the_instrument_contrast_level_dims_the_instrument_and_never_brightens_it():
+    """The ``contrast`` level draws a dimmer instrument relative to its tissue in some patches (models
+    that key on an absolute brightness miss a dim catheter: docs/BENCHMARKS.md, the other generator's
+    ablation probe); the label and the tissue stay as they are."""
+    from SemiSupSegLib.augmentation import RandInstrumentContrastd
+
+    case = _tube_case()
+    before = _instrument_contrast(case["image"][0], case["label"][0])
+    transform = RandInstrumentContrastd(prob=1.0, factor=(0.3, 1.0))
+    transform.set_random_state(seed=0)
+    ratios = []
+    for _ in range(30):
+        out = transform({k: v.copy() for k, v in case.items()})
+        image, label = np.asarray(out["image"][0]), np.asarray(out["label"][0])
+        assert np.array_equal(label, case["label"][0])
+        assert np.array_equal(
+            image[label < 0.5], case["image"][0][case["label"][0] < 0.5]
+        )  # tissue untouched
+        ratios.append(_instrument_contrast(image, label) / before)
+    assert min(ratios) < 0.45 and max(ratios) <= 1.0 + 1e-6
+
+
+def test_a_patch_without_instrument_is_left_as_it_is():
+    from SemiSupSegLib.augmentation import RandInstrumentContrastd
+
+    rng = np.random.default_rng(0)
+    case = {
+        "image": rng.normal(size=(1, *SHAPE)).astype(np.float32),
+        "label": np.zeros((1, *SHAPE), np.float32),
+    }
+    out = RandInstrumentContrastd(prob=1.0)({k: v.copy() for k, v in case.items()})
+    assert np.array_equal(np.asarray(out["image"]), case["image"])
+
+
+def test_the_contrast_level_is_offered_and_reproducible():
+    assert "contrast" in AUGMENTATIONS
+    case = _tube_case()
+    first, again = _apply("contrast", 5, case), _apply("contrast", 5, case)
+    assert np.array_equal(first[0], again[0])

@@ -267,7 +267,8 @@ def _add_train(sub) -> None:
         "--augment",
         choices=AUGMENTATIONS,
         help="standard: seed 000's rotation, mirroring and intensity scaling; scanner: also zoom, blur, "
-        "noise, bias field, gamma and histogram shifts, for other scanners (docs/ARCHITECTURE.md); "
+        "noise, bias field, gamma and histogram shifts and a dimmer instrument, for other scanners; "
+        "contrast: standard plus a dimmer instrument (docs/ARCHITECTURE.md); "
         f"none ({_default(C, 'augment')})",
     )
     augment.add_argument(
