@@ -27,7 +27,8 @@ the volume, in LPS millimetres, as ``semisupseg phantom`` writes it.
 
 Usage: ``python benchmarks/other_generator.py OUT [--cases 8] [--size 128] [--seed 0] [--kind catheter]``;
 writes ``OUT/images``, ``OUT/labels`` and ``OUT/dataset.json`` (every case under ``test``), for ``semisupseg
-evaluate --data OUT/dataset.json`` and ``benchmarks/cross_profile.py``-style comparisons.
+evaluate --data OUT/dataset.json`` and ``benchmarks/cross_profile.py``-style comparisons;
+``--figure PNG`` draws one case of each instrument instead (``docs/images/other_generator.png``).
 """
 
 from __future__ import annotations
@@ -237,15 +238,50 @@ def write_dataset(out: Path, cases: int, size: int, seed: int, kind: str = "cath
     return path
 
 
+def figure(path: Path, size: int = 128, seed: int = 0) -> None:
+    """Three orthogonal slices through the centre of one catheter and one guide-wire case (label in red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(10, 7))
+    for row, kind in enumerate(("catheter", "guidewire")):
+        image, label, centre = render_case(seed * 1000, size, kind)
+        pixels, mask = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)
+        index = np.round(image.TransformPhysicalPointToContinuousIndex(centre)[::-1]).astype(int)
+        names = ("across the beams (z cut)", "depth x elevation (y cut)", "depth x lateral (x cut)")
+        for axis, name in enumerate(names):
+            cut = [slice(None)] * 3
+            cut[axis] = int(index[axis])
+            ax = axes[row, axis]
+            ax.imshow(pixels[tuple(cut)], cmap="gray", vmin=0, vmax=255)
+            ax.contour(mask[tuple(cut)], [0.5], colors="r", linewidths=0.6)
+            ax.set_title(f"{kind}, {name}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"benchmarks/other_generator.py, seed {seed}, {size}^3 (array axes; probe at the top)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", help="dataset folder to write")
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kind", choices=("catheter", "guidewire"), default="catheter")
+    parser.add_argument("--figure", type=Path, help="draw one case of each instrument (PNG) instead")
     args = parser.parse_args()
-    print(f"wrote {write_dataset(args.out, args.cases, args.size, args.seed, args.kind)}")
+    if args.figure:
+        figure(args.figure, args.size, args.seed)
+        print(f"wrote {args.figure}")
+    elif args.out is None:
+        parser.error("give OUT (a dataset folder) or --figure PNG")
+    else:
+        print(f"wrote {write_dataset(args.out, args.cases, args.size, args.seed, args.kind)}")
 
 
 if __name__ == "__main__":
