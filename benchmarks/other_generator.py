@@ -184,15 +184,16 @@ def render_case(
     Returns:
         The 8-bit image and the uint8 label on the same rotated grid, and the instrument centre.
     """
-    unknown = set(ablate) - set(ABLATIONS)
+    ablate = frozenset(ablate)
+    unknown = ablate - set(ABLATIONS)
     if unknown:
         raise ValueError(f"unknown ablation(s) {sorted(unknown)}; known: {', '.join(ABLATIONS)}")
     rng = np.random.default_rng(seed)
     spacing = float(rng.uniform(0.5, 0.8))
     extent = size * spacing
     zyx_mm = np.stack(np.meshgrid(*[np.arange(size) * spacing] * 3, indexing="ij"))
-    amplitude = _anatomy(rng, zyx_mm, extent, frozenset(ablate))
-    curve, tube, wall_echo = _instrument(rng, zyx_mm, extent, spacing, kind, frozenset(ablate))
+    amplitude = _anatomy(rng, zyx_mm, extent, ablate)
+    curve, tube, wall_echo = _instrument(rng, zyx_mm, extent, spacing, kind, ablate)
     amplitude = _shadow_and_reverb(rng, amplitude, tube, wall_echo, spacing)
     pixels = _image_formation(rng, amplitude, spacing)
     rotation = sitk.VersorTransform(tuple(_random_unit(rng)), float(rng.uniform(-np.pi, np.pi)))

@@ -96,8 +96,8 @@ class PatchSampler:
         self.translation = translation
         self.random_fraction = random_fraction
         self.rng = np.random.default_rng(seed)
-        self.level = augmentation_level(augment)
-        self.augment = build_augmentation(seed, self.level) if self.level != "none" else None
+        level = augmentation_level(augment)
+        self.augment = build_augmentation(seed, level) if level != "none" else None
         # Augment a larger crop, then cut the patch from its middle, so rotation adds no border.
         self.margin = 8 if self.augment is not None else 0
 
