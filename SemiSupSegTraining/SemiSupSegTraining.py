@@ -84,7 +84,7 @@ class SemiSupSegTrainingParameterNode:
 
     poolPath - the labelled pool's dataset.json; unlabeledFolders - folders of unlabelled scans;
     chooseValidation/validationCases - the validation split (automatic when not chosen);
-    method, initModel ("" = from scratch), steps, patch, batch, width, device - the training;
+    method, initModel ("" = from scratch), steps, patch, batch, width, augment, device - the training;
     runFolder/runTask - the last run started (for Resume); newModel - the last model trained;
     autoRetrain/autoRetrainEvery - fine-tune the default model after N new labelled cases (off);
     lossTable, validationTable, plotChart - the plot nodes.
@@ -100,6 +100,7 @@ class SemiSupSegTrainingParameterNode:
     patch: Annotated[int, WithinRange(16, 160)] = 48
     batch: Annotated[int, WithinRange(1, 64)] = 2
     width: Annotated[float, WithinRange(0.125, 4.0)] = 1.0
+    augment: str = "standard"  # a level of `semisupseg train --augment`, the items of augmentComboBox
     device: str = "Auto"  # one of slicer_bridge.panel_device_choices(), kept in step by DeviceList
     modelName: str = ""
     locatorSteps: Annotated[int, WithinRange(1, 1000000)] = 8000
@@ -345,7 +346,7 @@ class SemiSupSegTrainingWidget(
         """The panel's training settings (``TrainingLogic.start_training``'s keywords) but the pool, the
         start model and the name."""
         p = self._parameterNode
-        names = ("method", "steps", "patch", "batch", "width", "device")
+        names = ("method", "steps", "patch", "batch", "width", "augment", "device")
         settings = {name: getattr(p, name) for name in names}
         return dict(settings, unlabeled_folders=list(p.unlabeledFolders), validation=self._validation())
 

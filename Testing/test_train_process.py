@@ -159,6 +159,26 @@ def test_training_defaults_have_one_source():
     assert (panel["steps"], panel["batch"]) == (TrainConfig.steps, TrainConfig.batch)
     assert panel["width"] == TrainConfig.width
     assert (panel["patch"],) * 3 == tuple(TrainConfig.patch_size) and panel["method"] == "PANEL_METHOD"
+    assert panel["augment"] == TrainConfig.augment
+
+
+def test_panel_offers_every_augmentation_level_and_passes_it_on():
+    """The training panel's Augmentation combo box lists exactly ``semisupseg train --augment``'s levels
+    (its items are in the .ui file, the levels in the torch-side engine) and binds the parameter node."""
+    import xml.etree.ElementTree as ET
+
+    from SemiSupSegLib.augmentation import AUGMENTATIONS
+    from SemiSupSegLib.training import TrainConfig
+
+    panel = Path(__file__).resolve().parents[1] / "SemiSupSegTraining"
+    ui = panel / "Resources" / "UI" / "SemiSupSegTraining.ui"
+    combo = ET.parse(ui).find(".//widget[@name='augmentComboBox']")
+    items = [item.findtext("property/string") for item in combo.findall("item")]
+    assert sorted(items) == sorted(AUGMENTATIONS) and items[0] == TrainConfig.augment
+    bound = combo.find("property[@name='SlicerParameterName']/string").text
+    assert bound == "augment" and bound in _panel_parameter_defaults()
+    arguments = tp.TrainRequest(data="d.json", out="o", augment="scanner").arguments()
+    assert arguments[arguments.index("--augment") + 1] == "scanner"
 
 
 # ------------------------------------------------------------------------------- protocol reader

@@ -18,9 +18,11 @@ Per estimator it records:
 ``--full-width`` adds the issue's memory setting: a full-width Compact-UNet (random weights, no
 full-width model is shipped) on one 160^3 phantom, bf16 where supported, seconds and peak RSS per estimator.
 
-Two-network estimators (``disagreement``, ``entropy`` of the networks' mean) need a two-network model;
-the shipped model has one network, so they are not measured here. There is no trained LA2018 model, so
-LA2018 is not measured either.
+``--data DATASET`` measures on the ``test`` cases of a ``dataset.json`` instead of phantoms (e.g. LA2018
+with a model trained on it): from the case's centre point where it has one, else over the whole volume
+(sliding window; the "region" is then the whole volume). Two-network estimators (``disagreement``, and
+``entropy``, which for such a model is the entropy of the networks' mean) need a two-network model (e.g.
+a ``dual-unet``); the shipped model has one network.
 
 Usage: ``PYTHONPATH=SemiSupSeg python benchmarks/uncertainty.py [--cases 3] [--size 96] [--full-width]
 [--write docs/BENCHMARKS.md]``; ``--tabulate JSON`` renders existing results. Each estimator's run is
@@ -43,12 +45,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 PACKAGE = Path(__file__).resolve().parents[1] / "SemiSupSeg"
 if str(PACKAGE) not in sys.path:
     sys.path.insert(0, str(PACKAGE))
 SCRIPT = "benchmarks/uncertainty.py"
-BLOCK = "uncertainty"
 DEFAULT_MODEL = PACKAGE / "SemiSupSegLib" / "pretrained" / "phantom-catheter"
 
 from _report import (  # noqa: E402
@@ -79,6 +81,7 @@ ESTIMATORS: dict[str, tuple[str | None, int]] = {
     "last-block-mc T=4": ("last-block-mc", 4),
     "flips T=4": ("flips", 4),
     "flips T=2": ("flips", 2),
+    "disagreement": ("disagreement", 0),
 }
 FULL_WIDTH = ("none", "entropy", "mc-dropout T=8", "last-block-mc T=8", "flips T=2")
 PROFILES = ("default", "fine", "coarse", "cluttered")
@@ -119,8 +122,6 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 def _region_mask(model, image, center) -> np.ndarray:
     """The coarse-to-fine region's footprint on the input grid ``[z, y, x]`` (as inference places it)."""
-    import SimpleITK as sitk
-
     from SemiSupSegLib import inference
 
     spacing = model.preprocessing.target_spacing or image.GetSpacing()
@@ -132,18 +133,34 @@ def _region_mask(model, image, center) -> np.ndarray:
     return sitk.GetArrayFromImage(footprint) > 0
 
 
-def _cases(args: argparse.Namespace) -> list:
+Case = tuple[str, "int | str", sitk.Image, sitk.Image, "tuple | None"]
+"""(group: profile or dataset name, case id: phantom seed or case name, image, label, centre or None)."""
+
+
+def _cases(args: argparse.Namespace) -> list[Case]:
+    """The cases measured: fresh phantoms, or the test cases of ``--data``."""
+    if args.data:
+        return _dataset_cases(args.data)
     from SemiSupSegLib.phantom import generate_phantom
 
     seeds = [(profile, args.seed + 100 * j + i)
              for j, profile in enumerate(args.profiles) for i in range(args.cases)]  # fmt: skip
-    return [(profile, seed, generate_phantom(args.size, "catheter", seed=seed, profile=profile))
-            for profile, seed in seeds]  # fmt: skip
+    phantoms = [(profile, seed, generate_phantom(args.size, "catheter", seed=seed, profile=profile))
+                for profile, seed in seeds]  # fmt: skip
+    return [(profile, seed, case.image, case.label, case.center) for profile, seed, case in phantoms]
+
+
+def _dataset_cases(path: str) -> list[Case]:
+    from SemiSupSegLib.dataset import labelled_cases, load_dataset
+
+    ds = load_dataset(path)
+    read = sitk.ReadImage
+    return [(ds.name, case.name, read(str(case.image)), read(str(case.label)), case.center)
+            for case in labelled_cases(ds, "test", "to measure the uncertainty on")]  # fmt: skip
 
 
 def run_estimator(args: argparse.Namespace, label: str) -> dict:
     """Segment every case with one estimator; this process's peak RSS is the estimator's."""
-    import SimpleITK as sitk
     import torch
 
     from SemiSupSegLib import inference
@@ -155,17 +172,17 @@ def run_estimator(args: argparse.Namespace, label: str) -> dict:
     model = load_model(args.model, "cpu")
     cases = _cases(args)
     options = {"uncertainty_method": method, "mc_samples": passes} if method else {}
-    inference.segment(model, cases[0][2].image, cases[0][2].center, **options)  # warm-up (oneDNN)
+    inference.segment(model, cases[0][2], cases[0][4], **options)  # warm-up (oneDNN)
     rows, scores, errors = [], [], []
-    for profile, seed, case in cases:
-        result = inference.segment(model, case.image, case.center, **options)
-        truth = sitk.GetArrayFromImage(case.label) > 0
+    for group, case_id, image, label_image, center in cases:
+        result = inference.segment(model, image, center, **options)
+        truth = sitk.GetArrayFromImage(label_image) > 0
         predicted = sitk.GetArrayFromImage(result.label) > 0
         total = truth.sum() + predicted.sum()
-        row = {"profile": profile, "seed": seed, "seconds": result.seconds,
+        row = {"profile": group, "seed": case_id, "seconds": result.seconds,
                "dice": float(2 * (truth & predicted).sum() / total) if total else 1.0}  # fmt: skip
         if method:
-            region = _region_mask(model, case.image, case.center)
+            region = _region_mask(model, image, center) if center is not None else np.ones_like(truth)
             u = sitk.GetArrayFromImage(result.uncertainty)[region]
             wrong = (truth != predicted)[region]
             share = doubt_share(sitk.GetArrayFromImage(result.uncertainty), predicted, region)
@@ -174,8 +191,8 @@ def run_estimator(args: argparse.Namespace, label: str) -> dict:
             scores.append(u)
             errors.append(wrong)
         rows.append(row)
-        print(f"{label} {profile} {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
-                                                      if isinstance(v, float)), flush=True)  # fmt: skip
+        print(f"{label} {group} {case_id}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
+                                                       if isinstance(v, float)), flush=True)  # fmt: skip
     out = {"label": label, "method": method, "passes": passes, "cases": rows,
            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # fmt: skip
     if method:
@@ -215,6 +232,8 @@ def run_full_width(args: argparse.Namespace, label: str) -> dict:
 
 def _cache_path(args: argparse.Namespace, kind: str, label: str) -> Path:
     name = label.replace(" ", "_").replace("=", "")
+    if args.data and kind == "phantom":  # the cases and the model name the run
+        return Path(args.cache) / f"data_{Path(args.data).parent.name}_{Path(args.model).name}_{name}.json"
     return Path(args.cache) / f"{kind}_s{args.size}_c{args.cases}_seed{args.seed}_{name}.json"
 
 
@@ -239,7 +258,7 @@ def _run_cached(args: argparse.Namespace, kind: str, label: str) -> dict:
 def _shared_argv(args: argparse.Namespace) -> list[str]:
     return ["--model", str(args.model), "--size", str(args.size), "--cases", str(args.cases),
             "--seed", str(args.seed), "--threads", str(args.threads),
-            "--profiles", *args.profiles]  # fmt: skip
+            "--profiles", *args.profiles, *(["--data", args.data] if args.data else [])]  # fmt: skip
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -258,6 +277,7 @@ def measure(args: argparse.Namespace) -> dict:
         "profiles": list(args.profiles),
         "cases_per_profile": args.cases,
         "seed": args.seed,
+        "data": display_path(Path(args.data)) if args.data else None,
         "uncertainty_seed": 0,
         "runs": runs,
         "full_width": full,
@@ -288,17 +308,22 @@ def _run_row(run: dict, plain: dict) -> list[str]:
             f"{per_case:.3f}", f"{rho:+.2f}", rho_share]  # fmt: skip
 
 
-def table(results: dict, json_path: Path) -> list[str]:
+def table(results: dict, json_path: Path, plot_path: Path) -> list[str]:
     runs = results["runs"]
     plain = next(r for r in runs if r["method"] is None)
     header = ["estimator", "s / volume", "x plain", "peak RSS GiB", "error AUROC (pooled)",
               "error AUROC (mean per case)", "Spearman(mean u, Dice)",
               "Spearman(doubt share, Dice)"]  # fmt: skip
     n, dice = len(plain["cases"]), _mean([c["dice"] for c in plain["cases"]])
+    if results.get("data"):
+        cases = f"The {n} test cases of `{results['data']}` ({plain['cases'][0]['profile']})"
+    else:
+        cases = (f"Phantom catheters, profiles {', '.join(results['profiles'])} "
+                 f"({results['cases_per_profile']} per profile, {n} cases, {results['size']}^3, "
+                 f"seed {results['seed']})")  # fmt: skip
+    where = "from the centre point, else the whole volume" if results.get("data") else "from the true centre"
     lines = [
-        f"Phantom catheters, profiles {', '.join(results['profiles'])} ({results['cases_per_profile']} per "
-        f"profile, {n} cases, {results['size']}^3, seed {results['seed']}), model "
-        f"`{results['model']}`, from the true centre; mean Dice {dice:.3f}. "
+        f"{cases}, model `{results['model']}`, {where}; mean Dice {dice:.3f}. "
         f"{results['machine']}; {results['date']}.",
         "",
         *markdown_table(header, [_run_row(run, plain) for run in runs]),
@@ -310,7 +335,8 @@ def table(results: dict, json_path: Path) -> list[str]:
         lines += ["", f"Full-width Compact-UNet (random weights), one 160^3 phantom, region 96^3, "
                   f"{results['full_width'][0]['precision']}:", "",
                   *markdown_table(["estimator", "s / volume", "x plain", "peak RSS GiB"], rows)]  # fmt: skip
-    lines += ["", f"![error rate per uncertainty decile]({PLOT_LINK})", ""]
+    link = os.path.relpath(plot_path, REPO / "docs")
+    lines += ["", f"![error rate per uncertainty decile]({link})", ""]
     tabulate = f"python {SCRIPT} --tabulate {display_path(json_path)} --write docs/BENCHMARKS.md"
     return [*lines, provenance([json_path], results.get("command"), tabulate)]
 
@@ -333,7 +359,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("uncertainty decile within the region (1 = most certain)")
     ax.set_ylabel("voxel error rate")
     ax.set_yscale("log")
-    ax.set_title("Uncertainty reliability, phantom-catheter on phantom catheters")
+    cases = Path(results["data"]).parent.name if results.get("data") else "phantom catheters"
+    ax.set_title(f"Uncertainty reliability, {Path(results['model']).name} on {cases}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,13 +376,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", nargs="+", default=list(PROFILES))
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS), choices=list(ESTIMATORS))
     parser.add_argument("--seed", type=int, default=9000)
+    parser.add_argument("--data", help="measure on the test cases of this dataset.json instead of phantoms")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--full-width", nargs="*", default=[], choices=list(ESTIMATORS), metavar="ESTIMATOR",
         help=f"also the full-width 160^3 memory runs of these estimators (no name: {', '.join(FULL_WIDTH)})",
     )
     parser.add_argument("--cache", default=str(RESULTS / "uncertainty_runs"))
-    parser.add_argument("--out", type=Path, default=RESULTS / f"{BLOCK}.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "uncertainty.json")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / PLOT_LINK)
     parser.add_argument("--write", type=Path, help="markdown file whose marked block receives the table")
     parser.add_argument("--tabulate", type=Path, help="render this raw-results JSON only")
@@ -368,21 +396,22 @@ def main(argv: list[str] | None = None) -> int:
         result = run_estimator(args, label) if kind == "phantom" else run_full_width(args, label)
         print(json.dumps(result))
         return 0
+    block = (args.tabulate or args.out).stem  # the JSON's stem names its block (default: "uncertainty")
     try:
         if args.write:
-            check_block(args.write, SCRIPT, BLOCK)
+            check_block(args.write, SCRIPT, block)
         if args.tabulate:
             results, path = read_json(args.tabulate), args.tabulate
         else:
             results, path = measure(args), args.out
             write_json(args.out, results)
         plot(results, args.plot)
-        lines = table(results, path)
+        lines = table(results, path, args.plot)
     except ReportError as error:
         raise fail(str(error)) from None
     print("\n".join(lines))
     if args.write:
-        write_block(args.write, SCRIPT, BLOCK, lines)
+        write_block(args.write, SCRIPT, block, lines)
     return 0
 
 

@@ -44,6 +44,7 @@ class TrainRequest:
     checkpoint_every: int | None = None
     seed: int | None = None
     lr: float | None = None
+    augment: str | None = None  # augmentation.AUGMENTATIONS
     name: str | None = None
     description: str = ""
     options: dict = field(default_factory=dict)
@@ -63,6 +64,7 @@ class TrainRequest:
             "--val-every": _integer(self.val_every),
             "--checkpoint-every": _integer(self.checkpoint_every),
             "--lr": None if self.lr is None else _number(self.lr),
+            "--augment": self.augment,
             "--name": self.name,
         }
         for flag, value in optional.items():

@@ -127,12 +127,14 @@ class TrainingLogic:
         device="auto",
         name=None,
         check_images=True,
+        augment=None,
         val_every=None,
         checkpoint_every=None,
     ) -> str:
         """Build the run's dataset.json in a new model folder and start ``semisupseg train``.
 
-        A setting left None is ``semisupseg train``'s default (:class:`SemiSupSegLib.training.TrainConfig`).
+        A setting left None is ``semisupseg train``'s default (:class:`SemiSupSegLib.training.TrainConfig`);
+        ``augment`` is a level of ``semisupseg train --augment`` (``scanner`` for another scanner's data).
 
         Returns:
             The new model folder (in the models folder).
@@ -159,6 +161,7 @@ class TrainingLogic:
             patch=patch,
             width=width,
             device=device,
+            augment=augment or None,
             init=init_model or None,
             val_cases=len(summary.validation),
             val_every=val_every,

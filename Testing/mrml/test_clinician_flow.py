@@ -1,6 +1,8 @@
 """The clinician's flow on nodes: locate -> segment -> correct -> add to pool -> train -> new default."""
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,10 +60,12 @@ def test_locate_segment_correct_pool_train_and_adopt(scene, home, tmp_path):
         device="cpu",
         name="flow-model",
         checkpoint_every=100,
+        augment="scanner",  # the panel's Augmentation choice reaches the trained model
     )
     training.wait(timeout=120)
     job = training.jobs["train"]
     assert job.state.status == "finished", job.state.message
+    assert json.loads((Path(out) / "model.json").read_text())["training"]["config"]["augment"] == "scanner"
     listed = [m["path"] for m in models.list_models(home / "models")]
     assert any(os.path.samefile(p, out) for p in listed)
     training.set_default_model(out)
