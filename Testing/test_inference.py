@@ -446,12 +446,13 @@ def test_progress_is_reported_in_order():
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 
-@pytest.mark.parametrize("normalization", ["percentile-zscore", "fov-percentile-zscore"])
+@pytest.mark.parametrize("normalization", ["percentile-zscore", "fov-percentile-zscore", "fov-local-zscore"])
 def test_an_empty_border_changes_the_segmentation_only_without_field_of_view_statistics(normalization):
     """The same scan exported with a wider empty margin (another sector angle or export) must segment the
-    same with ``fov-percentile-zscore`` (up to the resampling of the two regions' grids); with
-    whole-volume statistics the empty share shifts the normalised tissue, and a fixed network answers
-    differently (the reason the option exists)."""
+    same with ``fov-percentile-zscore`` or ``fov-local-zscore`` (up to the resampling of the two regions'
+    grids); with whole-volume statistics the empty share shifts the normalised tissue, and a fixed network
+    answers differently (the reason the option exists). Local z-scores put a fifth of the speckle above 1,
+    so their stub thresholds at 2.5 to keep resampling flips from dominating."""
     rng = np.random.default_rng(1)
     tissue = rng.gamma(2.0, 20.0, size=(18, 22, 26)).astype(np.float32) + 1.0
     tissue[7:11, 9:13, 4:22] += 60.0  # a bright tube along x
@@ -459,12 +460,33 @@ def test_an_empty_border_changes_the_segmentation_only_without_field_of_view_sta
     image.SetSpacing((0.5, 0.6, 0.7))
     image.SetDirection(sitk.VersorTransform((0.3, 0.2, 0.9), 0.7).GetMatrix())
     padded = sitk.ConstantPad(image, (9, 9, 9), (9, 9, 9), 0.0)
-    model = stub_model({"threshold": ThresholdNet(1.0)}, 16, TARGET, normalization=normalization)
+    threshold = ThresholdNet(2.5 if normalization == "fov-local-zscore" else 1.0)
+    model = stub_model({"threshold": threshold}, 16, TARGET, normalization=normalization)
     center = image.TransformContinuousIndexToPhysicalPoint((13.0, 11.0, 9.0))
     plain = sitk.GetArrayFromImage(inference.segment(model, image, center).probability)
     wide = sitk.GetArrayFromImage(inference.segment(model, padded, center).probability)[9:-9, 9:-9, 9:-9]
     changed = np.mean((plain > 0.5) != (wide > 0.5))  # the regions' grids differ: edges may flip
-    if normalization == "fov-percentile-zscore":
-        assert changed < 0.05  # 3 % here
+    if normalization.startswith("fov-"):
+        assert changed < 0.05  # 3 % here (fov-local-zscore: 0.2 %)
     else:
         assert changed > 0.3  # 69 % here: the empty border shifted every tissue value
+
+
+def test_inference_normalises_like_training_on_an_anisotropic_grid():
+    """Local z-scores depend on the voxel size: the volume inference feeds the networks must equal the one
+    training cuts its patches from (``prepare_case``), on a grid of (0.4, 0.7, 1.2) mm."""
+    from SemiSupSegLib.patches import prepare_case
+
+    spacing = (0.4, 0.7, 1.2)
+    rng = np.random.default_rng(4)
+    tissue = rng.gamma(2.0, 20.0, size=(14, 20, 30)).astype(np.float32) + 1.0
+    tissue[5:9, 8:12, :] += 60.0
+    image = sitk.GetImageFromArray(tissue)
+    image.SetSpacing(spacing)
+    image.SetDirection(sitk.VersorTransform((0.3, 0.2, 0.9), 0.7).GetMatrix())
+    model = stub_model({"threshold": ThresholdNet(2.5)}, 16, spacing, normalization="fov-local-zscore")
+    ctx = inference._make_context(model, image, "fp32", 0, None)
+    fed = ctx.tensor(sitk.GetArrayViewFromImage(model.preprocessing.resample(image))).cpu().numpy()
+    trained = prepare_case("c", image, None, None, model.preprocessing).image
+    np.testing.assert_allclose(fed, trained, atol=1e-5)
+    assert fed[5:9, 8:12, 6:-6].mean() > 1.0  # the tube stands out of its neighbourhood (1.36)

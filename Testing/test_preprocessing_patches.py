@@ -161,3 +161,74 @@ def test_field_of_view_normalisation_does_not_depend_on_the_empty_border():
 def test_the_field_of_view_normalisation_round_trips_through_model_json():
     pre = Preprocessing(target_spacing=(0.5, 0.6, 0.7), normalization="fov-percentile-zscore")
     assert Preprocessing.from_dict(pre.to_dict()) == pre
+
+
+def _speckle_with_tube(rng: np.random.Generator, shape=(24, 40, 56)) -> tuple[np.ndarray, np.ndarray]:
+    """Gamma speckle with a bright tube along x, and the tube's mask (non-cubic, [z, y, x])."""
+    tissue = rng.gamma(2.0, 30.0, size=shape).astype(np.float32) + 1.0
+    z, y, _ = np.indices(shape)
+    tube = (z - shape[0] // 2) ** 2 + (y - shape[1] // 2) ** 2 <= 4
+    tissue[tube] *= 3.0
+    return tissue, tube
+
+
+def test_local_normalisation_removes_a_slow_gain_change_that_global_statistics_keep():
+    """A time-gain-compensation-like gain rising 4x along depth (x here) and an offset change nothing of
+    the local z-scores (up to the edges of the window), while the global z-scores of the same tube fall
+    by more than one standard deviation from one end to the other."""
+    rng = np.random.default_rng(1)
+    tissue, tube = _speckle_with_tube(rng)
+    gain = np.linspace(1.0, 4.0, tissue.shape[2], dtype=np.float32)[None, None, :]
+    scanned = tissue * gain + 20.0
+    spacing = (0.5, 0.5, 0.5)
+    local = Preprocessing(normalization="fov-local-zscore", local_sigma_mm=2.0)
+    before = local.normalize(tissue, spacing_zyx=spacing)
+    after = local.normalize(scanned, spacing_zyx=spacing)
+    inner = (slice(6, -6), slice(6, -6), slice(6, -6))
+    assert np.corrcoef(before[inner].ravel(), after[inner].ravel())[0, 1] > 0.97
+    x = tissue.shape[2]
+    tube_near, tube_far = tube[..., 6 : x // 3], tube[..., 2 * x // 3 : -6]
+    near, far = after[..., 6 : x // 3][tube_near].mean(), after[..., 2 * x // 3 : -6][tube_far].mean()
+    assert near > 1.0 and abs(near - far) < 0.3  # the tube stands out equally at both depths
+    fov = Preprocessing(normalization="fov-percentile-zscore").normalize(scanned)
+    assert fov[..., 2 * x // 3 : -6][tube_far].mean() - fov[..., 6 : x // 3][tube_near].mean() > 1.0
+
+
+def test_local_normalisation_window_is_in_millimetres_along_each_axis():
+    """An anisotropic grid: one bright voxel changes its neighbours' z-scores over sigma / spacing voxels
+    per axis, so its reach is 4x longer along z (0.25 mm voxels) than along x (1 mm)."""
+    shape, spacing_zyx = (96, 32, 24), (0.25, 0.5, 1.0)
+    noise = np.random.default_rng(2).normal(0, 0.5, shape).astype(np.float32)
+    tissue = np.full(shape, 10.0, np.float32) + noise
+    bright = tissue.copy()
+    bright[48, 16, 12] = 30.0
+    local = Preprocessing(normalization="fov-local-zscore", local_sigma_mm=1.0, clip_percentiles=(0.0, 100.0))
+    stats = local.intensity_statistics(bright)  # the same clip range for both
+    change = np.abs(local.normalize(bright, stats, spacing_zyx) - local.normalize(tissue, stats, spacing_zyx))
+    change[48, 16, 12] = 0.0
+    reach_z = np.abs(np.flatnonzero(change[:, 16, 12] > 1e-3) - 48).max()
+    reach_x = np.abs(np.flatnonzero(change[48, 16, :] > 1e-3) - 12).max()
+    assert 3.0 <= reach_z / reach_x <= 5.0, (reach_z, reach_x)
+    constant = local.normalize(np.full(shape, 7.0, np.float32), spacing_zyx=spacing_zyx)
+    assert np.all(constant == 0.0)  # nothing stands out, and no division by a zero deviation
+
+
+def test_local_normalisation_ignores_the_empty_border_and_round_trips():
+    """The fill around the field of view is 0 after normalisation and changes nothing inside; the
+    window's size travels in model.json."""
+    rng = np.random.default_rng(3)
+    tight, _ = _speckle_with_tube(rng, (16, 20, 24))
+    wide = np.pad(tight, 6)
+    inner = (slice(6, -6),) * 3
+    local = Preprocessing(normalization="fov-local-zscore")
+    spacing = (0.6, 0.6, 0.6)
+    padded = local.normalize(wide, spacing_zyx=spacing)
+    np.testing.assert_allclose(padded[inner], local.normalize(tight, spacing_zyx=spacing), atol=1e-4)
+    border = np.ones(wide.shape, bool)
+    border[inner] = False
+    assert np.all(padded[border] == 0.0)
+    pre = Preprocessing(target_spacing=(0.5, 0.6, 0.7), normalization="fov-local-zscore", local_sigma_mm=2.5)
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    assert "local_sigma_mm" not in Preprocessing().to_dict()  # other models' model.json unchanged
+    with pytest.raises(ValueError, match="spacing"):
+        local.normalize(tight)

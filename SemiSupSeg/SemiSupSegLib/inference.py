@@ -818,7 +818,7 @@ class _Context:
         return self.statistics[0]
 
     def tensor(self, array_zyx: np.ndarray) -> torch.Tensor:
-        normalized = self.preprocessing.normalize(array_zyx, self.statistics)
+        normalized = self.preprocessing.normalize(array_zyx, self.statistics, self.spacing[::-1])
         return torch.from_numpy(normalized).to(self.device)
 
 

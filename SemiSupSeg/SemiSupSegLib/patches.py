@@ -43,7 +43,8 @@ def prepare_case(
 ) -> PreparedCase:
     array, grid = preprocessing(image)
     stats = preprocessing.intensity_statistics(sitk.GetArrayViewFromImage(image))
-    zero_value = float(preprocessing.normalize(np.zeros(1, np.float32), stats)[0])
+    zero = np.zeros((1, 1, 1), np.float32)
+    zero_value = float(preprocessing.normalize(zero, stats, grid.GetSpacing()[::-1]).ravel()[0])
     label_array = None
     if label is not None:
         label_array = sitk.GetArrayFromImage(preprocessing.resample(label, is_label=True)).astype(np.uint8)

@@ -138,7 +138,16 @@ def median_spacing(images: Sequence[sitk.Image]) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.median(spacings, axis=0))
 
 
-NORMALIZATIONS = ("percentile-zscore", "fov-percentile-zscore")
+NORMALIZATIONS = ("percentile-zscore", "fov-percentile-zscore", "fov-local-zscore")
+LOCAL_SIGMA_MM = 3.0
+"""Gaussian window (standard deviation, mm) of ``fov-local-zscore``. **[decision]** ours: about twice a
+catheter's diameter, so that the instrument stands out of its window, and small against the scale of a
+scanner's gain and time-gain-compensation changes."""
+LOCAL_EPSILON = 0.05
+"""Floor of the local standard deviation (in units of the clipped range), so that flat regions are not
+amplified into noise."""
+LOCAL_CLIP = 8.0
+"""Local z-scores are clipped to +-this (an isolated bright voxel in flat tissue would be unbounded)."""
 FILL_SHARE = 0.01
 """Voxels at the volume's minimum are a fill outside the field of view when they are at least this share."""
 
@@ -176,18 +185,29 @@ class Preprocessing:
       (MONAI's ``NormalizeIntensity(nonzero=True)`` idea). The share of empty voxels differs between scanners
       (sector angle, depth, export); with whole-volume statistics it shifts every tissue value (0.57
       standard deviations between our phantom, 59 % in view, and a full-view volume, docs/BENCHMARKS.md).
+    - ``"fov-local-zscore"``: clipped like ``fov-percentile-zscore``, then every voxel standardised by the
+      mean and standard deviation of its neighbourhood (a Gaussian window of ``local_sigma_mm``) over the
+      voxels in view; 0 outside the view. The models segment an instrument by its absolute brightness
+      more than by its contrast to its surroundings (docs/BENCHMARKS.md, "ablation probe"), while what a
+      scanner keeps is that local contrast: a gain, time-gain compensation or display map that changes
+      slowly over the window drops out. **[decision]** ours (issue 12); the seed papers normalise
+      globally.
     """
 
     target_spacing: tuple[float, float, float] | None = None
     normalization: str = "percentile-zscore"
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    local_sigma_mm: float = LOCAL_SIGMA_MM
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "target_spacing": list(self.target_spacing) if self.target_spacing else None,
             "normalization": self.normalization,
             "clip_percentiles": list(self.clip_percentiles),
         }
+        if self.normalization == "fov-local-zscore":
+            out["local_sigma_mm"] = self.local_sigma_mm
+        return out
 
     @classmethod
     def from_dict(cls, data: object) -> Preprocessing:
@@ -214,6 +234,15 @@ class Preprocessing:
             target_spacing=_spacing(spacing) if spacing is not None else None,
             normalization=normalization,
             clip_percentiles=_percentiles(data.get("clip_percentiles", (0.5, 99.5))),
+            local_sigma_mm=float(
+                checked_number(
+                    "preprocessing local_sigma_mm",
+                    data.get("local_sigma_mm", LOCAL_SIGMA_MM),
+                    float,
+                    0.0,
+                    low_open=True,
+                )
+            ),
         )
 
     def resample(self, image: sitk.Image, *, is_label: bool = False) -> sitk.Image:
@@ -232,7 +261,7 @@ class Preprocessing:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}")
         flat = np.asarray(array, dtype=np.float32).ravel()
-        if self.normalization == "fov-percentile-zscore" and flat.size:
+        if self.normalization != "percentile-zscore" and flat.size:
             fill = flat == flat.min()
             if FILL_SHARE <= fill.mean() < 1.0:  # a fill value around the field of view, not one dark voxel
                 flat = flat[~fill]
@@ -248,14 +277,62 @@ class Preprocessing:
         return np.clip((np.asarray(array, dtype=np.float32) - low) / span, 0.0, 1.0)
 
     def normalize(
-        self, array: np.ndarray, statistics: tuple[float, float, float, float] | None = None
+        self,
+        array: np.ndarray,
+        statistics: tuple[float, float, float, float] | None = None,
+        spacing_zyx: Sequence[float] | None = None,
     ) -> np.ndarray:
-        """Normalise a [z, y, x] array (with the given whole-volume statistics); returns float32."""
+        """Normalise a [z, y, x] array.
+
+        Args:
+            array: raw intensities on the model's grid.
+            statistics: the whole volume's :meth:`intensity_statistics` (default: the array's own).
+            spacing_zyx: the array's voxel size in mm, [z, y, x]; needed by ``fov-local-zscore`` only.
+
+        Returns:
+            float32 array of the same shape.
+        """
         low, high, mean, std = statistics or self.intensity_statistics(array)
         scaled = self._clip_scale(array, low, high)
+        if self.normalization == "fov-local-zscore":
+            if spacing_zyx is None:
+                raise ValueError("fov-local-zscore needs the array's spacing")
+            in_view = np.asarray(array) > low
+            return local_zscore(scaled, in_view, self.local_sigma_mm / np.asarray(spacing_zyx, dtype=float))
         return ((scaled - mean) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
     def __call__(self, image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
         """Resample and normalise; return the [z, y, x] float32 array and its grid (an sitk.Image)."""
         resampled = self.resample(image)
-        return self.normalize(sitk.GetArrayViewFromImage(resampled)), resampled
+        spacing_zyx = resampled.GetSpacing()[::-1]
+        return self.normalize(sitk.GetArrayViewFromImage(resampled), spacing_zyx=spacing_zyx), resampled
+
+
+def local_zscore(scaled: np.ndarray, in_view: np.ndarray, sigma_voxels_zyx: Sequence[float]) -> np.ndarray:
+    """``(x - mean) / max(std, LOCAL_EPSILON)`` with the mean and standard deviation of a Gaussian window,
+    taken over the voxels ``in_view`` only (normalised convolution); 0 outside the view.
+
+    Hand-written with ``scipy.ndimage.gaussian_filter``: MONAI's intensity transforms normalise with
+    global (or per-channel) statistics only.
+
+    Args:
+        scaled: [z, y, x] intensities (clipped and scaled to [0, 1]).
+        in_view: [z, y, x] bool, the voxels that are part of the scan.
+        sigma_voxels_zyx: the window's standard deviation in voxels along z, y, x.
+
+    Returns:
+        float32 local z-scores, clipped to +-:data:`LOCAL_CLIP`.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    mask = np.asarray(in_view, dtype=np.float32)
+    x = np.asarray(scaled, dtype=np.float32) * mask
+    sigma = [float(s) for s in sigma_voxels_zyx]
+    weight = gaussian_filter(mask, sigma, mode="constant", truncate=3.0)
+    covered = weight > 1e-3
+    safe = np.where(covered, weight, 1.0)
+    mean = gaussian_filter(x, sigma, mode="constant", truncate=3.0) / safe
+    second = gaussian_filter(x * x, sigma, mode="constant", truncate=3.0) / safe
+    std = np.sqrt(np.maximum(second - mean * mean, 0.0))
+    z = (x - mean) / np.maximum(std, LOCAL_EPSILON)
+    return (np.clip(z, -LOCAL_CLIP, LOCAL_CLIP) * (mask * covered)).astype(np.float32)

@@ -255,7 +255,8 @@ def _add_train(sub) -> None:
         "--normalization",
         choices=NORMALIZATIONS,
         help="intensity normalisation (default: the --init model's, else percentile-zscore); "
-        "fov-percentile-zscore takes the statistics inside the field of view only (docs/ARCHITECTURE.md)",
+        "fov-percentile-zscore takes the statistics inside the field of view only; fov-local-zscore "
+        "standardises each voxel by its 3 mm neighbourhood in view (docs/ARCHITECTURE.md)",
     )
     p.add_argument(
         "--translation",
