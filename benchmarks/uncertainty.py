@@ -80,6 +80,7 @@ ESTIMATORS: dict[str, tuple[str | None, int]] = {
     "last-block-mc T=8": ("last-block-mc", 8),
     "last-block-mc T=4": ("last-block-mc", 4),
     "flips T=4": ("flips", 4),
+    "flips T=3": ("flips", 3),
     "flips T=2": ("flips", 2),
     "disagreement": ("disagreement", 0),
 }
