@@ -138,6 +138,7 @@ def train_and_evaluate(data: Path, out: Path, row: str, args, seed: int, spacing
         batch=2,
         patch_size=(args.patch,) * 3,
         width=args.width,
+        network=args.network,
         lr=args.lr,
         seed=seed,
         val_cases=0,
@@ -230,6 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seeds", default="0")
     p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--network", default="compact-unet", help="backbone: compact-unet or vnet")
     p.add_argument("--patch", type=int, default=32)
     p.add_argument(
         "--lr", type=float, default=1e-3, help="every row's learning rate (paper: 1e-4 for 10k steps)"
@@ -315,7 +317,8 @@ def run_table(args) -> str:
 def write_tables(args, results: list[dict]) -> str:
     """Write the raw results (``--json``) and ``<out>/ssl_table.md``; returns the markdown."""
     text = (
-        f"Settings: {args.steps} steps, width {args.width}, patch {args.patch}^3, batch 2+2, lr {args.lr}, "
+        f"Settings: {args.network}, {args.steps} steps, width {args.width}, patch {args.patch}^3, batch 2+2, "
+        f"lr {args.lr}, "
         f"seeds {args.seeds}, precision {args.precision}, torch threads {torch.get_num_threads()}; phantom "
         f"{args.size}^3 with {args.test_cases} held-out cases (centre-point ROI inference); la2018 resampled "
         f"to {args.la_spacing} mm, last {args.la_test} cases held out (random patches, sliding window)."
