@@ -16,7 +16,8 @@
   (the noise floor). Raw JSON with ``--out``; ``--write DOC`` replaces the block ``[ssl_mc_bias]``;
   ``--tabulate JSON`` renders it again without measuring.
 - ``volume-ratio --runs DIR --data D``: for every ``DIR/<row>/seed0`` model of an ``ssl_table.py`` run,
-  predicted / true instrument voxels on the first 4 test cases of ``D``, and the mean maximum probability.
+  predicted / true foreground voxels on the first 4 test cases of ``D``, recall and precision (means over
+  the cases), and the mean maximum probability.
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=SemiSupSeg python benchmarks/ssl_diagnostics.py mc-bias --model M
 --data D --out docs/benchmark_results/ssl_mc_bias.json --write docs/BENCHMARKS.md``;
@@ -185,14 +186,19 @@ def volume_ratio(args) -> None:
     for run in sorted(Path(args.runs).glob("*/seed0")):
         if not (run / "weights.pt").is_file():
             continue
-        model, ratios, peaks = load_model(run), [], []
+        model, ratios, recalls, precisions, peaks = load_model(run), [], [], [], []
         for case in test:
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) > 0
             result = segment(model, read_image(case.image), case.center)
-            ratios.append((sitk.GetArrayFromImage(result.label) > 0).sum() / max(1, truth.sum()))
+            predicted = sitk.GetArrayFromImage(result.label) > 0
+            overlap = (predicted & truth).sum()
+            ratios.append(predicted.sum() / max(1, truth.sum()))
+            recalls.append(overlap / max(1, truth.sum()))
+            precisions.append(overlap / max(1, predicted.sum()))
             peaks.append(float(sitk.GetArrayFromImage(result.probability).max()))
-        ratio, peak = np.mean(ratios), np.mean(peaks)
-        print(f"{run.parent.name:32s} predicted/true voxels {ratio:.2f}, max prob {peak:.2f}")
+        print(f"{run.parent.name:32s} predicted/true voxels {np.mean(ratios):.2f}, "
+              f"recall {np.mean(recalls):.2f}, precision {np.mean(precisions):.2f}, "
+              f"max prob {np.mean(peaks):.2f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
