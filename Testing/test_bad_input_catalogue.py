@@ -379,6 +379,8 @@ KINDS = [
          CLI, r"preprocessing target_spacing \[0, 0\.8, 0\.8\] is not 3 numbers > 0 \(mm\)"),
     Kind("model clip percentiles reversed", api(load_model, lambda r: edited_model(r, preprocessing={"clip_percentiles": [99.5, 0.5]})),
          ModelError, r"clip_percentiles \[99\.5, 0\.5\] are not increasing"),
+    Kind("model local window of a kilometre", lambda r: segment(r, write(r, "a.nrrd", random_image()), edited_model(r, preprocessing={"normalization": "fov-local-zscore", "local_sigma_mm": 1e6})),
+         CLI, r"preprocessing local_sigma_mm must be .*100.*, got 1000000\.0"),
     Kind("missing weights", api(load_model, lambda r: model_without(r, "weights.pt")),
          ModelError, r"weights\.pt are missing"),
     Kind("weights of another architecture", lambda r: segment(r, write(r, "a.nrrd", random_image()), other_architecture(r)),

@@ -143,6 +143,8 @@ LOCAL_SIGMA_MM = 3.0
 """Gaussian window (standard deviation, mm) of ``fov-local-zscore``. **[decision]** ours: about twice a
 catheter's diameter, so that the instrument stands out of its window, and small against the scale of a
 scanner's gain and time-gain-compensation changes."""
+MAX_LOCAL_SIGMA_MM = 100.0
+"""A larger window is no longer local (and its filter would take the memory and time of a huge kernel)."""
 LOCAL_EPSILON = 0.05
 """Floor of the local standard deviation (in units of the clipped range), so that flat regions are not
 amplified into noise."""
@@ -240,6 +242,7 @@ class Preprocessing:
                     data.get("local_sigma_mm", LOCAL_SIGMA_MM),
                     float,
                     0.0,
+                    MAX_LOCAL_SIGMA_MM,
                     low_open=True,
                 )
             ),
