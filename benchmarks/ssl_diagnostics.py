@@ -16,8 +16,8 @@
   (the noise floor). Raw JSON with ``--out``; ``--write DOC`` replaces the block ``[ssl_mc_bias]``;
   ``--tabulate JSON`` renders it again without measuring.
 - ``volume-ratio --runs DIR --data D``: for every ``DIR/<row>/seed0`` model of an ``ssl_table.py`` run,
-  predicted / true foreground voxels on the first 4 test cases of ``D``, recall and precision (means over
-  the cases), and the mean maximum probability.
+  predicted / true foreground voxels on the first 4 test cases of ``D``, recall, precision, Dice and the
+  Dice of the largest connected component alone (means over the cases), and the mean maximum probability.
 
 Usage: ``OMP_NUM_THREADS=1 PYTHONPATH=SemiSupSeg python benchmarks/ssl_diagnostics.py mc-bias --model M
 --data D --out docs/benchmark_results/ssl_mc_bias.json --write docs/BENCHMARKS.md``;
@@ -181,23 +181,34 @@ def _write(results: dict, json_path: Path, doc: Path | None) -> None:
         write_block(doc, SCRIPT, BLOCK, [*lines, "", footer])
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def _largest_component(label: sitk.Image) -> np.ndarray:
+    components = sitk.RelabelComponent(sitk.ConnectedComponent(label), sortByObjectSize=True)
+    return sitk.GetArrayFromImage(components) == 1
+
+
 def volume_ratio(args) -> None:
     test = load_dataset(args.data).test[:4]
     for run in sorted(Path(args.runs).glob("*/seed0")):
         if not (run / "weights.pt").is_file():
             continue
-        model, ratios, recalls, precisions, peaks = load_model(run), [], [], [], []
+        model, rows, peaks = load_model(run), [], []
         for case in test:
             truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label))) > 0
             result = segment(model, read_image(case.image), case.center)
             predicted = sitk.GetArrayFromImage(result.label) > 0
             overlap = (predicted & truth).sum()
-            ratios.append(predicted.sum() / max(1, truth.sum()))
-            recalls.append(overlap / max(1, truth.sum()))
-            precisions.append(overlap / max(1, predicted.sum()))
+            rows.append([predicted.sum() / max(1, truth.sum()), overlap / max(1, truth.sum()),
+                         overlap / max(1, predicted.sum()), _dice(predicted, truth),
+                         _dice(_largest_component(result.label), truth)])  # fmt: skip
             peaks.append(float(sitk.GetArrayFromImage(result.probability).max()))
-        print(f"{run.parent.name:32s} predicted/true voxels {np.mean(ratios):.2f}, "
-              f"recall {np.mean(recalls):.2f}, precision {np.mean(precisions):.2f}, "
+        ratio, recall, precision, dice, largest = np.mean(rows, axis=0)
+        print(f"{run.parent.name:32s} predicted/true voxels {ratio:.2f}, recall {recall:.2f}, "
+              f"precision {precision:.2f}, Dice {dice:.3f}, largest component's Dice {largest:.3f}, "
               f"max prob {np.mean(peaks):.2f}")  # fmt: skip
 
 
