@@ -34,6 +34,7 @@ cached as JSON under ``--cache`` (a rerun resumes); the raw results go to ``--ou
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -233,8 +234,9 @@ def run_full_width(args: argparse.Namespace, label: str) -> dict:
 
 def _cache_path(args: argparse.Namespace, kind: str, label: str) -> Path:
     name = label.replace(" ", "_").replace("=", "")
-    if args.data and kind == "phantom":  # the cases and the model name the run
-        return Path(args.cache) / f"data_{Path(args.data).parent.name}_{Path(args.model).name}_{name}.json"
+    if args.data and kind == "phantom":  # the cases and the model (its resolved path) name the run
+        model = hashlib.sha1(str(Path(args.model).resolve()).encode()).hexdigest()[:8]
+        return Path(args.cache) / f"data_{Path(args.data).parent.name}_{Path(args.model).name}-{model}_{name}.json"
     return Path(args.cache) / f"{kind}_s{args.size}_c{args.cases}_seed{args.seed}_{name}.json"
 
 
