@@ -236,7 +236,8 @@ def _cache_path(args: argparse.Namespace, kind: str, label: str) -> Path:
     name = label.replace(" ", "_").replace("=", "")
     if args.data and kind == "phantom":  # the cases and the model (its resolved path) name the run
         model = hashlib.sha1(str(Path(args.model).resolve()).encode()).hexdigest()[:8]
-        return Path(args.cache) / f"data_{Path(args.data).parent.name}_{Path(args.model).name}-{model}_{name}.json"
+        cases = Path(args.data).parent.name
+        return Path(args.cache) / f"data_{cases}_{Path(args.model).name}-{model}_{name}.json"
     return Path(args.cache) / f"{kind}_s{args.size}_c{args.cases}_seed{args.seed}_{name}.json"
 
 
