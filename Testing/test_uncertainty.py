@@ -208,3 +208,35 @@ def test_split_passes_reproduce_the_forward_of_a_network_with_a_head_block(metho
     batch = torch.randn(1, 1, *SHAPE)
     probs, _ = inference.predict_uncertainty([net], batch, method, 2, channels_last=False)
     assert torch.allclose(probs, inference.predict_batch([net], batch, channels_last=False), atol=1e-5)
+
+
+class CountingNet(ConstantNet):
+    """ConstantNet that counts the voxels it was asked to predict."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__(p)
+        self.voxels = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.voxels += x.numel()
+        return super().forward(x)
+
+
+def test_the_default_uncertainty_costs_one_extra_pass():
+    """The default estimator (what ``--uncertainty`` and the panel's *Uncertainty volume* use) runs the
+    networks on twice the voxels of the plain prediction: the one flip that kept it within issue 20's
+    2.5x the plain time in every measured run (docs/BENCHMARKS.md), where four flips took up to 3.8x."""
+    import SimpleITK as sitk
+    from stub_networks import stub_model
+
+    image = sitk.GetImageFromArray(torch.rand(24, 28, 32).numpy())
+    image.SetSpacing((0.5, 0.6, 0.7))
+    center = image.TransformContinuousIndexToPhysicalPoint((16.0, 14.0, 12.0))
+    counted = {}
+    for method in (None, inference.DEFAULT_UNCERTAINTY):
+        net = CountingNet(0.3)
+        result = inference.segment(stub_model({"net": net}, 16, (0.5, 0.6, 0.7)), image, center,
+                                   uncertainty_method=method)  # fmt: skip
+        assert (result.uncertainty is None) == (method is None)
+        counted[method] = net.voxels
+    assert counted[inference.DEFAULT_UNCERTAINTY] == 2 * counted[None]

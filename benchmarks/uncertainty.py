@@ -339,13 +339,19 @@ def table(results: dict, json_path: Path, plot_path: Path) -> list[str]:
         lines += ["", f"Full-width Compact-UNet (random weights), one 160^3 phantom, region 96^3, "
                   f"{results['full_width'][0]['precision']}:", "",
                   *markdown_table(["estimator", "s / volume", "x plain", "peak RSS GiB"], rows)]  # fmt: skip
-    link = os.path.relpath(plot_path, REPO / "docs")
-    lines += ["", f"![error rate per uncertainty decile]({link})", ""]
+    if _has_curves(results):
+        link = os.path.relpath(plot_path, REPO / "docs")
+        lines += ["", f"![error rate per uncertainty decile]({link})"]
+    lines.append("")
     tabulate = f"python {SCRIPT} --tabulate {display_path(json_path)} --write docs/BENCHMARKS.md"
     return [*lines, provenance([json_path], results.get("command"), tabulate)]
 
 
 PLOT_LINK = "images/uncertainty_reliability.png"
+
+
+def _has_curves(results: dict) -> bool:
+    return any(run.get("reliability") for run in results["runs"])
 
 
 def plot(results: dict, path: Path) -> None:
@@ -364,7 +370,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("voxel error rate")
     ax.set_yscale("log")
     cases = Path(results["data"]).parent.name if results.get("data") else "phantom catheters"
-    ax.set_title(f"Uncertainty reliability, {Path(results['model']).name} on {cases}")
+    model = Path(results["model"])
+    ax.set_title(f"Uncertainty reliability, {model.parent.name}/{model.name} on {cases}")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -409,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results, path = measure(args), args.out
             write_json(args.out, results)
-        plot(results, args.plot)
+        if _has_curves(results):  # a run of the plain prediction and full-width timings only has none
+            plot(results, args.plot)
         lines = table(results, path, args.plot)
     except ReportError as error:
         raise fail(str(error)) from None
