@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 from stub_networks import ConstantNet, ThresholdNet, halfway_level, stub_model
 
 from SemiSupSegLib import inference
@@ -78,13 +79,91 @@ def test_heaviest_component_is_the_one_with_most_probability_not_most_voxels():
     probability[1, 1, 0:10] = 0.55  # 10 voxels, summed 5.5: the largest
     probability[4, 5, 2:6] = [0.99, 0.99, 0.9, 0.9]  # with the next line 6 voxels, summed 5.76: the heaviest
     probability[4, 4, 2:4] = 0.99
-    centroid, volume = heaviest_component(probability, voxel_mm3=0.5)
-    weights = np.array([0.99, 0.99, 0.9, 0.9, 0.99, 0.99])
-    ys, xs = np.array([5, 5, 5, 5, 4, 4]), np.array([2, 3, 4, 5, 2, 3])
-    expected_yx = ((weights * ys).sum() / weights.sum(), (weights * xs).sum() / weights.sum())
-    assert centroid == pytest.approx((4.0, *expected_yx))
+    middle, volume = heaviest_component(probability, (0.5, 1.0, 1.0))
+    assert middle[0] == pytest.approx(4.0) and 4.0 <= middle[1] <= 5.0 and 2.0 <= middle[2] <= 5.0
     assert volume == pytest.approx(6 * 0.5)
-    assert heaviest_component(np.full((3, 4, 5), 0.2), voxel_mm3=1.0) is None
+    assert heaviest_component(np.full((3, 4, 5), 0.2), (1.0, 1.0, 1.0)) is None
+
+
+def _arc(shape_zyx, spacing_zyx, radius_mm, centre_mm, tube_mm=1.2) -> np.ndarray:
+    """A half circle of tube in the z-x plane (y fixed), bulging towards +x; its middle is at
+    ``centre_mm + (0, 0, radius_mm)``, its centroid inside the bend (2r/pi from the circle's centre)."""
+    z, y, x = (np.indices(shape_zyx, dtype=float).T * np.asarray(spacing_zyx)).T - np.reshape(
+        centre_mm, (3, 1, 1, 1)
+    )
+    off_circle = np.hypot(np.hypot(z, x) - radius_mm, y)
+    return ((off_circle < tube_mm) & (x >= 0)).astype(float) * 0.9
+
+
+def test_the_middle_of_a_bent_instrument_is_on_it_half_way_along_not_its_centroid():
+    """Anisotropic voxels (z 1.5, y 1.0, x 0.5 mm): spacing read in the wrong order bends the arc."""
+    spacing = (1.5, 1.0, 0.5)
+    probability = _arc((24, 9, 40), spacing, radius_mm=12.0, centre_mm=(17.25, 4.0, 3.0))
+    apex_index = (17.25 / 1.5, 4.0, (3.0 + 12.0) / 0.5)
+    middle, volume = heaviest_component(probability, spacing)
+    centroid = ndimage.center_of_mass(probability)
+    mm = lambda index: np.asarray(index) * spacing  # noqa: E731
+    assert np.linalg.norm(mm(centroid) - mm(apex_index)) > 4.0  # the centroid is off the tube
+    assert np.linalg.norm(mm(middle) - mm(apex_index)) < 1.0
+    assert volume == pytest.approx((probability > 0.5).sum() * 0.75)
+
+
+def test_the_middle_is_measured_in_mm_not_voxels():
+    """An L of two arms 20 mm long each: 40 voxels along x (0.5 mm) and 10 along z (2 mm). Counted in
+    voxels the middle would lie 15 voxels into the x arm; in mm it is the corner."""
+    spacing = (2.0, 1.0, 0.5)
+    probability = np.zeros((14, 5, 46))
+    probability[2, 2, 2:42] = 0.8  # the x arm, ending at the corner (z 2, x 41)
+    probability[2:13, 2, 41] = 0.8  # the z arm, from the corner
+    middle, _ = heaviest_component(probability, spacing)
+    assert np.linalg.norm((np.asarray(middle) - (2, 2, 41)) * spacing) < 2.0
+
+
+def _l_tube(shape_zyx, spacing_zyx, corner_mm, arm_mm, radius_mm=2.0) -> np.ndarray:
+    """Two tubes of ``arm_mm`` meeting at ``corner_mm``: one towards -x, one towards +z (y fixed)."""
+    z, y, x = (np.indices(shape_zyx, dtype=float).T * np.asarray(spacing_zyx)).T
+    dz, dy, dx = z - corner_mm[0], y - corner_mm[1], x - corner_mm[2]
+    x_arm = (np.hypot(dz, dy) < radius_mm) & (dx <= 0) & (dx > -arm_mm)
+    z_arm = (np.hypot(dx, dy) < radius_mm) & (dz >= 0) & (dz < arm_mm)
+    return (x_arm | z_arm).astype(float)
+
+
+def test_the_middle_of_fragments_is_found_along_their_axis_in_mm():
+    """A half circle of wire (radius 20 mm) broken into three fragments, on a grid of z 2.0, y 1.0, x 0.5
+    mm: 40 mm long along z, 20 mm deep along x. In mm its principal axis is z and the median along it
+    the apex; from voxel indices (20 voxels along z, 40 along x) the axis would be x, and the middle
+    would fall inside the bend, as the centroid does (7.3 mm from the apex)."""
+    spacing = (2.0, 1.0, 0.5)
+    centre = (24.0, 4.0, 2.0)
+    probability = _arc((25, 9, 48), spacing, radius_mm=20.0, centre_mm=centre, tube_mm=2.5)
+    along_z = np.abs(np.arange(25) * 2.0 - centre[0])
+    probability[(along_z > 8.0) & (along_z < 12.0)] = 0.0  # a gap in each branch, symmetric
+    apex = np.asarray(centre) + (0.0, 0.0, 20.0)
+    (z, y, x), volume = all_components(probability, spacing)
+    centroid = np.asarray(ndimage.center_of_mass(probability)) * spacing
+    assert np.linalg.norm(centroid - apex) > 5.0
+    assert np.linalg.norm(np.asarray((z, y, x)) * spacing - apex) < 2.0
+    assert volume == pytest.approx((probability > 0.5).sum())
+
+
+def test_a_bent_instrument_is_located_at_its_middle_on_a_rotated_anisotropic_volume():
+    """End to end: find_instrument answers the middle of an L (its corner, LPS) on a rotated anisotropic
+    volume through an anisotropic model grid, not the L's centroid (5.7 mm inside the bend); the model
+    grid's spacing taken in x, y, z order would put it 6 mm or more along one arm."""
+    spacing_xyz = (0.6, 0.9, 1.3)
+    corner_mm = (12.0, 20.0, 28.0)  # z, y, x
+    image = _rotated(100.0 * _l_tube((30, 44, 58), spacing_xyz[::-1], corner_mm, arm_mm=16.0))
+    target = (0.7, 1.0, 1.6)  # the model grid (x, y, z mm)
+    model = stub_model({"t": ThresholdNet(halfway_level(image, 0.0, 100.0, target))}, 16, target)
+    model.meta["name"] = "l-finder"
+    locator = SegmentationLocator(path=Path("stub"), meta={}, models=[LocatorModel(model, 100.0)])
+    found = locate(locator, image)
+    corner = np.asarray(
+        image.TransformContinuousIndexToPhysicalPoint(
+            [c / s for c, s in zip(corner_mm[::-1], spacing_xyz, strict=True)]
+        )
+    )
+    assert np.linalg.norm(np.asarray(found.point_lps) - corner) < 2.5  # mm; a tube of radius 2 mm
 
 
 def test_confidence_is_a_half_at_the_minimum_volume():
@@ -252,19 +331,20 @@ def test_a_two_model_locator_is_written_as_format_2_and_loads_both_with_their_vo
 
 
 def test_all_components_pick_answers_the_middle_of_a_fragmented_thin_instrument():
-    """A thin instrument segmented in fragments (a guide-wire): the heaviest fragment's centroid lies
-    towards one end, the centroid of every confident voxel in the middle; the volume is the total."""
+    """A thin instrument segmented in fragments (a guide-wire): the heaviest fragment's middle lies
+    towards one end, the middle of every confident voxel along their axis in the middle; the volume is
+    the total."""
     probability = np.zeros((9, 10, 61))
     probability[4, 5, 2:22] = 0.9  # the heaviest fragment (20 voxels), at one end
     probability[4, 5, 25:40] = 0.9
     probability[4, 5, 43:59] = 0.9
     probability[4, 5, 60] = 0.3  # below the threshold: not part of the instrument
-    heaviest, _ = heaviest_component(probability, 0.5)
-    (z, y, x), volume = all_components(probability, 0.5)
+    heaviest, _ = heaviest_component(probability, (1.0, 1.0, 0.5))
+    (z, y, x), volume = all_components(probability, (1.0, 1.0, 0.5))
     assert heaviest[2] == pytest.approx(11.5) and (z, y) == pytest.approx((4.0, 5.0))
-    assert x == pytest.approx((sum(range(2, 22)) + sum(range(25, 40)) + sum(range(43, 59))) / 51)
+    assert x == pytest.approx(30.0)  # the 26th of the 51 voxels in order along the wire (x = 30), +-1
     assert volume == pytest.approx(51 * 0.5)
-    assert all_components(np.zeros((3, 4, 5)), 1.0) is None
+    assert all_components(np.zeros((3, 4, 5)), (1.0, 1.0, 1.0)) is None
 
 
 def test_a_locator_model_with_the_all_pick_is_saved_loaded_and_used(saved_model, tmp_path, capsys):

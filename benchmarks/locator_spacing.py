@@ -50,7 +50,7 @@ def measure_case(model, case, factor: float) -> dict:
     image = read_image(case.image)
     t0 = time.perf_counter()
     probability, grid = probability_at(model, image, factor)
-    found = heaviest_component(probability, float(np.prod(grid.GetSpacing())))
+    found = heaviest_component(probability, grid.GetSpacing()[::-1])
     seconds = time.perf_counter() - t0
     if found is None:
         return {"seconds": seconds, "found": False}

@@ -58,6 +58,7 @@ LOSS_TESTS = (T + "test_loss_composition.py", T + "test_methods_ssl.py")
 GEOMETRY_TESTS = (T + "test_geometry_axes.py", T + "test_region_blending.py", T + "test_inference.py")
 LOCATOR_TESTS = (T + "test_geometry_axes.py", T + "test_locator.py")
 RECOGNITION_TESTS = (T + "test_locator_recognition.py",)
+SEGMENTATION_LOCATOR_TESTS = (T + "test_locator_segmentation.py",)
 PICKLE_TESTS = (T + "test_unsafe_pickle.py",)
 SSL_TESTS = LOSS_TESTS + (T + "test_ssl_fidelity.py",)
 
@@ -262,6 +263,17 @@ MUTATIONS: list[Mutation] = [
        'if "recognition" not in meta:\n        return None',
        'if "recognition" not in meta:\n        raise ModelError("old")',
        RECOGNITION_TESTS),
+    # --- segmentation locator: the middle along the instrument -----------------------------------
+    _m("segmentation-locator-centroid-not-middle", "locator", "locator/by_segmentation.py",
+       "return geodesic_middle(probability_zyx, inside, spacing_zyx), _volume",
+       "return _weighted_mean_index(probability_zyx, np.argwhere(inside)), _volume",
+       SEGMENTATION_LOCATOR_TESTS),
+    _m("segmentation-locator-spacing-xyz", "axes", "locator/by_segmentation.py",
+       "found = PICKS[member.pick](probability, grid.GetSpacing()[::-1])",
+       "found = PICKS[member.pick](probability, grid.GetSpacing())", SEGMENTATION_LOCATOR_TESTS),
+    _m("fragments-axis-in-voxels", "axes", "locator/by_segmentation.py",
+       "position = index * np.asarray(spacing_zyx, dtype=float)", "position = index * 1.0",
+       SEGMENTATION_LOCATOR_TESTS),
 ]
 
 

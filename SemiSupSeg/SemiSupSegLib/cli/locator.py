@@ -327,9 +327,9 @@ def _add_locator_from_model(sub) -> None:
         help="make a segmentation locator: a segmentation model run over the volume finds the instrument",
         description="Write a locator folder (locator.json only, nothing is trained) that finds the "
         "instrument by running the segmentation model MODEL once over the whole volume and taking the "
-        "centroid of its most probable component; below --min-volume the answer is the volume's centre "
-        "with low confidence. Several --model (one per instrument, e.g. a catheter and a guide-wire model): "
-        "they run in order and the first trusted find answers.",
+        "middle (along its length) of its most probable component; below --min-volume the answer is the "
+        "volume's centre with low confidence. Several --model (one per instrument, e.g. a catheter and a "
+        "guide-wire model): they run in order and the first trusted find answers.",
     )
     p.add_argument(
         "--model", required=True, action="append", help="segmentation model name or folder (repeatable)"
@@ -348,8 +348,9 @@ def _add_locator_from_model(sub) -> None:
         "--pick",
         choices=("heaviest", "all"),
         action="append",
-        help="heaviest: the centroid of the most probable component (default); all: of every voxel above "
-        "0.5 (a thin instrument found in fragments, as a guide-wire); once, or once per --model",
+        help="heaviest: the middle of the most probable component along its length (default); all: the "
+        "middle of every voxel above 0.5 along their principal axis (a thin instrument found in fragments, "
+        "as a guide-wire); once, or once per --model",
     )
     p.set_defaults(func=cmd_locator_from_model)
 
