@@ -226,6 +226,9 @@ MUTATIONS: list[Mutation] = [
        (T + "test_bad_input_catalogue.py",)),
     _m("resume-ignores-steps", "reliability", "cli/train.py",
        'steps = fields.get("steps", stored.steps)', "steps = stored.steps", (T + "test_cli_bad_input.py",)),
+    _m("cli-parsers-built-eagerly", "reliability", "cli/arguments.py",
+       "        self._populate = populate\n", "        self._populate = populate\n        self.populated()\n",
+       (T + "test_cli_bad_input.py",)),
     _m("model-json-after-weights", "reliability", "atomic.py",
        "            before_rename()", "            pass", (T + "test_write_faults.py",)),
     # --- progress ----------------------------------------------------------------------------------

@@ -77,6 +77,8 @@ def _asks_json_progress(argv: Sequence[str]) -> bool:
 
 def _is_main_process() -> bool:
     """Whether this is rank 0 of a training job (or no job): the one that reports what every rank saw."""
+    if not {"WORLD_SIZE", "RANK", "LOCAL_RANK"} & set(os.environ):  # no job; the import below loads torch
+        return True
     from ..distributed import Distributed
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Callable
 from typing import NoReturn
 
 from ..errors import InputError, checked_number
@@ -12,7 +13,33 @@ from ..errors import InputError, checked_number
 
 # --- argument helpers ---------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors reach :func:`main` as one line (exit status 2), not usage text and an exit."""
+    """argparse whose errors reach :func:`main` as one line (exit status 2), not usage text and an exit.
+
+    A sub-command's parser may be given ``populate``: a function adding its arguments, called the first
+    time that parser is used (parsed or asked for help). ``train``'s choices and defaults come from
+    the methods, networks and MONAI transforms, whose import takes seconds that ``semisupseg --help``
+    and every other command's bad argument need not wait for.
+    """
+
+    def __init__(self, *args, populate: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def populated(self) -> _Parser:
+        """This parser with its arguments added (``populate`` runs once)."""
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super(_Parser, self.populated()).parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        return super(_Parser, self.populated()).format_usage()
+
+    def format_help(self) -> str:
+        return super(_Parser, self.populated()).format_help()
 
     def error(self, message: str) -> NoReturn:
         command = self.prog.partition(" ")[2]

@@ -192,16 +192,21 @@ def _localisation_row(locator, image, case) -> tuple[dict, tuple[float, float, f
 
 
 def _add_train_locator(sub) -> None:
-    from ..locator.train import LocatorTrainConfig as C
-
-    p = sub.add_parser(
+    sub.add_parser(
         "train-locator",
         help="train the instrument locator: recognition from masks, DQN search from centre points",
         description="Train a DQN locator: a small instrument-likelihood network learns from the voxel masks "
         "of the labelled cases, then the DQN learns the search from the centre points of every case "
         "(--points-only: the paper's agent, centre points only). --resume works as for train: only "
         "--steps may change.",
+        populate=_train_locator_arguments,  # on first use: its defaults import torch (arguments._Parser)
     )
+
+
+def _train_locator_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``semisupseg train-locator``, with defaults read from the locator's trainer."""
+    from ..locator.train import LocatorTrainConfig as C
+
     p.add_argument(
         "--data",
         action="append",
@@ -320,9 +325,7 @@ def _add_train_locator(sub) -> None:
 
 
 def _add_locator_from_model(sub) -> None:
-    from ..locator.by_segmentation import DEFAULT_MIN_VOLUME_MM3
-
-    p = sub.add_parser(
+    sub.add_parser(
         "locator-from-model",
         help="make a segmentation locator: a segmentation model run over the volume finds the instrument",
         description="Write a locator folder (locator.json only, nothing is trained) that finds the "
@@ -330,7 +333,14 @@ def _add_locator_from_model(sub) -> None:
         "middle (along its length) of its most probable component; below --min-volume the answer is the "
         "volume's centre with low confidence. Several --model (one per instrument, e.g. a catheter and a "
         "guide-wire model): they run in order and the first trusted find answers.",
+        populate=_locator_from_model_arguments,  # on first use: the locator package imports torch
     )
+
+
+def _locator_from_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``semisupseg locator-from-model``."""
+    from ..locator.by_segmentation import DEFAULT_MIN_VOLUME_MM3
+
     p.add_argument(
         "--model", required=True, action="append", help="segmentation model name or folder (repeatable)"
     )

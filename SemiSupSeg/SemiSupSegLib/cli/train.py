@@ -201,18 +201,23 @@ value: a different one is refused and named.
 
 
 def _add_train(sub) -> None:
+    sub.add_parser(
+        "train",
+        help="train or fine-tune a segmentation model",
+        description=TRAIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        populate=_train_arguments,  # on first use: its imports take seconds (arguments._Parser)
+    )
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``semisupseg train``, with choices and defaults read from the engine."""
     from ..augmentation import AUGMENTATIONS
     from ..methods import METHODS
     from ..networks import ARCHITECTURES
     from ..preprocessing import NORMALIZATIONS
     from ..training import TrainConfig as C
 
-    p = sub.add_parser(
-        "train",
-        help="train or fine-tune a segmentation model",
-        description=TRAIN_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     p.add_argument("--data", help="dataset.json (training + unlabeled sections)")
     p.add_argument("--method", choices=sorted(METHODS), help=_default(C, "method"))
     p.add_argument("--out", help="model folder to write (default: the models folder / NAME)")
