@@ -1,4 +1,5 @@
-"""Probe (not a test): which voxels of a segmentation model's output should a locator take the centroid of?
+"""Probe (not a test): which voxels of a segmentation model's output should a locator take, and which
+point of them should it answer?
 
     OMP_NUM_THREADS=1 python benchmarks/locator_pick.py --model phantom-guidewire [--cases 6] \
         [--kinds guide-wire catheter] [--work /tmp/locator-bench] [--out locator_pick.json]
@@ -13,9 +14,13 @@ volumes), the probability-weighted centroid of
 - ``all``: every voxel of ``p > 0.5`` (a thin instrument segmented in fragments);
 - ``top3``: the three heaviest components;
 
-and records the picked volume of each (mm³), from which a minimum volume is chosen per model. Errors
-are in voxels of the 96³ locator grid, as in ``benchmarks/locator.py``. Per-case results are cached in
-``--out`` as they come.
+and records the picked volume of each (mm³), from which a minimum volume is chosen per model. For the
+``heaviest`` and ``all`` picks it also records two middles along the instrument besides the centroid
+(``by_segmentation.axis_middle``: the weighted median along the first principal axis;
+``geodesic_middle``: half-way along the longest path inside one component, ``heaviest`` only), shown
+by ``--min-volume V`` in a second table over the cases whose pick holds at least V mm³ (the finds a
+locator with that minimum volume trusts). Errors are in voxels of the 96³ locator grid, as in
+``benchmarks/locator.py``. Per-case results are cached in ``--out`` as they come.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ from scipy import ndimage
 from SemiSupSegLib.dataset import load_dataset
 from SemiSupSegLib.imageio import read_image
 from SemiSupSegLib.inference import volume_probability
-from SemiSupSegLib.locator.by_segmentation import PROBABILITY_THRESHOLD
+from SemiSupSegLib.locator.by_segmentation import PROBABILITY_THRESHOLD, axis_middle, geodesic_middle
 from SemiSupSegLib.model_store import load_model
 
 PICKS = ("heaviest", "all", "top3")
+MIDDLES = {  # pick: the middles along the instrument measured besides the centroid
+    "heaviest": {"axis middle": axis_middle, "geodesic middle": geodesic_middle},
+    "all": {"axis middle": axis_middle},
+}
 
 
 def picks(probability: np.ndarray) -> dict[str, np.ndarray]:
@@ -57,11 +66,19 @@ def case_result(model, image, center) -> dict:
     voxel_mm3 = float(np.prod(grid.GetSpacing()))
     if not (probability > PROBABILITY_THRESHOLD).any():
         return {pick: None for pick in PICKS}
+
+    def error(zyx) -> dict:
+        return grid_error(
+            image, grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]]), center
+        )
+
+    spacing_zyx = grid.GetSpacing()[::-1]
     result = {}
     for pick, mask in picks(probability).items():
         zyx = ndimage.center_of_mass(np.where(mask, probability, 0.0))
-        point = grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in zyx[::-1]])
-        result[pick] = {**grid_error(image, point, center), "volume_mm3": float(mask.sum()) * voxel_mm3}
+        result[pick] = {**error(zyx), "volume_mm3": float(mask.sum()) * voxel_mm3}
+        for rule, middle in MIDDLES.get(pick, {}).items():
+            result[pick][f"{rule} vox"] = error(middle(probability, mask, spacing_zyx))["vox"]
     return result
 
 
@@ -109,6 +126,29 @@ def render(results: dict) -> list[str]:
     ]
 
 
+def render_middles(results: dict, min_volume: float) -> list[str]:
+    """Median error (grid voxels) and share within 3 of each rule, over the finds of >= ``min_volume``."""
+    header = ["set", "pick", "trusted cases", "centroid", *(f"{rule}" for rule in MIDDLES["heaviest"])]
+    rows = []
+    for name in SETS:
+        found = [r for key, r in results["cases"].items() if key.startswith(name + "/")]
+        for pick, rules in MIDDLES.items():
+            trusted = [r[pick] for r in found if r[pick] and r[pick]["volume_mm3"] >= min_volume]
+            if not trusted or not all(f"{rule} vox" in r for r in trusted for rule in rules):
+                continue
+            cells = []
+            for key in ("vox", *(f"{rule} vox" for rule in MIDDLES["heaviest"])):
+                errors = np.array([r[key] for r in trusted if key in r])
+                within = f"{np.mean(errors <= 3) * 100:.0f} %" if len(errors) else ""
+                cells.append(f"{np.median(errors):.1f} ({within} within 3)" if len(errors) else "–")
+            rows.append([name, pick, str(len(trusted)), *cells])
+    return [
+        f"Finds of at least {min_volume:g} mm³; median error (grid voxels):",
+        "",
+        *markdown_table(header, rows),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="phantom-guidewire")
@@ -119,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/semisupseg-locator-bench", help="where test data is written")
     parser.add_argument("--out", default="locator_pick.json", help="raw results (JSON), also the cache")
     parser.add_argument("--tabulate", metavar="JSON", help="measure nothing: render this raw-results JSON")
+    parser.add_argument(
+        "--min-volume",
+        type=float,
+        help="also tabulate the middles over the finds of at least this volume (mm³)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.tabulate:
@@ -132,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 commands.append(command_line())
             results = measure(args, results, out)
         print("\n".join(render(results)))
+        if args.min_volume is not None:
+            print("\n" + "\n".join(render_middles(results, args.min_volume)))
     except (KeyError, OSError) as error:
         raise fail(f"cannot render: {error}") from None
     return 0
