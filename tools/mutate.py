@@ -268,8 +268,10 @@ MUTATIONS: list[Mutation] = [
        RECOGNITION_TESTS),
     # --- phantom: image formation ------------------------------------------------------------------
     _m("phantom-psf-axes-reversed", "axes", "phantom.py",
+       "psf_mm = np.array([profile.speckle_axial_mm, profile.speckle_lateral_mm, profile.speckle_lateral_mm])\n"
        "    sigma = [float(s) for s in psf_mm / geom.spacing]\n    parts = []",
-       "    sigma = [float(s) for s in psf_mm[::-1] / geom.spacing]\n    parts = []",
+       "psf_mm = np.array([profile.speckle_lateral_mm, profile.speckle_lateral_mm, profile.speckle_axial_mm])\n"
+       "    sigma = [float(s) for s in psf_mm / geom.spacing]\n    parts = []",
        (T + "test_phantom_profiles.py",)),
     _m("phantom-psf-gain-kept", "phantom", "phantom.py",
        "    amplitude *= 1.0 / gain\n", "    amplitude *= 1.0\n", (T + "test_phantom_profiles.py",)),
