@@ -266,15 +266,6 @@ MUTATIONS: list[Mutation] = [
        'if "recognition" not in meta:\n        return None',
        'if "recognition" not in meta:\n        raise ModelError("old")',
        RECOGNITION_TESTS),
-    # --- phantom: image formation ------------------------------------------------------------------
-    _m("phantom-psf-axes-reversed", "axes", "phantom.py",
-       "psf_mm = np.array([profile.speckle_axial_mm, profile.speckle_lateral_mm, profile.speckle_lateral_mm])\n"
-       "    sigma = [float(s) for s in psf_mm / geom.spacing]\n    parts = []",
-       "psf_mm = np.array([profile.speckle_lateral_mm, profile.speckle_lateral_mm, profile.speckle_axial_mm])\n"
-       "    sigma = [float(s) for s in psf_mm / geom.spacing]\n    parts = []",
-       (T + "test_phantom_profiles.py",)),
-    _m("phantom-psf-gain-kept", "phantom", "phantom.py",
-       "    amplitude *= 1.0 / gain\n", "    amplitude *= 1.0\n", (T + "test_phantom_profiles.py",)),
     # --- segmentation locator: the middle along the instrument -----------------------------------
     _m("segmentation-locator-centroid-not-middle", "locator", "locator/by_segmentation.py",
        "return geodesic_middle(probability_zyx, inside, spacing_zyx), _volume",
