@@ -119,39 +119,6 @@ def test_profiles_differ_in_instrument_contrast():
     assert cluttered < default - 12, (default, cluttered)
 
 
-def test_psf_convolution_spreads_a_thin_sheet_by_the_point_spread_function_along_each_axis():
-    """``|PSF * (echo x scatterers)|``: a one-voxel bright sheet across the beam (z) comes out as the
-    axial PSF, one across x as the lateral one: the mean power one PSF sigma away is exp(-1) of the
-    peak's (the power profile is the squared Gaussian). Uniform echo keeps its mean power (the filter's
-    gain is divided out). Non-cubic grid, spacing 0.25 mm, so that the PSF spans several voxels."""
-    from dataclasses import replace
-
-    from SemiSupSegLib import phantom
-
-    profile = replace(PROFILES["default"], psf_convolution=1, speckle_axial_mm=0.5, speckle_lateral_mm=1.0)
-    shape = (40, 48, 56)
-    geom = phantom._Geometry(shape, np.full(3, 0.25), np.zeros(3), 1.0, 1.0, 10.0)
-    none = np.array([], dtype=np.int64)
-    rng = np.random.default_rng(0)
-
-    coarse = phantom._Geometry(shape, np.full(3, 0.5), np.zeros(3), 1.0, 1.0, 10.0)  # PSF of 1-2 voxels
-    uniform = [
-        phantom._convolved_echo(rng, coarse, profile, np.ones(shape, np.float32), none) for _ in range(3)
-    ]
-    assert np.mean([np.mean(u[6:-6, 6:-6, 6:-6] ** 2) for u in uniform]) == pytest.approx(1.0, rel=0.05)
-
-    for axis, sigma_mm in ((0, 0.5), (2, 1.0)):
-        echo = np.full(shape, 1e-3, np.float32)
-        middle = shape[axis] // 2
-        np.moveaxis(echo, axis, 0)[middle] = 1.0
-        power = np.moveaxis(phantom._convolved_echo(rng, geom, profile, echo, none) ** 2, axis, 0)
-        profile_along = power.reshape(shape[axis], -1).mean(axis=1)
-        away = int(round(sigma_mm / 0.25))
-        assert profile_along[middle + away] / profile_along[middle] == pytest.approx(np.exp(-1), abs=0.08), (
-            axis
-        )
-
-
 def test_random_bounds_cover_every_parameter_and_every_named_profile():
     names = _parameters(PROFILES["default"])
     assert sorted(RANDOM_BOUNDS) == sorted(names)
@@ -166,10 +133,6 @@ def test_random_profile_differs_between_cases_and_is_reproducible():
     first, second = draw_random_profile(case_seed(0, 0)), draw_random_profile(case_seed(0, 1))
     assert first == draw_random_profile(case_seed(0, 0))
     for name in _parameters(first):
-        if RANDOM_BOUNDS[name] == (0, 1):  # a switch: both values occur among a few cases
-            drawn = {getattr(draw_random_profile(case_seed(0, i)), name) for i in range(8)}
-            assert drawn == {0, 1}, name
-            continue
         assert getattr(first, name) != getattr(second, name), name
         drawn = getattr(first, name)
         low, high = RANDOM_BOUNDS[name]

@@ -147,14 +147,6 @@ class PhantomProfile:
     shadow: Range = field(metadata={"doc": "acoustic shadow depth behind the instrument (0: none, 1: black)"})
     reverb_below_rim_db: Range = field(metadata={"doc": "first reverberation copy, dB below the instrument"})
     reverb_decay: float = field(metadata={"doc": "amplitude ratio of successive reverberation copies"})
-    # last, so that a random profile draws every earlier parameter as it did before this was added
-    psf_convolution: int = field(
-        default=0,
-        metadata={
-            "doc": "1: the image is the point-spread function convolved with scatterers (structures blurred, "
-            "fully developed speckle); 0: speckle multiplies a sharp echo map"
-        },
-    )
 
     def parameters(self) -> dict[str, Any]:
         """The physical parameters as JSON-ready values (tuples as lists), without name and description."""
@@ -310,7 +302,6 @@ RANDOM_BOUNDS: dict[str, Range] = {
     "shadow": (0.2, 0.95),
     "reverb_below_rim_db": (4.0, 20.0),
     "reverb_decay": (0.3, 0.75),
-    "psf_convolution": (0, 1),
 }
 RANDOM_PROFILE_STREAM = 0x50F11E  # second SeedSequence word: the profile draw never touches the case stream
 
@@ -782,61 +773,6 @@ def _speckle(rng: np.random.Generator, geom: _Geometry, profile: PhantomProfile)
     return amp
 
 
-def _convolved_echo(
-    rng: np.random.Generator,
-    geom: _Geometry,
-    profile: PhantomProfile,
-    echo: np.ndarray,
-    instrument: np.ndarray,
-) -> np.ndarray:
-    """Echo amplitude formed as a scanner forms it: ``|PSF * (echo x scatterers)|`` (``psf_convolution``).
-
-    Every voxel holds complex Gaussian scatterers weighted by its echo amplitude; the instrument's voxels
-    (flat indices ``instrument``) hold a coherent (specular) part ``1 - instrument_speckle`` besides.
-    The complex field is convolved with the point-spread function (a Gaussian of ``speckle_axial_mm``
-    along the beam, ``speckle_lateral_mm`` across), so thin bright structures are blurred and dimmed by
-    it and the speckle is fully developed, dark holes included; with the default multiplicative model
-    the echo map stays sharp and only the speckle is correlated (:func:`_speckle`). **[decision]** (issue
-    12, 2026-12-02): models trained on the multiplicative phantom alone gave probability ~0 inside the
-    catheters of ``benchmarks/other_generator.py``, which forms its image this way, although those
-    catheters have our contrast (docs/BENCHMARKS.md, "What the models see there"). The noise is drawn
-    as by :func:`_speckle` (real, then imaginary part), so the draws after it are unchanged.
-
-    Returns:
-        The amplitude (mean about the echo's for uniform tissue); ``echo`` is overwritten.
-    """
-    psf_mm = np.array([profile.speckle_axial_mm, profile.speckle_lateral_mm, profile.speckle_lateral_mm])
-    sigma = [float(s) for s in psf_mm / geom.spacing]
-    parts = []
-    for _ in range(2):  # real, imaginary
-        scatter = rng.standard_normal(geom.shape, dtype=np.float32)
-        scatter *= np.float32(np.sqrt(0.5))  # E|z|^2 = 1
-        if not parts:  # the coherent, specular part of the instrument's echo
-            flat = scatter.reshape(-1)
-            flat[instrument] = (1.0 - profile.instrument_speckle) + profile.instrument_speckle * flat[
-                instrument
-            ]
-        scatter *= echo
-        parts.append(ndimage.gaussian_filter(scatter, sigma, truncate=3.0))
-    gain = float(np.sqrt(np.prod([_kernel_energy(s) for s in sigma])))  # RMS of the filtered unit noise
-    re, im = parts
-    re *= re
-    im *= im
-    re += im
-    amplitude = np.sqrt(re, out=re)
-    amplitude *= 1.0 / gain
-    return amplitude
-
-
-def _kernel_energy(sigma: float, truncate: float = 3.0) -> float:
-    """Sum of squares of the normalised 1-D Gaussian kernel ``ndimage.gaussian_filter`` uses."""
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=float)
-    kernel = np.exp(-0.5 * (x / max(sigma, 1e-6)) ** 2)
-    kernel /= kernel.sum()
-    return float(np.sum(kernel**2))
-
-
 def _compress(
     rng: np.random.Generator,
     echo: np.ndarray,
@@ -1027,14 +963,11 @@ def _render(
     for flat_s, reverb in shadows:
         view[flat_s] += reverb
     echo += _db(profile.noise_floor_db)  # electronic noise floor: shadows in blood do not turn pure black
+    speckle = _speckle(rng, geom, profile)
+    flat_speckle = speckle.reshape(-1)
     flat_i = np.unique(np.concatenate(bands)) if len(bands) > 1 else bands[0]
-    if profile.psf_convolution:
-        echo = _convolved_echo(rng, geom, profile, echo, flat_i)
-    else:
-        speckle = _speckle(rng, geom, profile)
-        flat_speckle = speckle.reshape(-1)
-        flat_speckle[flat_i] = 1.0 + profile.instrument_speckle * (flat_speckle[flat_i] - 1.0)
-        echo *= speckle
+    flat_speckle[flat_i] = 1.0 + profile.instrument_speckle * (flat_speckle[flat_i] - 1.0)
+    echo *= speckle
     return _compress(rng, echo, geom, beam, profile)
 
 
