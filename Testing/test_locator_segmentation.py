@@ -119,6 +119,21 @@ def test_the_middle_is_measured_in_mm_not_voxels():
     assert np.linalg.norm((np.asarray(middle) - (2, 2, 41)) * spacing) < 2.0
 
 
+def test_fragments_of_one_wire_outweigh_a_heavier_false_positive_far_away():
+    """Three fragments of one wire, 10 mm apart (20 voxels of 0.5 mm along x), and one false positive
+    60 mm away (along z, 2 mm voxels), heavier than any fragment but lighter than the three: the middle
+    of the wire is answered; the volume (the confidence's) is every confident voxel. In voxels the gaps
+    would be 20, over the 15 mm reach, and the false positive would win."""
+    spacing = (2.0, 1.0, 0.5)
+    probability = np.zeros((40, 5, 160))
+    for start in (10, 60, 110):
+        probability[5, 2, start : start + 31] = 0.8  # 31 voxels, mass 24.8 each
+    probability[35, 2, 10:61] = 0.9  # 51 voxels, mass 45.9
+    (z, y, x), volume = all_components(probability, spacing)
+    assert (z, y) == pytest.approx((5.0, 2.0)) and x == pytest.approx(75.0, abs=1.0)
+    assert volume == pytest.approx((3 * 31 + 51) * 1.0)
+
+
 def _l_tube(shape_zyx, spacing_zyx, corner_mm, arm_mm, radius_mm=2.0) -> np.ndarray:
     """Two tubes of ``arm_mm`` meeting at ``corner_mm``: one towards -x, one towards +z (y fixed)."""
     z, y, x = (np.indices(shape_zyx, dtype=float).T * np.asarray(spacing_zyx)).T
