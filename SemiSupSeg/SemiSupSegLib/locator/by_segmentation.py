@@ -182,9 +182,10 @@ def heaviest_group(
 
     **[decision]** (2026-12-02) 15 mm: on the shipped guide-wire model's output for the 30 guide-wires
     of ``benchmarks/locator.py`` the wire's fragments lay a few mm apart and the false positives that
-    pulled the middle away 30-45 mm from the wire; with the group the median error went from 6.9 / 6.6
-    to 4.9 / 4.8 grid voxels and the worst from 51.1 / 38.7 to 20.0 / 31.5 on the default-profile
-    sets (128³ / 160³), and from 19.8 to 22.5 on the cluttered one (chosen on those same cases).
+    pulled the middle away 30-45 mm from the wire. With the group, the shipped locator's median error
+    on the default-profile guide-wires went from 9.6 / 7.7 to 4.7 / 5.4 grid voxels and the worst from
+    51.1 / 38.7 to 24.6 / 29.7 (128³ / 160³), 17.4 to 17.8 on the cluttered profile (docs/BENCHMARKS.md,
+    "Locators"; the reach was chosen on those same cases).
     Gaps: the nearest voxel of each fragment to every voxel of the others (:class:`scipy.spatial.cKDTree`,
     one tree per fragment, so the cost grows with voxels × fragments, not with the pairs within reach);
     groups: :func:`scipy.sparse.csgraph.connected_components`. Only the :data:`MAX_FRAGMENTS` heaviest
@@ -301,7 +302,7 @@ def axis_middle(
     """The middle of an instrument found in fragments: the probability-weighted median of its voxels
     along their first principal axis (in mm), and the mean of the voxels within one voxel of it.
 
-    **[decision]** (2026-12-02) for the ``all`` pick: fragments have no path between them for
+    **[decision]** (2026-12-02) for the ``all`` pick (of the :func:`heaviest_group`): fragments have no path between them for
     :func:`geodesic_middle`. On the trusted finds of the locator benchmark's guide-wire sets it moved the
     median error from 9.8 / 7.8 to 6.9 / 5.7 grid voxels (128³, 160³) against the centroid.
 
