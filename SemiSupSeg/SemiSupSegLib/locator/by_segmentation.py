@@ -302,9 +302,10 @@ def axis_middle(
     """The middle of an instrument found in fragments: the probability-weighted median of its voxels
     along their first principal axis (in mm), and the mean of the voxels within one voxel of it.
 
-    **[decision]** (2026-12-02) for the ``all`` pick (of the :func:`heaviest_group`): fragments have no path between them for
-    :func:`geodesic_middle`. On the trusted finds of the locator benchmark's guide-wire sets it moved the
-    median error from 9.8 / 7.8 to 6.9 / 5.7 grid voxels (128³, 160³) against the centroid.
+    **[decision]** (2026-12-02) for the ``all`` pick (of its :func:`heaviest_group`): fragments have no
+    path between them for :func:`geodesic_middle`. On the trusted finds of the locator benchmark's
+    guide-wire sets it moved the median error from 9.8 / 7.8 to 6.9 / 5.7 grid voxels (128³, 160³)
+    against the centroid (of every confident voxel, before the grouping).
 
     Args:
         probability_zyx: ``[Z, Y, X]`` foreground probability.
