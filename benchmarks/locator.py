@@ -329,6 +329,45 @@ def _table(results: dict) -> list[str]:
     return markdown_table(header, rows)
 
 
+FIGURE_ROWS = (GRID_CENTRE, POINTS_ONLY, LOCATOR, SEGMENTATION, SEVERAL)
+
+
+def figure(results: dict, path: Path) -> None:
+    """Every case's error (grid voxels) per test set, one column of dots per row of :data:`FIGURE_ROWS`,
+    with each row's median as a bar and the 10-voxel line of the "within 10" column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(results["sets"])
+    rows = [
+        row
+        for row in FIGURE_ROWS
+        if any(len(_values(s["cases"], row, "vox")) for s in results["sets"].values())
+    ]
+    fig, axes = plt.subplots(1, len(sets), figsize=(2.2 * len(sets), 3.6), sharey=True)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for ax, name in zip(np.atleast_1d(axes), sets, strict=True):
+        cases = results["sets"][name]["cases"]
+        for i, row in enumerate(rows):
+            errors = _values(cases, row, "vox")
+            if len(errors):
+                ax.scatter(i + rng.uniform(-0.15, 0.15, len(errors)), errors, s=9, alpha=0.7, color=f"C{i}")
+                ax.hlines(np.median(errors), i - 0.3, i + 0.3, color="k", linewidth=1.5)
+        ax.axhline(10, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), rows, rotation=60, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=8)
+    np.atleast_1d(axes)[0].set_ylabel("error (voxels of the 96³ grid)")
+    fig.suptitle(
+        "Locators on unseen phantoms: every case (dots), median (bar), 10 voxels (dashed)", fontsize=9
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _confidence_lines(results: dict) -> list[str]:
     """Does each row's confidence separate hits (≤ 10 grid voxels) from misses? Pooled over every set."""
     return [line for row in (LOCATOR, SEGMENTATION, SEVERAL) for line in _row_confidence_lines(results, row)]
@@ -394,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="ignore the cached results in --out")
     parser.add_argument("--tabulate", metavar="JSON", help="measure nothing: render this raw-results JSON")
     parser.add_argument("--write", help="markdown file whose block for this JSON is replaced (_report.py)")
+    parser.add_argument("--figure", metavar="PNG", help="also draw every case's error per set and row")
     args = parser.parse_args(argv)
     json_path = Path(args.tabulate or args.out)
     if not args.tabulate and not args.locator:
@@ -424,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             write_block(Path(args.write), SCRIPT, json_path.stem, body)
             print(f"replaced the [{json_path.stem}] block of {args.write}")
+        if args.figure:
+            figure(results, Path(args.figure))
+            print(f"wrote {args.figure}")
     except KeyError as error:
         raise fail(f"{json_path}: not raw results of {SCRIPT} (no {error})") from None
     except (ReportError, OSError) as error:
