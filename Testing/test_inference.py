@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 from SemiSupSegLib import inference
 from SemiSupSegLib.errors import InputError, ModelError
 from SemiSupSegLib.model_store import LoadedModel
-from SemiSupSegLib.networks import CompactUNet
+from SemiSupSegLib.networks import CompactUNet, set_mc_dropout
 
 SPACING = (0.4, 0.55, 0.7)
 TARGET = (0.5, 0.5, 0.5)
@@ -490,3 +491,61 @@ def test_inference_normalises_like_training_on_an_anisotropic_grid():
     trained = prepare_case("c", image, None, None, model.preprocessing).image
     np.testing.assert_allclose(fed, trained, atol=1e-5)
     assert fed[5:9, 8:12, 6:-6].mean() > 1.0  # the tube stands out of its neighbourhood (1.36)
+
+
+# ----------------------------------------------------------------------------------- BatchNorm folding
+
+
+def _net_with_running_statistics(seed: int = 0) -> CompactUNet:
+    """A tiny Compact-UNet whose BatchNorms hold non-trivial running statistics and affine parameters."""
+    torch.manual_seed(seed)
+    net = CompactUNet(width=0.0625, dropout=0.5)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n))
+            module.running_var.copy_(torch.rand(n) + 0.5)
+            module.weight.data.copy_(torch.randn(n))
+            module.bias.data.copy_(torch.randn(n))
+    return net.eval()
+
+
+def test_folded_batch_norms_give_the_same_logits_with_and_without_mc_dropout():
+    net = _net_with_running_statistics()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = inference.fuse_batch_norms(net)
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules())  # the original is not changed
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    x = torch.randn(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=2e-5, rtol=1e-4)
+        set_mc_dropout(net, True)
+        set_mc_dropout(folded, True)
+        torch.manual_seed(3)
+        sampled = net(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(folded(x), sampled, atol=2e-5, rtol=1e-4)  # the same dropout masks
+
+
+def test_inference_folds_a_copy_once_and_leaves_the_models_networks_as_loaded():
+    """Training from a model (``--init``) after segmenting with it in the same process reads its
+    BatchNorm state: inference must fold a copy, made once per layout, never the model's own modules."""
+    net = _net_with_running_statistics()
+    model = LoadedModel(
+        path=Path("folding"),
+        meta={"patch_size": [16, 16, 16], "preprocessing": {"target_spacing": [1.0, 1.0, 1.0]}},
+        networks={"net": net},
+    )
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    array = np.zeros((20, 24, 28), np.float32)
+    array[8:12, 10:14, 4:24] = 100.0
+    image = sitk.GetImageFromArray(array)
+    first = inference.segment(model, image, precision="fp32").probability
+    folded = model.inference_cache[("folded", inference.use_channels_last("cpu"))]
+    second = inference.segment(model, image, precision="fp32").probability
+    assert model.inference_cache[("folded", inference.use_channels_last("cpu"))] is folded
+    assert any(isinstance(m, nn.BatchNorm3d) for m in net.modules())
+    assert net.state_dict().keys() == before.keys()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(second))

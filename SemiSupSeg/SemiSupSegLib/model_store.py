@@ -68,6 +68,8 @@ class LoadedModel:
     # True when the networks belong to this object alone (a loaded model), so inference may convert
     # them in place (e.g. to channels_last once); False when they are borrowed from a running training.
     owns_networks: bool = True
+    # inference's prepared copies of the networks (inference._owned_inference_networks), made once
+    inference_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
