@@ -184,7 +184,7 @@ def heaviest_group(
     of ``benchmarks/locator.py`` the wire's fragments lay a few mm apart and the false positives that
     pulled the middle away 30-45 mm from the wire. With the group, the shipped locator's median error
     on the default-profile guide-wires went from 9.6 / 7.7 to 4.7 / 5.4 grid voxels and the worst from
-    51.1 / 38.7 to 24.6 / 29.7 (128³ / 160³), 17.4 to 17.8 on the cluttered profile (docs/BENCHMARKS.md,
+    51.1 / 38.7 to 24.6 / 29.5 (128³ / 160³), 17.4 to 17.9 on the cluttered profile (docs/BENCHMARKS.md,
     "Locators"; the reach was chosen on those same cases).
     Gaps: the nearest voxel of each fragment to every voxel of the others (:class:`scipy.spatial.cKDTree`,
     one tree per fragment, so the cost grows with voxels × fragments, not with the pairs within reach);
